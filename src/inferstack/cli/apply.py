@@ -1,0 +1,74 @@
+"""`inferstack apply`: validate definitions, show the difference, store them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from inferstack.cli.common import (
+    DEFAULT_DATA_DIR_VALUE,
+    DataDirOption,
+    JsonOption,
+    console,
+    errors,
+    fail,
+    print_json,
+)
+from inferstack.configstore.base import ConfigConflictError
+from inferstack.core.errors import DefinitionError
+from inferstack.core.loading import load_definitions
+from inferstack.core.registry import plan
+from inferstack.server.components import open_config_store
+from inferstack.server.settings import ServeSettings
+
+COLOURS = {"create": "green", "update": "yellow", "delete": "red"}
+
+
+def apply(
+    files: Annotated[
+        list[Path], typer.Option("--file", "-f", help="A YAML file or a directory of them.")
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and diff only.")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Delete stored definitions missing from the files.")
+    ] = False,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR_VALUE,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate definitions, print what changes, and store them."""
+    store = open_config_store(ServeSettings(data_dir=data_dir))
+    current = store.load()
+    try:
+        definitions = load_definitions(files, current)
+    except DefinitionError as exc:
+        for problem in exc.problems:
+            errors.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    result = plan(current, definitions.entities, definitions.feature_groups, prune=prune)
+    if not result.empty and not dry_run:
+        try:
+            store.save(result.registry, expected_revision=current.revision)
+        except ConfigConflictError as exc:
+            fail(str(exc))
+    if as_json:
+        print_json(
+            {
+                "changes": [
+                    {"action": c.action, "kind": c.kind, "name": c.name, "details": c.details}
+                    for c in result.changes
+                ],
+                "revision": result.registry.revision,
+                "applied": bool(result.changes) and not dry_run,
+            }
+        )
+        return
+    for change in result.changes:
+        console.print(f"[{COLOURS[change.action]}]{change}[/]", highlight=False)
+    if result.empty:
+        console.print("No changes.")
+    elif dry_run:
+        console.print(f"Dry run: {len(result.changes)} change(s) not applied.")
+    else:
+        console.print(f"Applied revision {result.registry.revision}.")

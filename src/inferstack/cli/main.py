@@ -1,0 +1,23 @@
+"""The `inferstack` command: one sub-command per module in this package."""
+
+from __future__ import annotations
+
+import typer
+
+from inferstack.cli import apply, get, ingest, sample, serve
+
+app = typer.Typer(
+    name="inferstack",
+    help="Real-time ML serving: online feature store, inferflow, interaction store.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("apply")(apply.apply)
+app.command("ingest")(ingest.ingest)
+app.command("serve")(serve.serve)
+app.command("get")(get.get)
+app.add_typer(sample.app, name="sample")
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Shared core: definitions, feature types, the row format and YAML loading."""

@@ -1,0 +1,116 @@
+"""Entity keys: checking request values against the key types and encoding them to bytes.
+
+A stored key is the concatenation of its parts: integers as 8 bytes big-endian (signed
+ones offset by 2**63 so byte order is numeric order), strings as a 4-byte big-endian
+length then UTF-8. The same bytes address a row in every storage and cache adapter.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inferstack.core.definitions import Entity
+from inferstack.core.errors import InvalidArgumentError
+
+KeyValues = npt.NDArray[Any] | Sequence[Any]
+_SIGN = np.uint64(2**63)
+
+
+def coerce_key_column(entity: Entity, name: str, values: KeyValues) -> npt.NDArray[Any] | list[str]:
+    """Check one key column against its declared type; the error names the key."""
+    key = next((k for k in entity.keys if k.name == name), None)
+    if key is None:
+        raise InvalidArgumentError(
+            f"entity '{entity.name}' has no key '{name}' (keys: {', '.join(entity.key_names)})"
+        )
+    if key.type.base == "string":
+        if isinstance(values, np.ndarray) and values.dtype.kind in "US":
+            values = values.tolist()
+        if not all(isinstance(v, str) for v in values):
+            bad = next(v for v in values if not isinstance(v, str))
+            raise InvalidArgumentError(
+                f"key '{entity.name}.{name}' is a string, got {type(bad).__name__} {bad!r}"
+            )
+        return list(values)
+    array = values if isinstance(values, np.ndarray) else _integer_array(entity, name, values)
+    if array.dtype.kind in "US":  # integers sent as text (CLI, JSON): parse strictly
+        array = _integer_array(entity, name, [_parse_int(entity, name, v) for v in array.tolist()])
+    if array.dtype.kind not in "iu" and len(array):
+        raise InvalidArgumentError(
+            f"key '{entity.name}.{name}' is {key.type}, got values of type {array.dtype}"
+        )
+    info = np.iinfo(key.type.scalar_dtype)
+    if len(array) and (array.min() < info.min or array.max() > info.max):
+        raise InvalidArgumentError(f"key '{entity.name}.{name}' has values outside the range of {key.type}")
+    return array.astype(key.type.scalar_dtype, copy=False)
+
+
+def _parse_int(entity: Entity, name: str, value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 10)
+        except ValueError:
+            pass
+    else:
+        return value  # type: ignore[no-any-return]  # checked by _integer_array
+    raise InvalidArgumentError(f"key '{entity.name}.{name}' is an integer, got {value!r}")
+
+
+def _integer_array(entity: Entity, name: str, values: Sequence[Any]) -> npt.NDArray[Any]:
+    values = [_parse_int(entity, name, v) if isinstance(v, str) else v for v in values]
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise InvalidArgumentError(
+                f"key '{entity.name}.{name}' is an integer, got {type(value).__name__} {value!r}"
+            )
+    try:
+        return np.asarray(values, dtype=np.int64) if values else np.zeros(0, dtype=np.int64)
+    except OverflowError:
+        return np.asarray(values, dtype=np.uint64)
+
+
+def encode_keys(entity: Entity, columns: dict[str, KeyValues]) -> list[bytes]:
+    """Encode one key per row from columns named after the entity's keys."""
+    missing = [name for name in entity.key_names if name not in columns]
+    if missing:
+        raise InvalidArgumentError(
+            f"entity '{entity.name}' needs key {', '.join(repr(m) for m in missing)} "
+            f"(keys: {', '.join(entity.key_names)})"
+        )
+    extra = [name for name in columns if name not in entity.key_names]
+    if extra:
+        raise InvalidArgumentError(
+            f"entity '{entity.name}' has no key {extra[0]!r} (keys: {', '.join(entity.key_names)})"
+        )
+    parts = [coerce_key_column(entity, name, columns[name]) for name in entity.key_names]
+    counts = {len(part) for part in parts}
+    if len(counts) > 1:
+        raise InvalidArgumentError(
+            f"key columns of entity '{entity.name}' have different lengths: "
+            + ", ".join(f"{n}={len(p)}" for n, p in zip(entity.key_names, parts, strict=True))
+        )
+    if len(parts) == 1:
+        return _encode_part(parts[0])
+    encoded = [_encode_part(part) for part in parts]
+    return [b"".join(row) for row in zip(*encoded, strict=True)]
+
+
+def _encode_part(part: npt.NDArray[Any] | list[str]) -> list[bytes]:
+    if isinstance(part, list):
+        pack = struct.Struct(">I").pack
+        out = []
+        for text in part:
+            raw = text.encode("utf-8")
+            out.append(pack(len(raw)) + raw)
+        return out
+    if part.dtype.kind == "i":
+        unsigned = part.astype(np.int64).view(np.uint64) ^ _SIGN
+    else:
+        unsigned = part.astype(np.uint64)
+    blob = unsigned.astype(">u8").tobytes()
+    return [blob[i : i + 8] for i in range(0, len(blob), 8)]

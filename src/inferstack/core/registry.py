@@ -1,0 +1,148 @@
+"""The registry: every applied definition plus the schema versions of each feature group.
+
+Rows are written under a schema version and must stay readable after features are added
+or removed, so the registry keeps the layout of every version ever applied. A registry is
+immutable once built; `plan` makes the next one and says what changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict
+
+from inferstack.core.definitions import Entity, FeatureGroup
+
+MAX_SCHEMA_VERSION = 65_535  # stored as uint16 in each row header
+
+
+class SchemaVersion(BaseModel):
+    """The layout of rows written under one version: feature names and types in order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int
+    features: list[tuple[str, str]]
+
+
+class StoredFeatureGroup(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    definition: FeatureGroup
+    versions: list[SchemaVersion]
+
+    @property
+    def current(self) -> SchemaVersion:
+        return self.versions[-1]
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    revision: int = 0
+    entities: dict[str, Entity] = {}
+    feature_groups: dict[str, StoredFeatureGroup] = {}
+
+
+@dataclass
+class Change:
+    action: str  # "create" | "update" | "delete"
+    kind: str  # "entity" | "feature group"
+    name: str
+    details: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        sign = {"create": "+", "update": "~", "delete": "-"}[self.action]
+        text = f"{sign} {self.kind} {self.name}"
+        return f"{text} ({'; '.join(self.details)})" if self.details else text
+
+
+@dataclass
+class Plan:
+    registry: Registry
+    changes: list[Change]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+
+def layout_of(group: FeatureGroup) -> list[tuple[str, str]]:
+    return [(f.name, str(f.type)) for f in group.features]
+
+
+def plan(
+    current: Registry,
+    entities: list[Entity],
+    groups: list[FeatureGroup],
+    *,
+    prune: bool = False,
+) -> Plan:
+    """Compute the registry after applying these definitions on top of `current`.
+
+    Raises ValueError-free: callers validate first (see `loading.validate_against`).
+    Without `prune`, definitions missing from the input are kept.
+    """
+    changes: list[Change] = []
+    new_entities = dict(current.entities) if not prune else {}
+    for entity in entities:
+        old = current.entities.get(entity.name)
+        if old is None:
+            changes.append(Change("create", "entity", entity.name))
+        elif old != entity:
+            changes.append(Change("update", "entity", entity.name, ["description"]))
+        new_entities[entity.name] = entity
+
+    new_groups = dict(current.feature_groups) if not prune else {}
+    for group in groups:
+        stored = current.feature_groups.get(group.name)
+        if stored is None:
+            version = SchemaVersion(version=1, features=layout_of(group))
+            new_groups[group.name] = StoredFeatureGroup(definition=group, versions=[version])
+            changes.append(Change("create", "feature group", group.name, ["schema v1"]))
+            continue
+        details = _group_differences(stored.definition, group)
+        versions = list(stored.versions)
+        if layout_of(group) != stored.current.features:
+            number = stored.current.version + 1
+            versions.append(SchemaVersion(version=number, features=layout_of(group)))
+            details.insert(0, f"schema v{stored.current.version} -> v{number}")
+        new_groups[group.name] = StoredFeatureGroup(definition=group, versions=versions)
+        if details:
+            changes.append(Change("update", "feature group", group.name, details))
+
+    if prune:
+        changes += [
+            Change("delete", "feature group", name)
+            for name in current.feature_groups
+            if name not in new_groups
+        ]
+        changes += [
+            Change("delete", "entity", name) for name in current.entities if name not in new_entities
+        ]
+    if not changes:
+        return Plan(current, [])
+    registry = Registry(
+        revision=current.revision + 1, entities=new_entities, feature_groups=new_groups
+    )
+    return Plan(registry, changes)
+
+
+def _group_differences(old: FeatureGroup, new: FeatureGroup) -> list[str]:
+    details: list[str] = []
+    old_features = {f.name: f for f in old.features}
+    new_features = {f.name: f for f in new.features}
+    details += [f"+feature {name}" for name in new_features if name not in old_features]
+    details += [f"-feature {name}" for name in old_features if name not in new_features]
+    for name, feature in new_features.items():
+        before = old_features.get(name)
+        if before is not None and before.default != feature.default:
+            details.append(f"feature {name} default {before.default!r} -> {feature.default!r}")
+    if [f.name for f in old.features if f.name in new_features] != [
+        f.name for f in new.features if f.name in old_features
+    ]:
+        details.append("features reordered")
+    for attribute in ("ttl", "cache", "description"):
+        if getattr(old, attribute) != getattr(new, attribute):
+            details.append(f"{attribute} changed")
+    return details

@@ -1,0 +1,77 @@
+"""The compiled, immutable view of a registry that the read and write paths use.
+
+Built once per applied registry; servers swap the whole object when definitions change,
+so a request sees one complete version of the definitions from start to finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inferstack.core.definitions import Entity, FeatureGroup
+from inferstack.core.errors import InvalidArgumentError, NotFoundError
+from inferstack.core.registry import Registry
+from inferstack.core.rowformat import GroupCodec
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Features asked of one feature group."""
+
+    group: str
+    features: tuple[str, ...]
+
+
+class Catalog:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.entities: dict[str, Entity] = dict(registry.entities)
+        self.codecs = {name: GroupCodec(stored) for name, stored in registry.feature_groups.items()}
+        self.groups_by_entity: dict[str, list[str]] = {name: [] for name in self.entities}
+        for name, stored in registry.feature_groups.items():
+            self.groups_by_entity.setdefault(stored.definition.entity, []).append(name)
+
+    @property
+    def revision(self) -> int:
+        return self.registry.revision
+
+    def entity(self, name: str) -> Entity:
+        entity = self.entities.get(name)
+        if entity is None:
+            raise NotFoundError(f"entity '{name}' not found")
+        return entity
+
+    def group(self, name: str) -> FeatureGroup:
+        codec = self.codecs.get(name)
+        if codec is None:
+            raise NotFoundError(f"feature group '{name}' not found")
+        return codec.definition
+
+    def select(self, entity: str, selectors: Sequence[str]) -> list[Selection]:
+        """Turn `group`, `group.*` and `group.feature` selectors into per-group selections.
+
+        No selectors means every feature of every feature group of the entity.
+        """
+        self.entity(entity)
+        if not selectors:
+            return [
+                Selection(name, tuple(f.name for f in self.codecs[name].definition.features))
+                for name in self.groups_by_entity.get(entity, [])
+            ]
+        chosen: dict[str, dict[str, None]] = {}
+        for selector in selectors:
+            group_name, _, feature_name = selector.partition(".")
+            group = self.group(group_name)
+            if group.entity != entity:
+                raise InvalidArgumentError(
+                    f"feature group '{group_name}' belongs to entity '{group.entity}', not '{entity}'"
+                )
+            features = chosen.setdefault(group_name, {})
+            if feature_name in ("", "*"):
+                features.update((f.name, None) for f in group.features)
+            elif group.feature(feature_name) is None:
+                raise NotFoundError(f"feature '{group_name}.{feature_name}' not found")
+            else:
+                features[feature_name] = None
+        return [Selection(group, tuple(features)) for group, features in chosen.items()]

@@ -1,0 +1,120 @@
+"""HTTP/JSON gateway for Retrieve, for curl users: POST /v1/retrieve.
+
+    curl -s localhost:6567/v1/retrieve -d '{"entity": "user",
+         "keys": {"user_id": [1, 2]}, "features": ["user_profile"]}'
+
+Floats that JSON cannot carry come back as the strings "NaN", "Infinity", "-Infinity"
+(as in protobuf's JSON mapping); bytes come back base64-encoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+from typing import Any
+
+from aiohttp import web
+
+from inferstack.core.errors import (
+    InferstackError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from inferstack.core.rowformat import RowStatus
+from inferstack.featurestore.service import FeatureService, RetrieveResult
+from inferstack.featurestore.wire import to_numpy
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[type[InferstackError], tuple[int, str]] = {
+    NotFoundError: (404, "NOT_FOUND"),
+    InvalidArgumentError: (400, "INVALID_ARGUMENT"),
+    ResourceExhaustedError: (429, "RESOURCE_EXHAUSTED"),
+    UnavailableError: (503, "UNAVAILABLE"),
+}
+SERVICE_KEY = web.AppKey("feature_service", FeatureService)
+
+
+def make_app(service: FeatureService) -> web.Application:
+    app = web.Application(client_max_size=16 << 20)
+    app[SERVICE_KEY] = service
+    app.router.add_post("/v1/retrieve", retrieve)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "SERVING"})
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    try:
+        body = await _json_body(request)
+        entity = body.get("entity")
+        keys = body.get("keys")
+        features = body.get("features", [])
+        if not isinstance(entity, str):
+            raise InvalidArgumentError("'entity' must be a string")
+        if not isinstance(keys, dict) or not all(isinstance(v, list) for v in keys.values()):
+            raise InvalidArgumentError("'keys' must map each key name to a list of values")
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise InvalidArgumentError("'features' must be a list of strings")
+        result = await service.retrieve(entity, keys, features)
+    except InferstackError as exc:
+        status, code = next(
+            (v for k, v in HTTP_STATUS.items() if isinstance(exc, k)), (400, "FAILED_PRECONDITION")
+        )
+        return web.json_response({"error": {"code": code, "message": str(exc)}}, status=status)
+    except Exception:
+        log.exception("internal error")
+        error = {"code": "INTERNAL", "message": "internal error; see the server log"}
+        return web.json_response({"error": error}, status=500)
+    return web.json_response(result_to_json(result), dumps=_dumps)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidArgumentError("request body must be a JSON object")
+    return body
+
+
+def result_to_json(result: RetrieveResult) -> dict[str, Any]:
+    names = {status.value: status.name.lower() for status in RowStatus}
+    return {
+        "entity": result.entity,
+        "count": result.count,
+        "columns": {
+            column.name: _json_values(to_numpy(column.type, column.values).tolist())
+            for column in result.columns
+        },
+        "status": {
+            group: [names[int(code)] for code in status] for group, status in result.status.items()
+        },
+    }
+
+
+def _json_values(values: list[Any]) -> list[Any]:
+    return [_json_value(value) for value in values]
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, list):
+        return _json_values(value)
+    return value
+
+
+def _dumps(payload: Any) -> str:
+    return json.dumps(payload, allow_nan=False, separators=(",", ":"))

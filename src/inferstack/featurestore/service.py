@@ -1,0 +1,123 @@
+"""Retrieve and Persist, independent of any transport (gRPC, HTTP, in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from inferstack.core.errors import InvalidArgumentError, ResourceExhaustedError
+from inferstack.core.keys import KeyValues, encode_keys
+from inferstack.core.rowformat import Column, GroupCodec, VarColumn
+from inferstack.core.types import FeatureType
+from inferstack.featurestore.catalog import Catalog, Selection
+from inferstack.featurestore.rows import RowSource
+
+DEFAULT_MAX_KEYS = 10_000
+
+
+@dataclass(frozen=True)
+class ResultColumn:
+    name: str  # "group.feature"
+    type: FeatureType
+    values: Column
+
+
+@dataclass
+class RetrieveResult:
+    entity: str
+    count: int
+    columns: list[ResultColumn]
+    status: dict[str, npt.NDArray[np.uint8]]  # per feature group, one RowStatus per key
+
+
+class FeatureService:
+    def __init__(self, rows: RowSource, catalog: Catalog, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        self.rows = rows
+        self.catalog = catalog
+        self.max_keys = max_keys
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        self.catalog = catalog  # one reference swap: requests in flight keep the old one
+
+    async def retrieve(
+        self, entity: str, keys: Mapping[str, KeyValues], features: Sequence[str] = ()
+    ) -> RetrieveResult:
+        catalog = self.catalog
+        definition = catalog.entity(entity)
+        selections = catalog.select(entity, features)
+        count = max((len(v) for v in keys.values()), default=0)
+        if count > self.max_keys:
+            raise ResourceExhaustedError(
+                f"{count} keys requested; the maximum per request is {self.max_keys}"
+            )
+        encoded = encode_keys(definition, dict(keys))
+        now = time.time()
+        if len(selections) == 1:
+            decoded = [await self._read_group(catalog, selections[0], encoded, now)]
+        else:
+            decoded = list(
+                await asyncio.gather(*(self._read_group(catalog, s, encoded, now) for s in selections))
+            )
+        columns: list[ResultColumn] = []
+        status: dict[str, npt.NDArray[np.uint8]] = {}
+        for selection, (group_status, group_columns) in zip(selections, decoded, strict=True):
+            codec = catalog.codecs[selection.group]
+            status[selection.group] = group_status
+            columns += [
+                ResultColumn(f"{selection.group}.{name}", codec.types[name], group_columns[name])
+                for name in selection.features
+            ]
+        return RetrieveResult(entity, len(encoded), columns, status)
+
+    async def _read_group(
+        self, catalog: Catalog, selection: Selection, keys: list[bytes], now: float
+    ) -> tuple[npt.NDArray[np.uint8], dict[str, Column]]:
+        codec = catalog.codecs[selection.group]
+        rows = await self.rows.read(selection.group, keys, codec.definition.cache)
+        decoded = codec.decode(rows, selection.features, now)
+        return decoded.status, decoded.columns
+
+    async def persist(
+        self, group: str, keys: Mapping[str, KeyValues], columns: Mapping[str, Column]
+    ) -> int:
+        """Write whole rows of one feature group; all of them or, on a bad value, none."""
+        catalog = self.catalog
+        definition = catalog.group(group)
+        codec = catalog.codecs[group]
+        encoded_keys = encode_keys(catalog.entity(definition.entity), dict(keys))
+        count = len(encoded_keys)
+        check_columns(codec, columns, count)
+        rows = codec.current.encode(dict(columns), count, codec.expiry_for(time.time()))
+        await self.rows.storage.write(group, list(zip(encoded_keys, rows, strict=True)), definition.ttl)
+        await self.rows.invalidate(group, encoded_keys)
+        return count
+
+
+def check_columns(codec: GroupCodec, columns: Mapping[str, Column], count: int) -> None:
+    """Every feature of the group present, of its type and length; errors name the feature."""
+    group = codec.definition.name
+    unknown = [name for name in columns if name not in codec.types]
+    if unknown:
+        raise InvalidArgumentError(f"feature group '{group}' has no feature '{unknown[0]}'")
+    for name, feature_type in codec.types.items():
+        column = columns.get(name)
+        if column is None:
+            raise InvalidArgumentError(f"feature '{group}.{name}' is missing from the rows")
+        if feature_type.is_variable != isinstance(column, VarColumn):
+            raise InvalidArgumentError(f"feature '{group}.{name}' has values of the wrong kind")
+        length = len(column.lengths) if isinstance(column, VarColumn) else len(column)
+        if length != count:
+            raise InvalidArgumentError(
+                f"feature '{group}.{name}' has {length} values for {count} keys"
+            )
+        if not isinstance(column, VarColumn):
+            expected = feature_type.storage_dtype
+            if column.shape[1:] != expected.shape:
+                raise InvalidArgumentError(
+                    f"feature '{group}.{name}' is {feature_type}; values have shape {column.shape[1:]}"
+                )

@@ -1,0 +1,79 @@
+"""Embedded storage: one LMDB environment, one named database per feature group.
+
+LMDB lets many processes read through one memory map while one writes at a time, which
+is exactly the embedded server's shape (several worker processes, occasional writers).
+Reads are a few microseconds from the page cache, so they run inline on the event loop;
+writes go to a thread so a large Persist never stalls reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from inferstack.core.registry import Registry
+
+DEFAULT_MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
+
+
+class LmdbStorage:
+    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE, max_groups: int = 4096) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=max_groups,
+            readahead=False,  # random point reads: readahead only pollutes the page cache
+            max_readers=1024,
+        )
+        self._databases: dict[str, Any] = {}
+        self._open_lock = threading.Lock()
+
+    def _database(self, group: str, create: bool) -> Any | None:
+        database = self._databases.get(group)
+        if database is not None:
+            return database
+        with self._open_lock:
+            if group in self._databases:
+                return self._databases[group]
+            try:
+                database = self._env.open_db(group.encode(), create=create)
+            except lmdb.NotFoundError:
+                return None  # never written yet: every key reads as missing
+            self._databases[group] = database
+            return database
+
+    async def prepare(self, registry: Registry) -> None:
+        for group in registry.feature_groups:
+            self._database(group, create=True)
+
+    async def read(self, group: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        return self.read_sync(group, keys)
+
+    def read_sync(self, group: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        database = self._database(group, create=False)
+        if database is None:
+            return [None] * len(keys)
+        with self._env.begin(db=database) as txn:
+            get = txn.get
+            return [get(key) for key in keys]
+
+    async def write(
+        self, group: str, rows: Sequence[tuple[bytes, bytes]], ttl: float | None
+    ) -> None:
+        await asyncio.to_thread(self.write_sync, group, rows)
+
+    def write_sync(self, group: str, rows: Sequence[tuple[bytes, bytes]]) -> None:
+        """All rows in one transaction: a failure leaves none of them written."""
+        database = self._database(group, create=True)
+        with self._env.begin(db=database, write=True) as txn, txn.cursor() as cursor:
+            cursor.putmulti(rows)
+
+    async def close(self) -> None:
+        self._env.close()

@@ -1,0 +1,1 @@
+"""A deterministic e-commerce sample: products, users and user x category affinities."""

@@ -1,0 +1,1 @@
+"""Running inferstack: deployment settings, wiring of adapters, worker processes."""

@@ -1,0 +1,96 @@
+"""`inferstack serve`: start N worker processes on one port, restart crashed ones,
+and stop them all cleanly on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from inferstack.server import worker
+from inferstack.server.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+RESTART_BACKOFF = 1.0
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def with_ports(settings: ServeSettings) -> ServeSettings:
+    """Port 0 means "any free port": choose it once so every worker shares it."""
+    update: dict[str, Any] = {}
+    if settings.grpc_port == 0:
+        update["grpc_port"] = free_port(settings.host)
+    if settings.http_port == 0:
+        update["http_port"] = free_port(settings.host)
+    return settings.model_copy(update=update)
+
+
+def _worker_main(settings: ServeSettings, ready: Any, level: int) -> None:
+    logging.basicConfig(level=level, format=f"%(asctime)s worker-{os.getpid()} %(levelname)s %(name)s: %(message)s")
+    worker.run(settings, on_ready=lambda: ready.put(os.getpid()))
+
+
+def serve(settings: ServeSettings, announce: Any = print) -> int:
+    settings = with_ports(settings)
+    context = multiprocessing.get_context("spawn")  # no gRPC state may cross a fork
+    ready = context.Queue()
+    level = logging.getLogger().getEffectiveLevel()
+    stopping = False
+
+    def start() -> BaseProcess:
+        process = context.Process(target=_worker_main, args=(settings, ready, level), daemon=False)
+        process.start()
+        return process
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    workers = [start() for _ in range(settings.workers)]
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    started = 0
+    while started < settings.workers and not stopping:
+        if any(not p.is_alive() for p in workers):
+            log.error("a worker exited during start-up; stopping")
+            on_signal(signal.SIGTERM, None)
+            break
+        try:
+            ready.get(timeout=0.2)
+            started += 1
+        except Exception:  # queue.Empty
+            continue
+    if started == settings.workers:
+        http = f", HTTP on {settings.host}:{settings.http_port}" if settings.http_port >= 0 else ""
+        announce(
+            f"inferstack serving gRPC on {settings.host}:{settings.grpc_port}{http} "
+            f"with {settings.workers} worker(s); data in {settings.data_dir}"
+        )
+
+    failed = started < settings.workers
+    while workers:
+        wait([p.sentinel for p in workers], timeout=1.0)
+        for process in [p for p in workers if not p.is_alive()]:
+            workers.remove(process)
+            process.join()
+            if not stopping:
+                log.error("worker %s exited with %s; restarting", process.pid, process.exitcode)
+                time.sleep(RESTART_BACKOFF)
+                workers.append(start())
+    return 1 if failed else 0

@@ -1,0 +1,87 @@
+"""One serving process: gRPC (with health and reflection) and HTTP on one event loop.
+
+Several workers share one port through SO_REUSEPORT; the kernel spreads connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from inferstack.featurestore.grpc_service import FeatureStoreServicer
+from inferstack.featurestore.http_gateway import make_app
+from inferstack.proto.featurestore.v1 import featurestore_pb2, featurestore_pb2_grpc
+from inferstack.server.components import build
+from inferstack.server.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+FEATURE_STORE_SERVICE = featurestore_pb2.DESCRIPTOR.services_by_name["FeatureStore"].full_name
+
+
+async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain calls in flight and stop."""
+    components = await build(settings)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+    )
+    featurestore_pb2_grpc.add_FeatureStoreServicer_to_server(
+        FeatureStoreServicer(components.service), server
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [FEATURE_STORE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    address = f"{settings.host}:{settings.grpc_port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(FEATURE_STORE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+    runner: web.AppRunner | None = None
+    if settings.http_port >= 0:
+        runner = web.AppRunner(make_app(components.service), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True).start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("worker serving gRPC on %s", address)
+    if on_ready is not None:
+        on_ready()
+    await stop.wait()
+
+    log.info("worker stopping")
+    await health.enter_graceful_shutdown()
+    if runner is not None:
+        await runner.cleanup()
+    await server.stop(settings.shutdown_grace)
+    await components.close()
+
+
+def run(settings: ServeSettings, on_ready: Callable[[], None] | None = None) -> None:
+    """Entry point of a worker process: uvloop when available, one loop per process."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        runner = asyncio.run
+    runner(serve(settings, on_ready))
