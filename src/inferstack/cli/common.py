@@ -27,7 +27,8 @@ DataDirOption = Annotated[
 DEFAULT_DATA_DIR_VALUE = DEFAULT_DATA_DIR
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 TargetOption = Annotated[
-    str, typer.Option("--target", "-t", envvar="INFERSTACK_TARGET", help="gRPC address of a server.")
+    str,
+    typer.Option("--target", "-t", envvar="INFERSTACK_TARGET", help="gRPC address of a server."),
 ]
 
 

@@ -33,7 +33,7 @@ def get(
         with FeatureStoreClient(target) as client:
             frame = client.retrieve(entity, columns, features or [])
     except grpc.RpcError as exc:
-        fail(f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
+        fail(f"{exc.code().name}: {exc.details()}")
     rows = frame_rows(frame, columns)
     if as_json:
         print_json(rows)
@@ -53,7 +53,10 @@ def parse_keys(keys: list[str]) -> dict[str, list[str]]:
         if not parts or len(parts) != len(text.split(",")):
             fail(f"key {position + 1} '{text}': expected NAME=VALUE[,NAME=VALUE]")
         if position and set(parts) != set(columns):
-            fail(f"key {position + 1} '{text}': names differ from the first key's ({', '.join(columns)})")
+            fail(
+                f"key {position + 1} '{text}': names differ from the first key's "
+                f"({', '.join(columns)})"
+            )
         for name, value in parts.items():
             columns.setdefault(name, []).append(value)
     return columns

@@ -21,7 +21,12 @@ from inferstack.cli.common import (
 )
 from inferstack.core.errors import InferstackError
 from inferstack.featurestore.catalog import Catalog
-from inferstack.featurestore.ingest import DEFAULT_CHUNK_ROWS, IngestReport, count_rows, ingest_files
+from inferstack.featurestore.ingest import (
+    DEFAULT_CHUNK_ROWS,
+    IngestReport,
+    count_rows,
+    ingest_files,
+)
 from inferstack.server.components import open_config_store, open_storage
 from inferstack.server.settings import ServeSettings
 
@@ -30,11 +35,15 @@ SHOWN_REJECTIONS = 20
 
 def ingest(
     files: Annotated[list[Path], typer.Argument(help="Parquet (.parquet) or CSV (.csv) files.")],
-    feature_group: Annotated[str, typer.Option("--feature-group", "-g", help="Target feature group.")],
+    feature_group: Annotated[
+        str, typer.Option("--feature-group", "-g", help="Target feature group.")
+    ],
     strict: Annotated[
         bool, typer.Option("--strict", help="Check every row first; write nothing if any is bad.")
     ] = False,
-    chunk_rows: Annotated[int, typer.Option(help="Rows per chunk held in memory.")] = DEFAULT_CHUNK_ROWS,
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows per chunk held in memory.")
+    ] = DEFAULT_CHUNK_ROWS,
     data_dir: DataDirOption = DEFAULT_DATA_DIR_VALUE,
     as_json: JsonOption = False,
 ) -> None:
@@ -67,7 +76,9 @@ async def _run(
     try:
         await storage.prepare(catalog.registry)
         known = [count_rows(f) if f.exists() else None for f in files]
-        total = sum(n for n in known if n is not None) if all(n is not None for n in known) else None
+        total = (
+            sum(n for n in known if n is not None) if all(n is not None for n in known) else None
+        )
         columns = (
             TextColumn("[bold]{task.description}"),
             BarColumn(),

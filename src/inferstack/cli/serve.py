@@ -15,7 +15,9 @@ from inferstack.server.settings import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, Ser
 def serve(
     data_dir: DataDirOption = DEFAULT_DATA_DIR_VALUE,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", help="gRPC port (0: any free).")] = DEFAULT_GRPC_PORT,
+    port: Annotated[
+        int, typer.Option("--port", "-p", help="gRPC port (0: any free).")
+    ] = DEFAULT_GRPC_PORT,
     http_port: Annotated[
         int, typer.Option(help="HTTP/JSON port (0: any free, -1: off).")
     ] = DEFAULT_HTTP_PORT,
@@ -25,7 +27,9 @@ def serve(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
 ) -> None:
     """Serve all parts from one process tree on the embedded default; SIGTERM stops cleanly."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = ServeSettings(
         data_dir=data_dir,
         host=host,

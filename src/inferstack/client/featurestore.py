@@ -1,8 +1,8 @@
 """Feature store clients, sync and asyncio, sharing request building and decoding.
 
-    with FeatureStoreClient("127.0.0.1:6566") as client:
-        frame = client.retrieve("user", {"user_id": [1, 2]}, ["user_profile"])
-        frame["user_profile.age"], frame.found(), frame.to_pandas()
+with FeatureStoreClient("127.0.0.1:6566") as client:
+    frame = client.retrieve("user", {"user_id": [1, 2]}, ["user_profile"])
+    frame["user_profile.age"], frame.found(), frame.to_pandas()
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class AsyncFeatureStoreClient:
         return int((await self._stub.Persist(request, timeout=self.timeout)).written)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(grace=None)
 
     async def __aenter__(self) -> Self:
         return self

@@ -46,7 +46,9 @@ def coerce_key_column(entity: Entity, name: str, values: KeyValues) -> npt.NDArr
         )
     info = np.iinfo(key.type.scalar_dtype)
     if len(array) and (array.min() < info.min or array.max() > info.max):
-        raise InvalidArgumentError(f"key '{entity.name}.{name}' has values outside the range of {key.type}")
+        raise InvalidArgumentError(
+            f"key '{entity.name}.{name}' has values outside the range of {key.type}"
+        )
     return array.astype(key.type.scalar_dtype, copy=False)
 
 

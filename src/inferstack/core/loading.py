@@ -55,7 +55,9 @@ def load_definitions(paths: list[Path], registry: Registry | None = None) -> Def
             _add(result.entities, entity, "entity", document, ("entities", index), result, problems)
         for index, group in enumerate(parsed.feature_groups):
             location = ("feature_groups", index)
-            _add(result.feature_groups, group, "feature group", document, location, result, problems)
+            _add(
+                result.feature_groups, group, "feature group", document, location, result, problems
+            )
     problems += validate_against(result, registry or Registry())
     if problems:
         raise DefinitionError(problems)
@@ -90,11 +92,11 @@ def validate_against(definitions: Definitions, registry: Registry) -> list[str]:
                 f"'{stored_group.definition.entity}' to '{group.entity}'"
             )
         for feature in group.features:
-            before = stored_group.definition.feature(feature.name)
-            if before is not None and before.type != feature.type:
+            stored_feature = stored_group.definition.feature(feature.name)
+            if stored_feature is not None and stored_feature.type != feature.type:
                 problems.append(
                     f"{where}: feature '{group.name}.{feature.name}' cannot change type "
-                    f"from {before.type} to {feature.type}; add it under a new name"
+                    f"from {stored_feature.type} to {feature.type}; add it under a new name"
                 )
     return problems
 

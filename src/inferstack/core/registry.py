@@ -118,7 +118,9 @@ def plan(
             if name not in new_groups
         ]
         changes += [
-            Change("delete", "entity", name) for name in current.entities if name not in new_entities
+            Change("delete", "entity", name)
+            for name in current.entities
+            if name not in new_entities
         ]
     if not changes:
         return Plan(current, [])

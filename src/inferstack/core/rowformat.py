@@ -24,9 +24,13 @@ from inferstack.core.registry import SchemaVersion, StoredFeatureGroup
 from inferstack.core.types import FeatureType
 
 FORMAT_VERSION = 1
-HEADER_DTYPE = np.dtype(
-    [("schema_version", "<u2"), ("flags", "u1"), ("format", "u1"), ("expires_at", "<u4")]
-)
+HEADER_FIELDS = [
+    ("schema_version", "<u2"),
+    ("flags", "u1"),
+    ("format", "u1"),
+    ("expires_at", "<u4"),
+]
+HEADER_DTYPE = np.dtype(HEADER_FIELDS)
 HEADER_SIZE = HEADER_DTYPE.itemsize
 MAX_EXPIRY = 2**32 - 1
 
@@ -78,9 +82,7 @@ class RowLayout:
         self.types = {name: FeatureType.parse(text) for name, text in version.features}
         self.fixed = [name for name, t in self.types.items() if not t.is_variable]
         self.variable = [name for name, t in self.types.items() if t.is_variable]
-        fields: list[tuple[str, Any]] = [
-            (name, HEADER_DTYPE.fields[name][0]) for name in HEADER_DTYPE.names or ()
-        ]
+        fields: list[tuple[str, Any]] = list(HEADER_FIELDS)
         fields += [(f"f:{name}", self.types[name].storage_dtype) for name in self.fixed]
         fields += [(f"n:{name}", "<u4") for name in self.variable]
         self.prefix_dtype = np.dtype(fields)
@@ -170,13 +172,22 @@ class GroupCodec:
                 default = self.defaults[name]
                 var_out[name] = [default.encode() if isinstance(default, str) else default] * count
             else:
-                fixed_out[name] = np.empty((count, *feature_type.storage_dtype.shape), dtype=feature_type.scalar_dtype)
+                fixed_out[name] = np.empty(
+                    (count, *feature_type.storage_dtype.shape), dtype=feature_type.scalar_dtype
+                )
                 fixed_out[name][...] = self.defaults[name]
 
         only_current = len(by_version) == 1 and len(present) == count
         for version, indices in by_version.items():
             self._decode_version(
-                self.layouts[version], rows, indices, features, now, status, fixed_out, var_out,
+                self.layouts[version],
+                rows,
+                indices,
+                features,
+                now,
+                status,
+                fixed_out,
+                var_out,
                 whole_batch=only_current,
             )
 

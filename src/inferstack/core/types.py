@@ -45,7 +45,9 @@ class FeatureType:
     def parse(cls, text: str) -> FeatureType:
         match = _TYPE_RE.match(text)
         if match is None:
-            raise TypeParseError(f"'{text}' is not a type (expected e.g. float32, string, float32[16])")
+            raise TypeParseError(
+                f"'{text}' is not a type (expected e.g. float32, string, float32[16])"
+            )
         base, length_text = match.group(1), match.group(2)
         if base not in NUMERIC_DTYPES and base not in VARIABLE_TYPES:
             known = ", ".join([*NUMERIC_DTYPES, *VARIABLE_TYPES])
@@ -112,7 +114,9 @@ class FeatureType:
         if self.length:
             values = value if isinstance(value, list) else [value] * self.length
             if len(values) != self.length:
-                raise ValueError(f"default for {self} must have {self.length} values, got {len(values)}")
+                raise ValueError(
+                    f"default for {self} must have {self.length} values, got {len(values)}"
+                )
             return [self._coerce_number(v) for v in values]
         return self._coerce_number(value)
 

@@ -65,7 +65,8 @@ class Catalog:
             group = self.group(group_name)
             if group.entity != entity:
                 raise InvalidArgumentError(
-                    f"feature group '{group_name}' belongs to entity '{group.entity}', not '{entity}'"
+                    f"feature group '{group_name}' belongs to entity '{group.entity}', "
+                    f"not '{entity}'"
                 )
             features = chosen.setdefault(group_name, {})
             if feature_name in ("", "*"):

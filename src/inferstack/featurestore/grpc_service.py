@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -39,7 +39,9 @@ def status_of(error: InferstackError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def answer(context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+async def answer(
+    context: grpc.aio.ServicerContext[Any, Any], work: Callable[[], Awaitable[T]]
+) -> T:
     """Run one call; user errors become their status, anything else INTERNAL without a trace."""
     try:
         return await work()
@@ -51,17 +53,17 @@ async def answer(context: grpc.aio.ServicerContext, work: Callable[[], Awaitable
     raise AssertionError("abort returned")  # pragma: no cover
 
 
-class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):
+class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc]  # generated
     def __init__(self, service: FeatureService) -> None:
         self.service = service
 
     async def Retrieve(  # noqa: N802 (gRPC method names)
-        self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RetrieveResponse:
         return await answer(context, lambda: self._retrieve(request))
 
     async def RetrieveBatch(  # noqa: N802
-        self, request: pb.RetrieveBatchRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RetrieveBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RetrieveBatchResponse:
         async def work() -> pb.RetrieveBatchResponse:
             total = sum(max((_key_count(k) for k in r.keys), default=0) for r in request.requests)
@@ -81,7 +83,7 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):
         return result_to_proto(result)
 
     async def Persist(  # noqa: N802
-        self, request: pb.PersistRequest, context: grpc.aio.ServicerContext
+        self, request: pb.PersistRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PersistResponse:
         async def work() -> pb.PersistResponse:
             keys = keys_from_proto(request.keys)

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from inferstack.core.definitions import Entity, FeatureGroup
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.keys import KeyValues, encode_keys
-from inferstack.core.rowformat import Column, GroupCodec, VarColumn
+from inferstack.core.rowformat import Column, VarColumn
 from inferstack.core.types import FeatureType
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.storage.base import FeatureStorage
@@ -182,13 +182,17 @@ def _prepare(
     problems: dict[int, str] = {}
     converted: dict[str, pa.Array] = {}
     for key in entity.keys:
-        target = pa.string() if key.type.base == "string" else pa.from_numpy_dtype(key.type.scalar_dtype)
+        target = (
+            pa.string() if key.type.base == "string" else pa.from_numpy_dtype(key.type.scalar_dtype)
+        )
         column = batch.column(key.name)
         for index in np.flatnonzero(_is_null(column)).tolist():
             problems.setdefault(index, f"key '{key.name}' is empty")
         converted[key.name] = _cast(column, target, f"key '{key.name}'", problems)
     for feature in group.features:
-        converted[feature.name] = _convert_feature(batch.column(feature.name), feature.type, feature.name, problems)
+        converted[feature.name] = _convert_feature(
+            batch.column(feature.name), feature.type, feature.name, problems
+        )
     for index in sorted(problems):
         report.reject(Rejection(file, first_row + index, problems[index]))
     good = np.ones(batch.num_rows, dtype=np.bool_)
@@ -203,7 +207,9 @@ def _prepare(
         keys[key.name] = values.to_pylist() if key.type.base == "string" else values.to_numpy()
     columns: dict[str, Column] = {}
     for feature in group.features:
-        columns[feature.name] = _to_column(converted[feature.name].filter(mask), feature.type, feature.default)
+        columns[feature.name] = _to_column(
+            converted[feature.name].filter(mask), feature.type, feature.default
+        )
     return encode_keys(entity, keys), columns, count
 
 
@@ -220,7 +226,9 @@ def _cast(column: pa.Array, target: pa.DataType, what: str, problems: dict[int, 
     values: list[Any] = []
     for index, value in enumerate(column.to_pylist()):
         try:
-            values.append(pc.cast(pa.array([value], type=column.type), target, safe=True)[0].as_py())
+            values.append(
+                pc.cast(pa.array([value], type=column.type), target, safe=True)[0].as_py()
+            )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             problems.setdefault(index, f"{what}: {value!r} is not a valid {target}")
             values.append(None)
@@ -235,21 +243,31 @@ def _convert_feature(
         return _cast(column, pa.string(), what, problems)
     if feature_type.base == "bytes":
         return _cast(column, pa.binary(), what, problems)
-    element = pa.bool_() if feature_type.base == "bool" else pa.from_numpy_dtype(feature_type.scalar_dtype)
+    element = (
+        pa.bool_()
+        if feature_type.base == "bool"
+        else pa.from_numpy_dtype(feature_type.scalar_dtype)
+    )
     if not feature_type.length:
         return _cast(column, element, what, problems)
     if pa.types.is_string(column.type):  # CSV: "[0.1, 0.2, ...]"
         column = _parse_vector_text(column, what, problems)
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-            or pa.types.is_fixed_size_list(column.type)):
+    if not (
+        pa.types.is_list(column.type)
+        or pa.types.is_large_list(column.type)
+        or pa.types.is_fixed_size_list(column.type)
+    ):
         for index in range(len(column)):
             problems.setdefault(index, f"{what}: expected a list of {feature_type.length} values")
         return pa.nulls(len(column), pa.list_(element))
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     nulls = _is_null(column)
-    for index in np.flatnonzero(~nulls & (np.nan_to_num(lengths, nan=-1) != feature_type.length)).tolist():
+    for index in np.flatnonzero(
+        ~nulls & (np.nan_to_num(lengths, nan=-1) != feature_type.length)
+    ).tolist():
         problems.setdefault(
-            index, f"{what}: vector has {int(lengths[index])} values, expected {feature_type.length}"
+            index,
+            f"{what}: vector has {int(lengths[index])} values, expected {feature_type.length}",
         )
     flat_type = pa.list_(element)
     return _cast(column.cast(pa.list_(column.type.value_type)), flat_type, what, problems)
@@ -272,15 +290,21 @@ def _parse_vector_text(column: pa.Array, what: str, problems: dict[int, str]) ->
 def _to_column(values: pa.Array, feature_type: FeatureType, default: Any) -> Column:
     if feature_type.is_variable:
         fill = default if feature_type.base == "string" else bytes(default)
-        filled = values.fill_null(pa.scalar(fill, type=values.type)) if values.null_count else values
-        return _var_column_of(filled.combine_chunks() if isinstance(filled, pa.ChunkedArray) else filled)
+        filled = (
+            values.fill_null(pa.scalar(fill, type=values.type)) if values.null_count else values
+        )
+        return _var_column_of(
+            filled.combine_chunks() if isinstance(filled, pa.ChunkedArray) else filled
+        )
     if feature_type.length:
         out = np.empty((len(values), feature_type.length), dtype=feature_type.scalar_dtype)
         out[...] = default
         present = ~_is_null(values)
         if present.any():
             flat = values.filter(pa.array(present)).flatten().to_numpy(zero_copy_only=False)
-            out[present] = np.asarray(flat, dtype=feature_type.scalar_dtype).reshape(-1, feature_type.length)
+            out[present] = np.asarray(flat, dtype=feature_type.scalar_dtype).reshape(
+                -1, feature_type.length
+            )
         return out
     if values.null_count:
         values = values.fill_null(pa.scalar(default, type=values.type))
@@ -293,7 +317,13 @@ def _var_column_of(values: pa.Array) -> VarColumn:
     values = values.cast(pa.large_binary()) if pa.types.is_large_string(values.type) else values
     _, offsets_buffer, data_buffer = values.buffers()
     offset_type = np.int64 if pa.types.is_large_binary(values.type) else np.int32
-    offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[values.offset : values.offset + len(values) + 1]
+    offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[
+        values.offset : values.offset + len(values) + 1
+    ]
     lengths = np.diff(offsets).astype(np.uint32)
-    data = data_buffer.to_pybytes()[int(offsets[0]) : int(offsets[-1])] if data_buffer is not None else b""
+    data = (
+        data_buffer.to_pybytes()[int(offsets[0]) : int(offsets[-1])]
+        if data_buffer is not None
+        else b""
+    )
     return VarColumn(lengths, data)

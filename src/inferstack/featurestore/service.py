@@ -61,7 +61,9 @@ class FeatureService:
             decoded = [await self._read_group(catalog, selections[0], encoded, now)]
         else:
             decoded = list(
-                await asyncio.gather(*(self._read_group(catalog, s, encoded, now) for s in selections))
+                await asyncio.gather(
+                    *(self._read_group(catalog, s, encoded, now) for s in selections)
+                )
             )
         columns: list[ResultColumn] = []
         status: dict[str, npt.NDArray[np.uint8]] = {}
@@ -93,7 +95,9 @@ class FeatureService:
         count = len(encoded_keys)
         check_columns(codec, columns, count)
         rows = codec.current.encode(dict(columns), count, codec.expiry_for(time.time()))
-        await self.rows.storage.write(group, list(zip(encoded_keys, rows, strict=True)), definition.ttl)
+        await self.rows.storage.write(
+            group, list(zip(encoded_keys, rows, strict=True)), definition.ttl
+        )
         await self.rows.invalidate(group, encoded_keys)
         return count
 
@@ -119,5 +123,6 @@ def check_columns(codec: GroupCodec, columns: Mapping[str, Column], count: int) 
             expected = feature_type.storage_dtype
             if column.shape[1:] != expected.shape:
                 raise InvalidArgumentError(
-                    f"feature '{group}.{name}' is {feature_type}; values have shape {column.shape[1:]}"
+                    f"feature '{group}.{name}' is {feature_type}; "
+                    f"values have shape {column.shape[1:]}"
                 )

@@ -44,7 +44,9 @@ def keys_to_proto(keys: Mapping[str, KeyValues]) -> list[pb.KeyColumn]:
             if array.dtype.kind == "u" and len(array) and int(array.max()) > np.iinfo(np.int64).max:
                 columns.append(pb.KeyColumn(name=name, uint64_values=array.tolist()))
             else:
-                columns.append(pb.KeyColumn(name=name, int64_values=array.astype(np.int64).tolist()))
+                columns.append(
+                    pb.KeyColumn(name=name, int64_values=array.astype(np.int64).tolist())
+                )
         else:
             columns.append(pb.KeyColumn(name=name, string_values=[str(v) for v in array.tolist()]))
     return columns
@@ -79,7 +81,9 @@ def column_from_proto(column: pb.Column, count: int | None = None) -> tuple[Feat
             raise InvalidArgumentError(f"column '{column.name}': lengths is not a <u4 buffer")
         lengths = np.frombuffer(column.lengths, dtype="<u4")
         if int(lengths.sum(dtype=np.int64)) != len(column.values):
-            raise InvalidArgumentError(f"column '{column.name}': lengths do not add up to the values")
+            raise InvalidArgumentError(
+                f"column '{column.name}': lengths do not add up to the values"
+            )
         var = VarColumn(lengths, column.values)
         if feature_type.base == "string":
             _check_utf8(column.name, var)
@@ -90,7 +94,8 @@ def column_from_proto(column: pb.Column, count: int | None = None) -> tuple[Feat
     ):
         expected = f"{count} x {itemsize}" if count is not None else f"a multiple of {itemsize}"
         raise InvalidArgumentError(
-            f"column '{column.name}': {len(column.values)} bytes of {feature_type}, expected {expected}"
+            f"column '{column.name}': {len(column.values)} bytes of {feature_type}, "
+            f"expected {expected}"
         )
     array = np.frombuffer(column.values, dtype=feature_type.scalar_dtype)
     if feature_type.length:

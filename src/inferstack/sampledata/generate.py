@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import yaml
 
@@ -32,12 +33,31 @@ def definitions_text() -> str:
     return resources.files("inferstack.sampledata").joinpath(DEFINITIONS_FILE).read_text()
 
 
-def category_of(product_ids: np.ndarray) -> list[str]:  # type: ignore[type-arg]
+def category_of(product_ids: np.ndarray) -> list[str]:
     """The category of each product; a pure function so benchmarks can derive keys."""
     return [f"c{int(p) % CATEGORIES:04d}" for p in product_ids]
 
 
-def _float_features(group: str, rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:  # type: ignore[type-arg]
+def candidate_products(
+    user_category_file: Path, user_id: int, count: int, rng: np.random.Generator, products: int
+) -> list[int]:
+    """Product ids to rank for a user: half from the user's own categories, half at random,
+    the way a retrieval stage mixes personal and popular candidates."""
+    table = pq.read_table(user_category_file, columns=["user_id", "category_id"])
+    mask = pa.compute.equal(table["user_id"], user_id)
+    categories = [int(c[1:]) for c in table.filter(mask)["category_id"].to_pylist()]
+    chosen: list[int] = []
+    if categories:
+        per_category = np.arange(0, products, CATEGORIES)
+        own = np.concatenate([per_category + c for c in categories])
+        own = own[(own >= 1) & (own <= products)]
+        chosen = rng.choice(own, min(len(own), count // 2), replace=False).tolist()
+    rest = rng.choice(np.arange(1, products + 1), count * 2, replace=False)
+    chosen += [int(p) for p in rest if p not in set(chosen)][: count - len(chosen)]
+    return chosen
+
+
+def _float_features(group: str, rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
     spec = yaml.safe_load(definitions_text())
     features = next(g for g in spec["feature_groups"] if g["name"] == group)["features"]
     return {

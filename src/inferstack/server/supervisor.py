@@ -38,7 +38,9 @@ def with_ports(settings: ServeSettings) -> ServeSettings:
 
 
 def _worker_main(settings: ServeSettings, ready: Any, level: int) -> None:
-    logging.basicConfig(level=level, format=f"%(asctime)s worker-{os.getpid()} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, format=f"%(asctime)s worker-{os.getpid()} %(levelname)s %(name)s: %(message)s"
+    )
     worker.run(settings, on_ready=lambda: ready.put(os.getpid()))
 
 

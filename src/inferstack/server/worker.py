@@ -42,8 +42,11 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        [FEATURE_STORE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+        [
+            FEATURE_STORE_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     address = f"{settings.host}:{settings.grpc_port}"
@@ -78,10 +81,6 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
 
 def run(settings: ServeSettings, on_ready: Callable[[], None] | None = None) -> None:
     """Entry point of a worker process: uvloop when available, one loop per process."""
-    try:
-        import uvloop
+    import uvloop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
-        runner = asyncio.run
-    runner(serve(settings, on_ready))
+    uvloop.run(serve(settings, on_ready))

@@ -22,7 +22,9 @@ DEFAULT_MAP_SIZE = 1 << 40  # address space only; the file grows as data is writ
 
 
 class LmdbStorage:
-    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE, max_groups: int = 4096) -> None:
+    def __init__(
+        self, path: Path, map_size: int = DEFAULT_MAP_SIZE, max_groups: int = 4096
+    ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._env = lmdb.open(

@@ -1,0 +1,90 @@
+"""Start a real `inferstack serve` process for tests and wait until it answers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from inferstack.server.supervisor import free_port
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[str]
+    grpc_target: str
+    http_base: str
+    log: Path
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def inferstack(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "INFERSTACK_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "inferstack.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=300,
+    )
+
+
+def start_server(
+    data_dir: Path, *extra: str, workers: int = 2, timeout: float = 60.0
+) -> RunningServer:
+    grpc_port, http_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+    log = data_dir / f"serve-{grpc_port}.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inferstack.cli.main",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--workers",
+            str(workers),
+            *extra,
+        ],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = RunningServer(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", log)
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if (
+                    status == health_pb2.HealthCheckResponse.SERVING
+                    and "serving gRPC" in log.read_text()
+                ):
+                    return server
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                server.stop()
+                raise TimeoutError(f"server did not start:\n{log.read_text()}")
+            time.sleep(0.2)
