@@ -104,9 +104,11 @@ def test_every_type_round_trips(batch: tuple[list[FeatureType], int, list[Any]])
 
 
 def test_missing_expired_and_corrupt_rows_read_as_defaults() -> None:
-    codec = _codec([FeatureType("float32"), FeatureType("string")])
-    codec.defaults["f0"] = 7.5
-    codec.defaults["f1"] = "none"
+    spec = user_spec(
+        {"name": "f0", "type": "float32", "default": 7.5},
+        {"name": "f1", "type": "string", "default": "none"},
+    )
+    codec = GroupCodec(registry_from(spec).feature_groups["profile"])
     now = time.time()
     good, old = (
         codec.current.encode(
@@ -165,3 +167,23 @@ def test_rows_of_an_older_schema_version_stay_readable() -> None:
     assert isinstance(s, VarColumn) and s.to_list() == ["é".encode(), b"new"]
     assert decoded.columns["b"].tolist() == [42, 1]  # type: ignore[union-attr]
     assert decoded.columns["v"].tolist() == [[0.5, 0.25], [1.0, 2.0]]  # type: ignore[union-attr]
+
+
+def test_rows_of_a_longer_older_version_are_upgraded() -> None:
+    wide = user_spec(
+        *({"name": f"x{i}", "type": "float64"} for i in range(8)), {"name": "s", "type": "string"}
+    )
+    v1 = registry_from(wide)
+    old = GroupCodec(v1.feature_groups["profile"]).current.encode(
+        {**{f"x{i}": np.array([float(i)]) for i in range(8)}, "s": var_column([b"kept"])}, 1
+    )
+    v2 = registry_from(
+        user_spec({"name": "x3", "type": "float64"}, {"name": "s", "type": "string"}), base=v1
+    )
+    codec = GroupCodec(v2.feature_groups["profile"])
+    assert len(old[0]) > codec.current.prefix_size
+    decoded = codec.decode([old[0], None], ["x3", "s"], time.time())
+    assert decoded.status.tolist() == [RowStatus.FOUND, RowStatus.MISSING]
+    assert decoded.columns["x3"].tolist() == [3.0, 0.0]  # type: ignore[union-attr]
+    s = decoded.columns["s"]
+    assert isinstance(s, VarColumn) and s.to_list() == [b"kept", b""]

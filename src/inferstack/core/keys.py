@@ -45,7 +45,8 @@ def coerce_key_column(entity: Entity, name: str, values: KeyValues) -> npt.NDArr
             f"key '{entity.name}.{name}' is {key.type}, got values of type {array.dtype}"
         )
     info = np.iinfo(key.type.scalar_dtype)
-    if len(array) and (array.min() < info.min or array.max() > info.max):
+    fits = np.can_cast(array.dtype, key.type.scalar_dtype, "safe")
+    if len(array) and not fits and (array.min() < info.min or array.max() > info.max):
         raise InvalidArgumentError(
             f"key '{entity.name}.{name}' has values outside the range of {key.type}"
         )
@@ -114,5 +115,5 @@ def _encode_part(part: npt.NDArray[Any] | list[str]) -> list[bytes]:
         unsigned = part.astype(np.int64).view(np.uint64) ^ _SIGN
     else:
         unsigned = part.astype(np.uint64)
-    blob = unsigned.astype(">u8").tobytes()
-    return [blob[i : i + 8] for i in range(0, len(blob), 8)]
+    # A void view turns each 8-byte element into one bytes object without a Python loop.
+    return unsigned.astype(">u8").view("V8").tolist()  # type: ignore[no-any-return]

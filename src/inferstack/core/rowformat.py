@@ -130,7 +130,13 @@ class DecodedGroup:
 
 
 class GroupCodec:
-    """All schema versions of one feature group: writes the newest, reads any."""
+    """All schema versions of one feature group: writes the newest, reads any.
+
+    Decoding first makes every row a valid row of the current schema version: a missing,
+    expired or corrupt row is replaced by a precomputed row of defaults, and a row of an
+    older version is re-encoded. Then the whole batch is one `np.frombuffer` and each fixed
+    feature is a view into it; only string and bytes values need gathering.
+    """
 
     def __init__(self, stored: StoredFeatureGroup) -> None:
         self.definition = stored.definition
@@ -138,119 +144,136 @@ class GroupCodec:
         self.current = self.layouts[stored.current.version]
         self.types = {f.name: f.type for f in stored.definition.features}
         self.defaults = {f.name: f.default for f in stored.definition.features}
+        self._default_row = self.current.encode(self._default_columns(1), 1)[0]
+        self._default_record = np.frombuffer(
+            self._default_row[: self.current.prefix_size], dtype=self.current.prefix_dtype
+        )[0]
 
     def expiry_for(self, now: float) -> int:
         ttl = self.definition.ttl
         return 0 if ttl is None else min(int(now + ttl), MAX_EXPIRY)
 
+    def _default_columns(self, count: int, names: Sequence[str] | None = None) -> dict[str, Column]:
+        columns: dict[str, Column] = {}
+        for name in names if names is not None else list(self.types):
+            feature_type, default = self.types[name], self.defaults[name]
+            if feature_type.is_variable:
+                raw = default.encode() if isinstance(default, str) else default
+                columns[name] = var_column([raw] * count)
+            else:
+                values = np.empty(
+                    (count, *feature_type.storage_dtype.shape), feature_type.scalar_dtype
+                )
+                values[...] = default
+                columns[name] = values
+        return columns
+
     def decode(
         self, rows: Sequence[bytes | None], features: Sequence[str], now: float
     ) -> DecodedGroup:
         count = len(rows)
-        status = np.full(count, RowStatus.MISSING, dtype=np.uint8)
-        present = [i for i, row in enumerate(rows) if row is not None]
-        by_version: dict[int, list[int]] = {}
-        if present:
-            # Rows shorter than a header are corrupt; pad them so the batch header read works.
-            heads = b"".join(
-                (rows[i] or b"")[:HEADER_SIZE].ljust(HEADER_SIZE, b"\xff") for i in present
-            )
-            header = np.frombuffer(heads, dtype=HEADER_DTYPE)
-            versions = header["schema_version"].tolist()
-            formats = header["format"].tolist()
-            for position, index in enumerate(present):
-                if formats[position] != FORMAT_VERSION or versions[position] not in self.layouts:
-                    status[index] = RowStatus.CORRUPT
-                else:
-                    by_version.setdefault(versions[position], []).append(index)
+        layout = self.current
+        size = layout.prefix_size
+        status = np.zeros(count, dtype=np.uint8)  # RowStatus.FOUND
+        default = self._default_row
+        work: list[bytes] = [default if row is None else row for row in rows]
+        if len(work) != sum(1 for row in rows if row is not None):
+            status[[i for i, row in enumerate(rows) if row is None]] = RowStatus.MISSING
 
-        fixed_out: dict[str, npt.NDArray[Any]] = {}
-        var_out: dict[str, list[bytes]] = {}
-        for name in features:
-            feature_type = self.types[name]
-            if feature_type.is_variable:
-                default = self.defaults[name]
-                var_out[name] = [default.encode() if isinstance(default, str) else default] * count
-            else:
-                fixed_out[name] = np.empty(
-                    (count, *feature_type.storage_dtype.shape), dtype=feature_type.scalar_dtype
-                )
-                fixed_out[name][...] = self.defaults[name]
-
-        only_current = len(by_version) == 1 and len(present) == count
-        for version, indices in by_version.items():
-            self._decode_version(
-                self.layouts[version],
-                rows,
-                indices,
-                features,
-                now,
-                status,
-                fixed_out,
-                var_out,
-                whole_batch=only_current,
+        lengths = np.fromiter(map(len, work), dtype=np.int64, count=count)
+        short = np.flatnonzero(lengths < size).tolist()
+        for index in short:
+            work[index] = self._repair(work[index], index, status)
+            lengths[index] = len(work[index])
+        prefix = np.frombuffer(b"".join([row[:size] for row in work]), dtype=layout.prefix_dtype)
+        expected = np.full(count, size, dtype=np.int64)
+        for name in layout.variable:
+            expected += prefix[f"n:{name}"]
+        other_version = (prefix["schema_version"] != layout.version) | (
+            prefix["format"] != FORMAT_VERSION
+        )
+        broken = other_version | (lengths != expected)
+        if broken.any():
+            for index in np.flatnonzero(broken).tolist():
+                work[index] = self._repair(work[index], index, status)
+            prefix = np.frombuffer(
+                b"".join([row[:size] for row in work]), dtype=layout.prefix_dtype
             )
+        expires = prefix["expires_at"]
+        expired = (expires != 0) & (expires <= now)
+        if expired.any():
+            prefix = prefix.copy()
+            prefix[expired] = self._default_record
+            status[expired] = RowStatus.EXPIRED
+            for index in np.flatnonzero(expired).tolist():
+                work[index] = default
 
         columns: dict[str, Column] = {}
+        wanted_var = [name for name in features if name in layout.variable]
+        if wanted_var:
+            columns.update(self._gather_variable(work, prefix, wanted_var))
         for name in features:
-            if name in var_out:
-                columns[name] = var_column(var_out[name])
-            else:
-                values = fixed_out[name]
+            if name not in columns:
+                values = prefix[f"f:{name}"]
                 columns[name] = values.view(np.bool_) if self.types[name].base == "bool" else values
         return DecodedGroup(status, columns)
 
-    def _decode_version(
-        self,
-        layout: RowLayout,
-        rows: Sequence[bytes | None],
-        indices: list[int],
-        features: Sequence[str],
-        now: float,
-        status: npt.NDArray[np.uint8],
-        fixed_out: dict[str, npt.NDArray[Any]],
-        var_out: dict[str, list[bytes]],
-        *,
-        whole_batch: bool,
-    ) -> None:
+    def _repair(self, row: bytes, index: int, status: npt.NDArray[np.uint8]) -> bytes:
+        """A row that is not a whole row of the current version: upgrade it or default it."""
+        upgraded = self._upgrade(row)
+        if upgraded is None:
+            status[index] = RowStatus.CORRUPT
+            return self._default_row
+        return upgraded
+
+    def _upgrade(self, row: bytes) -> bytes | None:
+        """Re-encode a row of an older schema version; None if it is not a valid row."""
+        if len(row) < HEADER_SIZE:
+            return None
+        header = np.frombuffer(row[:HEADER_SIZE], dtype=HEADER_DTYPE)[0]
+        layout = self.layouts.get(int(header["schema_version"]))
+        if int(header["format"]) != FORMAT_VERSION or layout is None or layout is self.current:
+            return None
+        if len(row) < layout.prefix_size:
+            return None
+        prefix = np.frombuffer(row[: layout.prefix_size], dtype=layout.prefix_dtype)
+        lengths = [int(prefix[f"n:{name}"][0]) for name in layout.variable]
+        if len(row) != layout.prefix_size + sum(lengths):
+            return None
+        columns = self._default_columns(1)
+        for name in layout.fixed:
+            if name in self.types:
+                columns[name] = prefix[f"f:{name}"]
+        offset = layout.prefix_size
+        for name, length in zip(layout.variable, lengths, strict=True):
+            if name in self.types:
+                columns[name] = var_column([row[offset : offset + length]])
+            offset += length
+        return self.current.encode(columns, 1, int(header["expires_at"]))[0]
+
+    def _gather_variable(
+        self, rows: list[bytes], prefix: npt.NDArray[Any], names: list[str]
+    ) -> dict[str, VarColumn]:
+        """Cut each wanted string/bytes feature out of the rows' tails into one buffer."""
+        layout = self.current
         size = layout.prefix_size
-        picked = [rows[i] or b"" for i in indices]
-        row_lengths = np.fromiter(map(len, picked), dtype=np.int64, count=len(picked))
-        prefix = np.frombuffer(
-            b"".join(row[:size].ljust(size, b"\0") for row in picked), dtype=layout.prefix_dtype
-        )
-        expected = np.full(len(picked), size, dtype=np.int64)
-        for name in layout.variable:
-            expected += prefix[f"n:{name}"]
-        intact = row_lengths == expected
-        expires = prefix["expires_at"]
-        alive = (expires == 0) | (expires > now)
-        usable = intact & alive
-        index_array = np.asarray(indices, dtype=np.intp)
-        status[index_array[~intact]] = RowStatus.CORRUPT
-        status[index_array[intact & ~alive]] = RowStatus.EXPIRED
-        status[index_array[usable]] = RowStatus.FOUND
-        all_usable = bool(usable.all())
-        targets = index_array if all_usable else index_array[usable]
-        source = prefix if all_usable else prefix[usable]
-        for name in features:
-            if name in layout.fixed:
-                if whole_batch and all_usable:
-                    fixed_out[name] = source[f"f:{name}"]  # a strided view; no copy
-                else:
-                    fixed_out[name][targets] = source[f"f:{name}"]
-        wanted_var = [name for name in layout.variable if name in var_out]
-        if not wanted_var:
-            return
-        lengths = {name: prefix[f"n:{name}"].tolist() for name in layout.variable}
-        usable_list = usable.tolist()
-        for position, index in enumerate(indices):
-            if not usable_list[position]:
-                continue
-            row = picked[position]
-            offset = size
-            for name in layout.variable:
-                end = offset + lengths[name][position]
-                if name in var_out:
-                    var_out[name][index] = row[offset:end]
-                offset = end
+        tails = b"".join([row[size:] for row in rows])
+        if len(layout.variable) == 1:
+            name = layout.variable[0]
+            return {name: VarColumn(prefix[f"n:{name}"].astype(np.uint32), tails)}
+        matrix = np.stack([prefix[f"n:{n}"].astype(np.int64) for n in layout.variable], axis=1)
+        row_starts = np.zeros(len(rows), dtype=np.int64)
+        np.cumsum(matrix.sum(axis=1)[:-1], out=row_starts[1:])
+        within = np.cumsum(matrix, axis=1) - matrix  # offset of each value inside its tail
+        buffer = np.frombuffer(tails, dtype=np.uint8)
+        out: dict[str, VarColumn] = {}
+        for name in names:
+            position = layout.variable.index(name)
+            lengths = matrix[:, position]
+            starts = row_starts + within[:, position]
+            total = int(lengths.sum())
+            # Byte i of the output comes from starts[row] + (i - first output byte of row).
+            first_out = np.cumsum(lengths) - lengths
+            gather = np.repeat(starts - first_out, lengths) + np.arange(total)
+            out[name] = VarColumn(lengths.astype(np.uint32), buffer[gather].tobytes())
+        return out

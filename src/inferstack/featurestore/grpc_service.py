@@ -15,9 +15,9 @@ from inferstack.core.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from inferstack.core.rowformat import Column
+from inferstack.core.rowformat import Column, VarColumn
 from inferstack.featurestore.service import FeatureService, RetrieveResult
-from inferstack.featurestore.wire import column_from_proto, column_to_proto, keys_from_proto
+from inferstack.featurestore.wire import column_from_proto, keys_from_proto
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
 
@@ -60,7 +60,12 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
     async def Retrieve(  # noqa: N802 (gRPC method names)
         self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RetrieveResponse:
-        return await answer(context, lambda: self._retrieve(request))
+        async def work() -> pb.RetrieveResponse:
+            response = pb.RetrieveResponse()
+            fill_response(await self._retrieve(request), response)
+            return response
+
+        return await answer(context, work)
 
     async def RetrieveBatch(  # noqa: N802
         self, request: pb.RetrieveBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -71,16 +76,17 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
                 raise ResourceExhaustedError(
                     f"{total} keys requested in one batch; the maximum is {self.service.max_keys}"
                 )
-            responses = [await self._retrieve(r) for r in request.requests]
-            return pb.RetrieveBatchResponse(responses=responses)
+            response = pb.RetrieveBatchResponse()
+            for query in request.requests:
+                fill_response(await self._retrieve(query), response.responses.add())
+            return response
 
         return await answer(context, work)
 
-    async def _retrieve(self, request: pb.RetrieveRequest) -> pb.RetrieveResponse:
-        result = await self.service.retrieve(
+    async def _retrieve(self, request: pb.RetrieveRequest) -> RetrieveResult:
+        return await self.service.retrieve(
             request.entity, keys_from_proto(request.keys), list(request.features)
         )
-        return result_to_proto(result)
 
     async def Persist(  # noqa: N802
         self, request: pb.PersistRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -109,16 +115,25 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
         return await answer(context, work)
 
 
-def result_to_proto(result: RetrieveResult) -> pb.RetrieveResponse:
-    return pb.RetrieveResponse(
-        entity=result.entity,
-        count=result.count,
-        columns=[column_to_proto(c.name, c.type, c.values) for c in result.columns],
-        groups=[
-            pb.GroupStatus(feature_group=group, status=status.tobytes())
-            for group, status in result.status.items()
-        ],
-    )
+def fill_response(result: RetrieveResult, message: pb.RetrieveResponse) -> None:
+    """Write a result into a (possibly nested) message; `add` beats building sub-messages."""
+    message.entity = result.entity
+    message.count = result.count
+    add_column = message.columns.add
+    for column in result.columns:
+        values = column.values
+        if isinstance(values, VarColumn):
+            add_column(
+                name=column.name,
+                type=str(column.type),
+                values=values.data,
+                lengths=values.lengths.tobytes(),
+            )
+        else:
+            add_column(name=column.name, type=str(column.type), values=values.tobytes())
+    add_group = message.groups.add
+    for group, status in result.status.items():
+        add_group(feature_group=group, status=status.tobytes())
 
 
 def _key_count(column: pb.KeyColumn) -> int:

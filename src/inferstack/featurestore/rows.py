@@ -34,13 +34,14 @@ class RowSource:
     async def read(
         self, group: str, keys: Sequence[bytes], policy: CachePolicy
     ) -> list[bytes | None]:
+        caches = self.caches if policy.enabled else []
         found: list[CachedRow] = [MISS] * len(keys)
         pending = list(range(len(keys)))
-        caches = self.caches if policy.enabled else []
         for level, cache in enumerate(caches):
-            if not pending:
-                break
-            values = await _safe_get(cache, group, [keys[i] for i in pending])
+            asked = keys if level == 0 else [keys[i] for i in pending]
+            values = await _safe_get(cache, group, asked)
+            if level == 0 and MISS not in values:
+                return values  # type: ignore[return-value]  # the common all-hit case
             still: list[int] = []
             refill: list[tuple[bytes, bytes | None]] = []
             for index, value in zip(pending, values, strict=True):
@@ -52,6 +53,8 @@ class RowSource:
             if level > 0 and refill:
                 await self._fill(caches[:level], group, refill, policy)
             pending = still
+            if not pending:
+                break
         if pending:
             fetched = await self._from_storage(group, [keys[i] for i in pending])
             for index in pending:
@@ -116,7 +119,7 @@ class RowSource:
         await self.storage.close()
 
 
-async def _safe_get(cache: RowCache, group: str, keys: list[bytes]) -> list[CachedRow]:
+async def _safe_get(cache: RowCache, group: str, keys: Sequence[bytes]) -> list[CachedRow]:
     try:
         return await cache.get_many(group, keys)
     except Exception:

@@ -1,4 +1,8 @@
-"""In-process row cache: least-recently-used within a byte budget, entries expire."""
+"""In-process row cache: first-in-first-out within a byte budget, entries expire.
+
+FIFO rather than LRU: a hit then costs one dict lookup and no reordering, and with
+entries that expire after their TTL anyway the hit rate is nearly the same.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Sequence
 
 from inferstack.featurestore.cache.base import MISS, CachedRow
 
-ENTRY_OVERHEAD = 120  # rough bytes of dict slot, tuple and key object per entry
+ENTRY_OVERHEAD = 136  # measured with tracemalloc: dict slot, tuples, float, bytes headers
 
 
 class MemoryCache:
@@ -27,19 +31,13 @@ class MemoryCache:
 
     def get_many_sync(self, group: str, keys: Sequence[bytes]) -> list[CachedRow]:
         now = time.monotonic()
-        entries = self._entries
-        out: list[CachedRow] = []
-        for key in keys:
-            entry = entries.get((group, key))
-            if entry is None:
-                out.append(MISS)
-            elif entry[0] <= now:
-                self._drop((group, key))
-                out.append(MISS)
-            else:
-                entries.move_to_end((group, key))
-                out.append(entry[1])
-        misses = sum(1 for value in out if value is MISS)
+        get = self._entries.get
+        # Expired entries read as misses; the refill that follows replaces them.
+        out: list[CachedRow] = [
+            MISS if entry is None or entry[0] <= now else entry[1]
+            for entry in [get((group, key)) for key in keys]
+        ]
+        misses = out.count(MISS)
         self.misses += misses
         self.hits += len(keys) - misses
         return out
