@@ -16,6 +16,7 @@ from inferstack.core.registry import Registry
 
 log = logging.getLogger(__name__)
 REGISTRY_FILE = "registry.json"
+FileIdentity = tuple[int, int] | None  # (inode, mtime): a rename always changes it
 
 
 class FileConfigStore:
@@ -23,12 +24,24 @@ class FileConfigStore:
         self.directory = data_dir / "config"
         self.path = self.directory / REGISTRY_FILE
         self.poll_interval = poll_interval
+        # What the last load() read, so a watch started later misses no change in between.
+        self._loaded: FileIdentity | None = None
+
+    def identity(self) -> FileIdentity:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns)
 
     def load(self) -> Registry:
+        identity = self.identity()
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return Registry()
+        finally:
+            self._loaded = identity
         return Registry.model_validate_json(text)
 
     def save(self, registry: Registry, expected_revision: int) -> None:
@@ -48,7 +61,8 @@ class FileConfigStore:
             os.replace(temp, self.path)  # atomic: readers see the old or the new file
 
     def watch(self, on_change: Callable[[Registry], None]) -> _PollingWatch:
-        return _PollingWatch(self, on_change)
+        start = self._loaded if self._loaded is not None else self.identity()
+        return _PollingWatch(self, on_change, start)
 
     def close(self) -> None:
         pass
@@ -66,24 +80,19 @@ class FileConfigStore:
 class _PollingWatch:
     """Polls the file's identity; a rename changes the inode, so no change is missed."""
 
-    def __init__(self, store: FileConfigStore, on_change: Callable[[Registry], None]) -> None:
+    def __init__(
+        self, store: FileConfigStore, on_change: Callable[[Registry], None], seen: FileIdentity
+    ) -> None:
         self._store = store
         self._on_change = on_change
         self._stopped = threading.Event()
-        self._seen = self._identity()
+        self._seen = seen
         self._thread = threading.Thread(target=self._run, name="config-watch", daemon=True)
         self._thread.start()
 
-    def _identity(self) -> tuple[int, int] | None:
-        try:
-            stat = self._store.path.stat()
-        except FileNotFoundError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns)
-
     def _run(self) -> None:
         while not self._stopped.wait(self._store.poll_interval):
-            identity = self._identity()
+            identity = self._store.identity()
             if identity == self._seen:
                 continue
             self._seen = identity
