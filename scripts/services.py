@@ -16,6 +16,7 @@ resolved once by the machine's `mvn` into a cache that outlives the checkout.
 Environment:
     INFERSTACK_SERVICES_DIR     state dir (default <repo>/.services): config, data, logs, pids
     INFERSTACK_SERVICES_CACHE   download cache (default ~/.cache/inferstack/services)
+    INFERSTACK_SERVICES_JVM_OPTS  extra JVM flags for Cassandra, Kafka and ZooKeeper
 """
 
 from __future__ import annotations
@@ -489,10 +490,15 @@ class JavaService(Service):
             self.java(),
             *self.heap,
             "-XX:+PerfDisableSharedMem",  # no /tmp/hsperfdata mmap file
+            # C1 only: on two shared cores C2 compiler threads cost seconds of start-up CPU;
+            # test traffic never needs peak throughput. INFERSTACK_SERVICES_JVM_OPTS can undo it
+            # (e.g. -XX:TieredStopAtLevel=4 for a benchmark): later flags win.
+            "-XX:TieredStopAtLevel=1",
             f"-XX:ErrorFile={self.dir}/hs_err_%p.log",
             "-Djava.awt.headless=true",
             "-Djava.net.preferIPv4Stack=true",
             *self.jvm_options(ports),
+            *os.environ.get("INFERSTACK_SERVICES_JVM_OPTS", "").split(),
             "-cp",
             str(self.lib / "*"),
             self.main_class,
@@ -547,7 +553,8 @@ class Cassandra(JavaService):
     stop_timeout = 60.0
     artifacts = (Artifact("org.apache.cassandra", "cassandra-all", CASSANDRA_VERSION),)
     main_class = "org.apache.cassandra.service.CassandraDaemon"
-    heap = ("-Xms512M", "-Xmx1G")
+    # Small -Xms: Cassandra mlockall()s its memory at start, touching every committed page.
+    heap = ("-Xms256M", "-Xmx1G")
 
     def configure(self, ports: dict[str, int]) -> None:
         render(
@@ -574,6 +581,9 @@ class Cassandra(JavaService):
             # Fast single-node start: nobody to gossip with, nothing worth an fsync.
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.skip_sync=true",
+            # Skip measuring per-row memtable overhead with 100k dummy rows (~2s of CPU); the
+            # value is what 5.0 measures on a 64-bit JDK 17, and only sizes flush estimates.
+            "-Dcassandra.memtable.row_overhead_size=180",
             "-Dchronicle.analytics.disable=true",
             # No JMX: nothing here uses nodetool, and it saves a port and some start-up.
         ]
