@@ -8,20 +8,20 @@ from typing import Annotated
 import typer
 
 from inferstack.cli.common import (
-    DEFAULT_DATA_DIR_VALUE,
+    ConfigOption,
     DataDirOption,
     JsonOption,
     console,
     errors,
     fail,
     print_json,
+    settings_from,
 )
 from inferstack.configstore.base import ConfigConflictError
-from inferstack.core.errors import DefinitionError
+from inferstack.core.errors import DefinitionError, InferstackError
 from inferstack.core.loading import load_definitions
 from inferstack.core.registry import plan
 from inferstack.server.components import open_config_store
-from inferstack.server.settings import ServeSettings
 
 COLOURS = {"create": "green", "update": "yellow", "delete": "red"}
 
@@ -34,12 +34,16 @@ def apply(
     prune: Annotated[
         bool, typer.Option("--prune", help="Delete stored definitions missing from the files.")
     ] = False,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR_VALUE,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Validate definitions, print what changes, and store them."""
-    store = open_config_store(ServeSettings(data_dir=data_dir))
-    current = store.load()
+    try:
+        store = open_config_store(settings_from(config, data_dir=data_dir))
+        current = store.load()
+    except InferstackError as exc:
+        fail(str(exc))
     try:
         definitions = load_definitions(files, current)
     except DefinitionError as exc:
@@ -52,6 +56,7 @@ def apply(
             store.save(result.registry, expected_revision=current.revision)
         except ConfigConflictError as exc:
             fail(str(exc))
+    store.close()
     if as_json:
         print_json(
             {

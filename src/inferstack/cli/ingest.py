@@ -12,12 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from inferstack.cli.common import (
-    DEFAULT_DATA_DIR_VALUE,
+    ConfigOption,
     DataDirOption,
     JsonOption,
     console,
     fail,
     print_json,
+    settings_from,
 )
 from inferstack.core.errors import InferstackError
 from inferstack.featurestore.catalog import Catalog
@@ -44,7 +45,8 @@ def ingest(
     chunk_rows: Annotated[
         int, typer.Option(help="Rows per chunk held in memory.")
     ] = DEFAULT_CHUNK_ROWS,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR_VALUE,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write rows from files into a feature group, reporting every rejected row.
@@ -52,8 +54,13 @@ def ingest(
     Without --strict, good rows are written and bad ones reported by row number.
     Exits 1 if any row was rejected.
     """
-    settings = ServeSettings(data_dir=data_dir)
-    catalog = Catalog(open_config_store(settings).load())
+    settings = settings_from(config, data_dir=data_dir)
+    try:
+        store = open_config_store(settings)
+        catalog = Catalog(store.load())
+        store.close()
+    except InferstackError as exc:
+        fail(str(exc))
     report = asyncio.run(_run(settings, catalog, feature_group, files, strict, chunk_rows, as_json))
     if as_json:
         print_json(asdict(report))

@@ -7,36 +7,46 @@ from typing import Annotated
 
 import typer
 
-from inferstack.cli.common import DEFAULT_DATA_DIR_VALUE, DataDirOption
+from inferstack.cli.common import ConfigOption, DataDirOption, settings_from
 from inferstack.server import supervisor
-from inferstack.server.settings import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, ServeSettings
 
 
 def serve(
-    data_dir: DataDirOption = DEFAULT_DATA_DIR_VALUE,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
     port: Annotated[
-        int, typer.Option("--port", "-p", help="gRPC port (0: any free).")
-    ] = DEFAULT_GRPC_PORT,
+        int | None, typer.Option("--port", "-p", help="gRPC port, 0 = any free [6566].")
+    ] = None,
     http_port: Annotated[
-        int, typer.Option(help="HTTP/JSON port (0: any free, -1: off).")
-    ] = DEFAULT_HTTP_PORT,
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Worker processes.")] = 1,
-    cache_mb: Annotated[int, typer.Option(help="In-process row cache per worker, MiB.")] = 256,
-    max_keys: Annotated[int, typer.Option(help="Most keys one request may ask for.")] = 10_000,
+        int | None, typer.Option(help="HTTP/JSON port, 0 = any free, -1 = off [6567].")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", help="Worker processes [1].")
+    ] = None,
+    cache_mb: Annotated[
+        int | None, typer.Option(help="In-process row cache per worker, MiB [256].")
+    ] = None,
+    max_keys: Annotated[
+        int | None, typer.Option(help="Most keys one request may ask for [10000].")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
 ) -> None:
-    """Serve all parts from one process tree on the embedded default; SIGTERM stops cleanly."""
+    """Serve from one process tree; embedded (LMDB, files) unless --config says otherwise.
+
+    Flags override the deployment file, which overrides the defaults. SIGTERM stops cleanly.
+    """
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = ServeSettings(
+    settings = settings_from(
+        config,
         data_dir=data_dir,
         host=host,
         grpc_port=port,
         http_port=http_port,
         workers=workers,
-        cache_bytes=cache_mb << 20,
         max_keys=max_keys,
+        **{"cache.local.max_bytes": None if cache_mb is None else cache_mb << 20},
     )
     raise typer.Exit(supervisor.serve(settings, announce=lambda line: print(line, flush=True)))

@@ -1,4 +1,4 @@
-"""Wiring: build storage, caches, config store and the feature service from settings."""
+"""Wiring: the only place that chooses adapters, from the deployment settings."""
 
 from __future__ import annotations
 
@@ -7,25 +7,106 @@ import logging
 from dataclasses import dataclass
 
 from inferstack.configstore.base import ConfigStore, Watch
-from inferstack.configstore.files import FileConfigStore
+from inferstack.core.errors import UnavailableError
 from inferstack.core.registry import Registry
+from inferstack.featurestore.cache.base import RowCache
 from inferstack.featurestore.cache.memory import MemoryCache
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.rows import RowSource
 from inferstack.featurestore.service import FeatureService
 from inferstack.featurestore.storage.base import FeatureStorage
-from inferstack.featurestore.storage.lmdb import LmdbStorage
-from inferstack.server.settings import ServeSettings
+from inferstack.server.settings import (
+    CassandraStorageSettings,
+    RedisCacheSettings,
+    ServeSettings,
+    ZooKeeperConfigSettings,
+)
 
 log = logging.getLogger(__name__)
 
 
 def open_config_store(settings: ServeSettings) -> ConfigStore:
+    config = settings.config
+    if isinstance(config, ZooKeeperConfigSettings):
+        from inferstack.configstore.zookeeper import ZooKeeperConfigStore
+
+        return ZooKeeperConfigStore(
+            config.hosts,
+            config.root,
+            connect_timeout=config.connect_timeout,
+            request_timeout=config.request_timeout,
+            session_timeout=config.session_timeout,
+        )
+    from inferstack.configstore.files import FileConfigStore
+
     return FileConfigStore(settings.data_dir)
 
 
 def open_storage(settings: ServeSettings) -> FeatureStorage:
-    return LmdbStorage(settings.data_dir / "lmdb")
+    storage = settings.storage
+    if isinstance(storage, CassandraStorageSettings):
+        from inferstack.featurestore.storage.cassandra import CassandraStorage
+
+        return CassandraStorage(
+            storage.contact_points,
+            keyspace=storage.keyspace,
+            replication=storage.replication,
+            local_dc=storage.local_dc,
+            read_consistency=storage.read_consistency,
+            write_consistency=storage.write_consistency,
+            request_timeout=storage.request_timeout,
+            connect_timeout=storage.connect_timeout,
+            max_in_flight=storage.max_in_flight,
+        )
+    from inferstack.featurestore.storage.lmdb import LmdbStorage
+
+    return LmdbStorage(storage.path or settings.data_dir / "lmdb")
+
+
+def open_shared_cache(settings: RedisCacheSettings) -> RowCache:
+    from inferstack.featurestore.cache.redis import RedisCache
+
+    return RedisCache(
+        settings.address,
+        prefix=settings.prefix,
+        timeout=settings.timeout,
+        ttl_jitter=settings.ttl_jitter,
+        max_connections=settings.max_connections,
+        breaker_failures=settings.breaker_failures,
+        breaker_cooldown=settings.breaker_cooldown,
+    )
+
+
+async def check_reachable(settings: ServeSettings) -> None:
+    """Fail at start-up, naming the address, if a configured system does not answer.
+
+    Run once by the supervisor before any worker starts, so nothing starts half-configured.
+    """
+    open_config_store(settings).close()  # ZooKeeper connects (or raises) in its constructor
+    storage = open_storage(settings)
+    try:
+        connect = getattr(storage, "connect", None)
+        if connect is not None:
+            await connect()
+    finally:
+        await storage.close()
+    shared = settings.cache.shared
+    if shared is not None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(
+            shared.address if "://" in shared.address else f"redis://{shared.address}",
+            socket_connect_timeout=max(shared.timeout, 1.0),
+            socket_timeout=max(shared.timeout, 1.0),
+        )
+        try:
+            await client.ping()
+        except Exception as exc:
+            raise UnavailableError(
+                f"cache.shared: redis at {shared.address} did not answer: {exc}"
+            ) from exc
+        finally:
+            await client.aclose()
 
 
 @dataclass
@@ -46,8 +127,11 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
     storage = open_storage(settings)
     registry = config.load()
     await storage.prepare(registry)
-    local = MemoryCache(settings.cache_bytes) if settings.cache_bytes else None
-    service = FeatureService(RowSource(storage, local), Catalog(registry), settings.max_keys)
+    max_bytes = int(settings.cache.local.max_bytes)
+    local = MemoryCache(max_bytes) if max_bytes else None
+    shared = open_shared_cache(settings.cache.shared) if settings.cache.shared else None
+    rows = RowSource(storage, local, shared)
+    service = FeatureService(rows, Catalog(registry), settings.max_keys)
     components = Components(config, service)
     if watch:
         loop = asyncio.get_running_loop()

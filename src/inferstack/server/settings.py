@@ -1,24 +1,174 @@
-"""Deployment settings: where to listen and which adapters to use."""
+"""Deployment settings: where to listen and which adapter serves each concern.
+
+One YAML file (`inferstack serve --config deploy.yaml`) selects the adapters; every field
+can be overridden by an environment variable named after its path, upper-case, sections
+joined by double underscores: `INFERSTACK_STORAGE__CONTACT_POINTS='[10.0.0.5:9042]'`,
+`INFERSTACK_WORKERS=4`. Values from the environment are read as YAML scalars or lists.
+Errors name the file and line (or the variable) and the field.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, ValidationError
+
+from inferstack.core.durations import parse_duration
+from inferstack.core.errors import DefinitionError, located
+from inferstack.core.yamlsource import load_yaml
 
 DEFAULT_GRPC_PORT = 6566
 DEFAULT_HTTP_PORT = 6567
+ENV_PREFIX = "INFERSTACK_"
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
 
-class ServeSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class LmdbStorageSettings(_Section):
+    type: Literal["lmdb"] = "lmdb"
+    path: Path | None = None  # default: <data_dir>/lmdb
+
+
+class CassandraStorageSettings(_Section):
+    """ScyllaDB or Apache Cassandra."""
+
+    type: Literal["cassandra", "scylla"]
+    contact_points: list[str] = Field(min_length=1)
+    keyspace: str = "inferstack"
+    replication: dict[str, str | int] | None = None  # default SimpleStrategy, factor 1
+    local_dc: str | None = None
+    read_consistency: str = "LOCAL_ONE"
+    write_consistency: str = "LOCAL_QUORUM"
+    request_timeout: Seconds = 1.0
+    connect_timeout: Seconds = 5.0
+    max_in_flight: int = Field(128, ge=1)
+
+
+class LocalCacheSettings(_Section):
+    max_bytes: ByteSize = ByteSize(256 << 20)  # per worker; 0 turns the cache off
+
+
+class RedisCacheSettings(_Section):
+    """Any Redis-protocol server: Redis, Dragonfly, Valkey, KeyDB."""
+
+    type: Literal["redis"] = "redis"
+    address: str  # host:port or redis://[user:password@]host:port/db
+    prefix: str = "ifs:"
+    timeout: Seconds = 0.05
+    ttl_jitter: float = Field(0.1, ge=0, lt=1)
+    max_connections: int = Field(64, ge=1)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown: Seconds = 1.0
+
+
+class CacheSettings(_Section):
+    local: LocalCacheSettings = LocalCacheSettings()
+    shared: RedisCacheSettings | None = None
+
+
+class FileConfigSettings(_Section):
+    type: Literal["files"] = "files"
+
+
+class ZooKeeperConfigSettings(_Section):
+    type: Literal["zookeeper"]
+    hosts: str  # host:port[,host:port...][/chroot]
+    root: str = "/inferstack"
+    connect_timeout: Seconds = 5.0
+    request_timeout: Seconds = 5.0
+    session_timeout: Seconds = 10.0
+
+
+class ServeSettings(_Section):
     data_dir: Path = Path(".inferstack")
     host: str = "127.0.0.1"
     grpc_port: int = Field(DEFAULT_GRPC_PORT, ge=0, le=65535)
     http_port: int = Field(DEFAULT_HTTP_PORT, ge=-1, le=65535)  # -1 turns HTTP off
     workers: int = Field(1, ge=1, le=64)
-    cache_bytes: int = Field(256 << 20, ge=0)  # in-process row cache budget per worker
     max_keys: int = Field(10_000, ge=1)
     max_message_bytes: int = Field(64 << 20, ge=1 << 20)
-    shutdown_grace: float = Field(5.0, ge=0)
+    shutdown_grace: Seconds = 5.0
+    storage: Annotated[
+        LmdbStorageSettings | CassandraStorageSettings, Field(discriminator="type")
+    ] = LmdbStorageSettings()
+    cache: CacheSettings = CacheSettings()
+    config: Annotated[FileConfigSettings | ZooKeeperConfigSettings, Field(discriminator="type")] = (
+        FileConfigSettings()
+    )
+
+    @property
+    def description(self) -> str:
+        shared = f" + {self.cache.shared.address}" if self.cache.shared else ""
+        return (
+            f"storage {self.storage.type}, cache local{shared}, config {self.config.type}, "
+            f"data dir {self.data_dir}"
+        )
+
+
+def load_settings(
+    path: Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServeSettings:
+    """File, then INFERSTACK_* variables, then explicit overrides (CLI flags).
+
+    Overrides are keyed by dotted path ("cache.local.max_bytes"); None values are ignored.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    document = None
+    if path is not None:
+        document = load_yaml(path)
+        if document.data is not None and not isinstance(document.data, dict):
+            raise DefinitionError([document.problem((), "expected a mapping of settings")])
+        data = dict(document.data or {})
+    from_env: dict[tuple[str, ...], str] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "INFERSTACK_DATA_DIR":
+            continue
+        field_path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        if field_path[0] not in ServeSettings.model_fields:
+            continue  # other INFERSTACK_ variables (INFERSTACK_TARGET, test settings)
+        _set(data, field_path, yaml.safe_load(text) if text else text)
+        from_env[field_path] = name
+    if "data_dir" not in data and environ.get("INFERSTACK_DATA_DIR"):
+        data["data_dir"] = environ["INFERSTACK_DATA_DIR"]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(data, tuple(key.split(".")), value)
+    try:
+        return ServeSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            # Pydantic names the chosen member of a tagged union ("cassandra"); users did not.
+            location = tuple(str(part) for part in error["loc"] if part not in _UNION_TAGS)
+            field_name = ".".join(location)
+            message = f"{field_name}: {error['msg'].removeprefix('Value error, ')}"
+            variable = next((v for p, v in from_env.items() if location[: len(p)] == p), None)
+            if variable is not None:
+                problems.append(f"${variable}: {message}")
+            elif document is not None:
+                problems.append(document.problem(location, message))
+            else:
+                problems.append(located("settings", None, message))
+        raise DefinitionError(problems) from exc
+
+
+_UNION_TAGS = {"lmdb", "cassandra", "scylla", "files", "zookeeper", "redis"}
+
+
+def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        child = data.get(part)
+        if not isinstance(child, dict):
+            child = data[part] = {}
+        data = child
+    data[path[-1]] = value

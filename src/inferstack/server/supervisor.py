@@ -3,18 +3,22 @@ and stop them all cleanly on SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from inferstack.core.errors import InferstackError
 from inferstack.server import worker
+from inferstack.server.components import check_reachable
 from inferstack.server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,12 @@ def _worker_main(settings: ServeSettings, ready: Any, level: int) -> None:
 
 
 def serve(settings: ServeSettings, announce: Any = print) -> int:
+    try:
+        asyncio.run(check_reachable(settings))
+    except InferstackError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     settings = with_ports(settings)
     context = multiprocessing.get_context("spawn")  # no gRPC state may cross a fork
     ready = context.Queue()
@@ -82,7 +92,7 @@ def serve(settings: ServeSettings, announce: Any = print) -> int:
         http = f", HTTP on {settings.host}:{settings.http_port}" if settings.http_port >= 0 else ""
         announce(
             f"inferstack serving gRPC on {settings.host}:{settings.grpc_port}{http} "
-            f"with {settings.workers} worker(s); data in {settings.data_dir}"
+            f"with {settings.workers} worker(s); {settings.description}"
         )
 
     failed = started < settings.workers

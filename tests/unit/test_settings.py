@@ -1,0 +1,69 @@
+"""Deployment files: the examples load, env overrides apply, mistakes name file/line/field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inferstack.core.errors import DefinitionError
+from inferstack.server.settings import (
+    CassandraStorageSettings,
+    LmdbStorageSettings,
+    ServeSettings,
+    ZooKeeperConfigSettings,
+    load_settings,
+)
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def test_embedded_example_is_the_default() -> None:
+    assert load_settings(DEPLOY / "embedded.yaml", environ={}) == ServeSettings()
+
+
+def test_distributed_example_and_env_overrides() -> None:
+    settings = load_settings(
+        DEPLOY / "distributed.yaml",
+        environ={
+            "INFERSTACK_STORAGE__CONTACT_POINTS": "[10.1.1.1:9042, 10.1.1.2:9042]",
+            "INFERSTACK_CACHE__SHARED__TIMEOUT": "20ms",
+            "INFERSTACK_WORKERS": "4",
+            "INFERSTACK_TARGET": "ignored:1",
+        },
+    )
+    assert isinstance(settings.storage, CassandraStorageSettings)
+    assert settings.storage.contact_points == ["10.1.1.1:9042", "10.1.1.2:9042"]
+    assert settings.cache.shared is not None and settings.cache.shared.timeout == 0.02
+    assert int(settings.cache.local.max_bytes) == 256 << 20
+    assert isinstance(settings.config, ZooKeeperConfigSettings)
+    assert settings.workers == 4
+
+
+def test_flags_override_file_and_environment(tmp_path: Path) -> None:
+    settings = load_settings(
+        DEPLOY / "embedded.yaml",
+        {"workers": 3, "cache.local.max_bytes": 1 << 20, "grpc_port": None},
+        environ={"INFERSTACK_WORKERS": "2", "INFERSTACK_DATA_DIR": str(tmp_path)},
+    )
+    assert settings.workers == 3 and int(settings.cache.local.max_bytes) == 1 << 20
+    assert settings.grpc_port == 6566
+    assert settings.data_dir == Path(".inferstack")  # the file wins over INFERSTACK_DATA_DIR
+    assert isinstance(settings.storage, LmdbStorageSettings)
+
+
+def test_malformed_file_names_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.yaml"
+    path.write_text(
+        "workers: 2\nstorage:\n  type: cassandra\n  contact_points: []\ncache:\n  loca: {}\n"
+    )
+    with pytest.raises(DefinitionError) as caught:
+        load_settings(path, environ={})
+    problems = "\n".join(caught.value.problems)
+    assert f"{path}:4: storage.contact_points: List should have at least 1 item" in problems
+    assert f"{path}:6: cache.loca: Extra inputs are not permitted" in problems
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(DefinitionError, match=r"\$INFERSTACK_GRPC_PORT: grpc_port"):
+        load_settings(None, environ={"INFERSTACK_GRPC_PORT": "seventy"})
