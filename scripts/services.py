@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -37,9 +38,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
@@ -142,7 +142,7 @@ def apt_install(binary: str, package: str) -> None:
             )
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Artifact:
     group: str
     artifact: str
@@ -219,12 +219,13 @@ def proc_start_ticks(pid: int) -> int | None:
 
 def proc_exe(pid: int) -> str:
     try:
-        return os.readlink(f"/proc/{pid}/exe")
+        exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return ""
+    return exe.removesuffix(" (deleted)")  # the package was upgraded under it
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ProcessRecord:
     """Enough to recognise the exact process we started, even after its pid is reused.
 
@@ -257,6 +258,20 @@ def free_ports(count: int, avoid: set[int]) -> list[int]:
         for sock in held:
             sock.close()
     return ports
+
+
+_port_lock = threading.Lock()
+_ports_handed_out: set[int] = set()
+
+
+def allocate_ports(names: Sequence[str]) -> dict[str, int]:
+    """Fresh ports for one service, never one that another service holds or keeps for a
+    later `start`, nor one handed to a service starting in parallel."""
+    with _port_lock:
+        kept = {port for name in ALL_SERVICES for port in SERVICES[name]().ports().values()}
+        ports = free_ports(len(names), kept | _ports_handed_out)
+        _ports_handed_out.update(ports)
+    return dict(zip(names, ports, strict=True))
 
 
 def port_is_free(port: int) -> bool:
@@ -304,6 +319,8 @@ class Service:
         self.log_file = self.dir / "out.log"
         self.conf_dir = self.dir / "conf"
         self.data_dir = self.dir / "data"
+        # One lock per service: `stop redis` in a fault test never waits for `up cassandra`.
+        self.lock_file = state_root() / f".{self.name}.lock"
 
     # -- to be provided by each service ------------------------------------------------------
 
@@ -365,7 +382,7 @@ class Service:
             )
         ticks = proc_start_ticks(proc.pid)
         record = ProcessRecord(proc.pid, ticks if ticks is not None else -1, proc_exe(proc.pid))
-        state = {"ports": ports, "process": record.__dict__, "command": command}
+        state = {"ports": ports, "process": dataclasses.asdict(record), "command": command}
         self.state_file.write_text(json.dumps(state, indent=2) + "\n")
         self.pid_file.write_text(f"{proc.pid}\n")
         return proc
@@ -374,6 +391,7 @@ class Service:
         port = self.ports()[self.port_names[0]]
         deadline = time.monotonic() + timeout
         last: Exception | None = None
+        pause = 0.05
         while True:
             if proc is not None and proc.poll() is not None:
                 raise ServiceError(
@@ -389,27 +407,48 @@ class Service:
                     f"{self.name} did not answer on {HOST}:{port} within {timeout:.0f}s "
                     f"(last probe: {last!r}); last lines of {self.log_file}:\n{tail(self.log_file)}"
                 )
-            time.sleep(0.25)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)  # a restarted Redis answers within ~50 ms
 
-    def start(self, ports: dict[str, int], fresh: bool, timeout: float | None) -> str:
-        """Install if needed, (re)create files, start the process, wait until it answers."""
-        self.install()
-        if fresh and self.dir.exists():
-            shutil.rmtree(self.dir)
-        for port in ports.values():
-            if not port_is_free(port):
-                raise ServiceError(f"{self.name}: port {HOST}:{port} is taken by another process")
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.configure(ports)
-        proc = self.spawn(ports)
-        try:
-            return self.wait_ready(proc, timeout or self.ready_timeout)
-        except BaseException:
-            self.stop(kill=True)
-            raise
+    def up(self, keep: bool, timeout: float | None) -> tuple[str, str]:
+        """Make the service run and answer; return (what was done, probe detail).
 
-    def stop(self, kill: bool = False) -> str:
+        Fresh by default: wiped state dir, new ports. With keep, a stopped service that left
+        its data dir comes back on the same ports with the same data.
+        """
+        timeout = timeout or self.ready_timeout
+        with file_lock(self.lock_file):
+            if self.running():
+                return "already up", self.wait_ready(None, timeout)
+            kept = self.ports()
+            fresh = not (keep and self.data_dir.is_dir() and set(kept) == set(self.port_names))
+            self.install()
+            if fresh:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                ports = allocate_ports(self.port_names)
+            else:
+                ports = kept
+                for port in ports.values():
+                    if not port_is_free(port):
+                        raise ServiceError(
+                            f"{self.name}: kept port {HOST}:{port} is taken by another process"
+                        )
+            self.conf_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.configure(ports)
+            proc = self.spawn(ports)
+            try:
+                detail = self.wait_ready(proc, timeout)
+            except BaseException:
+                self._stop(kill=True)
+                raise
+        return ("started" if fresh else "restarted (kept data)"), detail
+
+    def down(self, kill: bool = False) -> str:
+        with file_lock(self.lock_file):
+            return self._stop(kill)
+
+    def _stop(self, kill: bool) -> str:
         """Stop the process `up` started: SIGTERM (SIGKILL with kill=True), wait, SIGKILL."""
         proc = self.running()
         if proc is None:
@@ -720,6 +759,10 @@ class Reader:
         size = self.take("h")
         return None if size < 0 else self.raw(size).decode()
 
+    def skip_short_strings(self, count: int) -> None:
+        for _ in range(count):
+            self.short_string()
+
 
 def cql_release_version(port: int) -> str:
     """CQL native protocol v4: STARTUP, then SELECT release_version FROM system.local."""
@@ -751,10 +794,10 @@ def cql_release_version(port: int) -> str:
         result.raw(result.take("i"))
     if not flags & 0x0004:  # column metadata present
         if flags & 0x0001:  # global table spec: keyspace, table
-            result.short_string(), result.short_string()
+            result.skip_short_strings(2)
         for _ in range(columns):
             if not flags & 0x0001:
-                result.short_string(), result.short_string()
+                result.skip_short_strings(2)
             result.short_string()  # column name
             if result.take("H") == 0x0000:  # custom type: class name follows
                 result.short_string()
@@ -813,7 +856,9 @@ def kafka_metadata(port: int) -> tuple[list[int], int]:
     brokers = []
     for _ in range(reply.take("i")):
         brokers.append(reply.take("i"))
-        reply.short_string(), reply.take("i"), reply.short_string()  # host, port, rack
+        reply.skip_short_strings(1)  # host
+        reply.take("i")  # port
+        reply.skip_short_strings(1)  # rack
     reply.short_string()  # cluster id
     return brokers, int(reply.take("i"))
 
@@ -825,70 +870,51 @@ def kafka_metadata(port: int) -> tuple[list[int], int]:
 
 def write_endpoints() -> dict[str, str]:
     """Record the endpoints of the services that are running now."""
-    endpoints = {}
-    for name in ALL_SERVICES:
-        service = SERVICES[name]()
-        endpoint = service.endpoint()
-        if endpoint and service.running():
-            endpoints[name] = endpoint
     root = state_root()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / "endpoints.json.tmp"
-    tmp.write_text(json.dumps(endpoints, indent=2) + "\n")
-    tmp.replace(root / "endpoints.json")
+    with file_lock(root / ".endpoints.lock"):
+        endpoints = {}
+        for name in ALL_SERVICES:
+            service = SERVICES[name]()
+            endpoint = service.endpoint()
+            if endpoint and service.running():
+                endpoints[name] = endpoint
+        tmp = root / "endpoints.json.tmp"
+        tmp.write_text(json.dumps(endpoints, indent=2) + "\n")
+        tmp.replace(root / "endpoints.json")
     return endpoints
 
 
-def cmd_up(names: Sequence[str], keep: bool, timeout: float | None) -> int:
-    services = [SERVICES[name]() for name in ALL_SERVICES if name in names]
-    # Decide every port in one place so parallel starts never pick the same one; ports kept
-    # by stopped services (for a later `start`) are off limits too.
-    reserved = {p for name in ALL_SERVICES for p in SERVICES[name]().ports().values()}
-    plans: dict[str, tuple[dict[str, int], bool] | None] = {}
-    for service in services:
-        kept = service.ports()
-        if service.running():
-            plans[service.name] = None
-        elif keep and service.data_dir.is_dir() and set(kept) == set(service.port_names):
-            plans[service.name] = (kept, False)
-        else:
-            ports = free_ports(len(service.port_names), reserved)
-            reserved.update(ports)
-            plans[service.name] = (dict(zip(service.port_names, ports, strict=True)), True)
+def in_parallel(names: Sequence[str], action: Callable[[Service], str]) -> list[str]:
+    """Run `action` on each service in its own thread, report each, return the failed names."""
 
-    def bring_up(service: Service) -> None:
+    def run(name: str) -> str | None:
+        service = SERVICES[name]()
         began = time.monotonic()
-        plan = plans[service.name]
-        if plan is None:
-            detail = service.wait_ready(None, timeout or service.ready_timeout)
-            verb = "already up"
-        else:
-            ports, fresh = plan
-            detail = service.start(ports, fresh, timeout)
-            verb = "started" if fresh else "restarted (kept data)"
-        proc = service.running()
-        pid = proc.pid if proc else "?"
-        say(
-            service.name,
-            f"{verb:<22} pid {pid:<8} {service.endpoint()}  "
-            f"[{detail}] in {time.monotonic() - began:.1f}s",
-        )
+        try:
+            result = action(service)
+        except (OSError, ServiceError) as exc:
+            say(name, f"FAILED: {exc}", sys.stderr)
+            return name
+        say(name, f"{result} in {time.monotonic() - began:.1f}s")
+        return None
 
-    failures: list[tuple[str, BaseException]] = []
-    # The slow starters first, so Maven (one resolution at a time) serves Cassandra first.
-    with ThreadPoolExecutor(max_workers=len(services)) as pool:
-        futures = {service.name: pool.submit(bring_up, service) for service in services}
-        for name, future in futures.items():
-            if (error := future.exception()) is not None:
-                failures.append((name, error))
-    endpoints = write_endpoints()
-    print(json.dumps(endpoints))
-    for name, error in failures:
-        say(name, f"FAILED: {error}", sys.stderr)
-    if failures:
+    # In ALL_SERVICES order: Cassandra, the slowest, gets Maven (one resolution at a time) first.
+    ordered = [name for name in ALL_SERVICES if name in names]
+    with ThreadPoolExecutor(max_workers=len(ordered)) as pool:
+        return [name for name in pool.map(run, ordered) if name is not None]
+
+
+def cmd_up(names: Sequence[str], keep: bool, timeout: float | None) -> int:
+    def bring_up(service: Service) -> str:
+        verb, detail = service.up(keep, timeout)
+        proc = service.running()
+        return f"{verb:<22} pid {proc.pid if proc else '?':<8} {service.endpoint()}  [{detail}]"
+
+    failed = in_parallel(names, bring_up)
+    print(json.dumps(write_endpoints()))
+    if failed:
         print(
-            f"services.py: {', '.join(n for n, _ in failures)} did not come up "
-            f"(state in {state_root()})",
+            f"services.py: {', '.join(failed)} did not come up; logs: {state_root()}/NAME/out.log",
             file=sys.stderr,
         )
         return 1
@@ -896,24 +922,9 @@ def cmd_up(names: Sequence[str], keep: bool, timeout: float | None) -> int:
 
 
 def cmd_down(names: Sequence[str], kill: bool) -> int:
-    services = [SERVICES[name]() for name in names]
-    failures = 0
-
-    def bring_down(service: Service) -> None:
-        nonlocal failures
-        began = time.monotonic()
-        try:
-            result = service.stop(kill=kill)
-        except (OSError, ServiceError) as exc:
-            failures += 1
-            say(service.name, f"FAILED to stop: {exc}", sys.stderr)
-        else:
-            say(service.name, f"{result} in {time.monotonic() - began:.1f}s")
-
-    with ThreadPoolExecutor(max_workers=len(services)) as pool:
-        list(pool.map(bring_down, services))
+    failed = in_parallel(names, lambda service: service.down(kill))
     write_endpoints()
-    return 1 if failures else 0
+    return 1 if failed else 0
 
 
 def cmd_status(names: Sequence[str]) -> int:
@@ -990,21 +1001,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown := [name for name in args.names if name not in SERVICES]:
         parser.error(f"unknown service {', '.join(unknown)}; choose from {', '.join(ALL_SERVICES)}")
     names: list[str] = list(dict.fromkeys(args.names)) or list(ALL_SERVICES)
-    lock = state_root() / ".lock"
-    try:
-        if args.command in ("up", "start"):
-            keep = args.command == "start" or bool(args.keep)
-            with file_lock(lock):
-                return cmd_up(names, keep, args.timeout)
-        if args.command in ("down", "stop"):
-            with file_lock(lock):
-                return cmd_down(names, args.kill)
-        if args.command == "status":
-            return cmd_status(names)
-        return cmd_env(names)
-    except ServiceError as exc:
-        print(f"services.py: {exc}", file=sys.stderr)
-        return 1
+    if args.command in ("up", "start"):
+        return cmd_up(names, args.command == "start" or bool(args.keep), args.timeout)
+    if args.command in ("down", "stop"):
+        return cmd_down(names, args.kill)
+    if args.command == "status":
+        return cmd_status(names)
+    return cmd_env(names)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ class RunningServer:
         return self.process.wait(timeout)
 
 
-def inferstack(*args: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "INFERSTACK_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+def inferstack(
+    *args: str, data_dir: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "INFERSTACK_DATA_DIR": str(data_dir), "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "inferstack.cli.main", *args],
         env=env,
