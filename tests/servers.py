@@ -44,7 +44,11 @@ def inferstack(
 
 
 def start_server(
-    data_dir: Path, *extra: str, workers: int = 2, timeout: float = 60.0
+    data_dir: Path,
+    *extra: str,
+    workers: int = 2,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> RunningServer:
     grpc_port, http_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     log = data_dir / f"serve-{grpc_port}.log"
@@ -69,6 +73,7 @@ def start_server(
         stdout=handle,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     server = RunningServer(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", log)
     deadline = time.monotonic() + timeout

@@ -67,3 +67,12 @@ def test_malformed_file_names_file_line_and_field(tmp_path: Path) -> None:
 def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(DefinitionError, match=r"\$INFERSTACK_GRPC_PORT: grpc_port"):
         load_settings(None, environ={"INFERSTACK_GRPC_PORT": "seventy"})
+
+
+def test_environment_text_that_looks_like_yaml_stays_text() -> None:
+    settings = load_settings(
+        DEPLOY / "distributed.yaml",
+        environ={"INFERSTACK_CACHE__SHARED__PREFIX": "run1:", "INFERSTACK_CONFIG__ROOT": "/a: b"},
+    )
+    assert settings.cache.shared is not None and settings.cache.shared.prefix == "run1:"
+    assert isinstance(settings.config, ZooKeeperConfigSettings) and settings.config.root == "/a: b"

@@ -29,7 +29,7 @@ ConfigOption = Annotated[
     typer.Option(
         "--config",
         "-c",
-        envvar="INFERSTACK_CONFIG",
+        envvar="INFERSTACK_DEPLOYMENT",
         help="Deployment file choosing storage, caches and config store (default: embedded).",
         dir_okay=False,
     ),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from inferstack.configstore.base import ConfigStore, Watch
@@ -82,14 +84,15 @@ async def check_reachable(settings: ServeSettings) -> None:
 
     Run once by the supervisor before any worker starts, so nothing starts half-configured.
     """
-    open_config_store(settings).close()  # ZooKeeper connects (or raises) in its constructor
-    storage = open_storage(settings)
-    try:
-        connect = getattr(storage, "connect", None)
-        if connect is not None:
-            await connect()
-    finally:
-        await storage.close()
+    with _quiet("cassandra", "kazoo"):  # drivers log tracebacks; the error below says it all
+        open_config_store(settings).close()  # ZooKeeper connects (or raises) in its constructor
+        storage = open_storage(settings)
+        try:
+            connect = getattr(storage, "connect", None)
+            if connect is not None:
+                await connect()
+        finally:
+            await storage.close()
     shared = settings.cache.shared
     if shared is not None:
         import redis.asyncio as aioredis
@@ -107,6 +110,19 @@ async def check_reachable(settings: ServeSettings) -> None:
             ) from exc
         finally:
             await client.aclose()
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @dataclass

@@ -136,7 +136,7 @@ def load_settings(
         field_path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
         if field_path[0] not in ServeSettings.model_fields:
             continue  # other INFERSTACK_ variables (INFERSTACK_TARGET, test settings)
-        _set(data, field_path, yaml.safe_load(text) if text else text)
+        _set(data, field_path, _env_value(text))
         from_env[field_path] = name
     if "data_dir" not in data and environ.get("INFERSTACK_DATA_DIR"):
         data["data_dir"] = environ["INFERSTACK_DATA_DIR"]
@@ -160,6 +160,18 @@ def load_settings(
             else:
                 problems.append(located("settings", None, message))
         raise DefinitionError(problems) from exc
+
+
+def _env_value(text: str) -> Any:
+    """Lists and mappings as YAML flow ("[a, b]"); scalars as YAML unless that makes them
+    something else ("it:" would become a mapping): then the text as it is."""
+    try:
+        value = yaml.safe_load(text) if text else text
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, list | dict) and text.lstrip()[:1] not in "[{":
+        return text
+    return value
 
 
 _UNION_TAGS = {"lmdb", "cassandra", "scylla", "files", "zookeeper", "redis"}
