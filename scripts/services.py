@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Start and stop the real backing services that inferstack's integration tests use.
 
-    services.py up [--keep] [--timeout S] [NAMES...]   start (fresh: wiped data, new ports)
-    services.py start NAMES...                         restart keeping data and ports (up --keep)
-    services.py down [--kill] [NAMES...]               stop what `up` started (stop = down)
-    services.py status [NAMES...]                      up/down, pid, endpoint (exit 1 if any down)
-    services.py env [NAMES...]                         `export INFERSTACK_TEST_<NAME>=host:port`
+    services.py up [--keep] [--timeout S] [NAMES...]  start fresh: wiped data dir, new free ports
+    services.py start NAMES...                        = up --keep: same data dir, same ports
+    services.py down [--kill] [NAMES...]              stop what `up` started (data kept)
+    services.py stop [--kill] NAMES...                = down NAMES; --kill: SIGKILL, a crash
+    services.py status [NAMES...]                     up/down, pid, endpoint (exit 1 if any down)
+    services.py env [NAMES...]                        export INFERSTACK_TEST_<NAME>=host:port
 
 NAMES: cassandra, redis, zookeeper, kafka (default: all). Everything listens on 127.0.0.1 only.
 
@@ -86,12 +87,15 @@ def say(name: str, message: str, stream: TextIO = sys.stdout) -> None:
         print(f"{name:<10} {message}", file=stream, flush=True)
 
 
-def tail(path: Path, lines: int = 40) -> str:
+def tail(path: Path, lines: int = 25, width: int = 300) -> str:
+    """The end of a log, each line cut short: JVMs log their whole config on one line."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(
+        line if len(line) <= width else line[:width] + " ..." for line in text.splitlines()[-lines:]
+    )
 
 
 def render(template: str, target: Path, **values: object) -> None:
@@ -125,15 +129,15 @@ def apt_install(binary: str, package: str) -> None:
     with _apt_lock:
         if shutil.which(binary):
             return
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", package]
+        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]  # wait for another apt, not fail
         if os.geteuid() != 0:
-            install.insert(0, "sudo")
+            apt = ["sudo", "DEBIAN_FRONTEND=noninteractive", *apt]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = [*apt, "install", "-y", "--no-install-recommends", package]
         say(package, "installing with apt-get ...")
         result = subprocess.run(install, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            update = [*install[: install.index("install")], "update"]
-            subprocess.run(update, env=env, capture_output=True, text=True)
+        if result.returncode != 0:  # most likely a stale or missing package index
+            subprocess.run([*apt, "update"], env=env, capture_output=True, text=True)
             result = subprocess.run(install, env=env, capture_output=True, text=True)
         if result.returncode != 0 or not shutil.which(binary):
             raise ServiceError(
@@ -450,9 +454,10 @@ class Service:
 
     def _stop(self, kill: bool) -> str:
         """Stop the process `up` started: SIGTERM (SIGKILL with kill=True), wait, SIGKILL."""
+        had_pid_file = self.pid_file.exists()
         proc = self.running()
         if proc is None:
-            return "down"
+            return "was not running" + (" (stale pid file removed)" if had_pid_file else "")
         os.kill(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
         if not self._wait_gone(proc, self.stop_timeout):
             say(self.name, f"still alive {self.stop_timeout:.0f}s after SIGTERM: SIGKILL")
@@ -533,6 +538,7 @@ class JavaService(Service):
             # test traffic never needs peak throughput. INFERSTACK_SERVICES_JVM_OPTS can undo it
             # (e.g. -XX:TieredStopAtLevel=4 for a benchmark): later flags win.
             "-XX:TieredStopAtLevel=1",
+            "-XX:+ExitOnOutOfMemoryError",  # a dead server fails tests clearly; a limping one not
             f"-XX:ErrorFile={self.dir}/hs_err_%p.log",
             "-Djava.awt.headless=true",
             "-Djava.net.preferIPv4Stack=true",

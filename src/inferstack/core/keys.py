@@ -19,6 +19,7 @@ from inferstack.core.errors import InvalidArgumentError
 
 KeyValues = npt.NDArray[Any] | Sequence[Any]
 _SIGN = np.uint64(2**63)
+_pack_length = struct.Struct(">I").pack
 
 
 def coerce_key_column(entity: Entity, name: str, values: KeyValues) -> npt.NDArray[Any] | list[str]:
@@ -31,7 +32,7 @@ def coerce_key_column(entity: Entity, name: str, values: KeyValues) -> npt.NDArr
     if key.type.base == "string":
         if isinstance(values, np.ndarray) and values.dtype.kind in "US":
             values = values.tolist()
-        if not all(isinstance(v, str) for v in values):
+        if not set(map(type, values)) <= {str}:
             bad = next(v for v in values if not isinstance(v, str))
             raise InvalidArgumentError(
                 f"key '{entity.name}.{name}' is a string, got {type(bad).__name__} {bad!r}"
@@ -105,12 +106,8 @@ def encode_keys(entity: Entity, columns: dict[str, KeyValues]) -> list[bytes]:
 
 def _encode_part(part: npt.NDArray[Any] | list[str]) -> list[bytes]:
     if isinstance(part, list):
-        pack = struct.Struct(">I").pack
-        out = []
-        for text in part:
-            raw = text.encode("utf-8")
-            out.append(pack(len(raw)) + raw)
-        return out
+        encoded = [text.encode("utf-8") for text in part]
+        return [_pack_length(len(raw)) + raw for raw in encoded]
     if part.dtype.kind == "i":
         unsigned = part.astype(np.int64).view(np.uint64) ^ _SIGN
     else:

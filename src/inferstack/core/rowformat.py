@@ -177,7 +177,7 @@ class GroupCodec:
         status = np.zeros(count, dtype=np.uint8)  # RowStatus.FOUND
         default = self._default_row
         work: list[bytes] = [default if row is None else row for row in rows]
-        if len(work) != sum(1 for row in rows if row is not None):
+        if None in rows:
             status[[i for i, row in enumerate(rows) if row is None]] = RowStatus.MISSING
 
         lengths = np.fromiter(map(len, work), dtype=np.int64, count=count)
