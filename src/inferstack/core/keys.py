@@ -101,6 +101,8 @@ def encode_keys(entity: Entity, columns: dict[str, KeyValues]) -> list[bytes]:
     if len(parts) == 1:
         return _encode_part(parts[0])
     encoded = [_encode_part(part) for part in parts]
+    if len(encoded) == 2:  # the common composite key: one concatenation per row
+        return [a + b for a, b in zip(encoded[0], encoded[1], strict=True)]
     return [b"".join(row) for row in zip(*encoded, strict=True)]
 
 
