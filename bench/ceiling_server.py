@@ -1,7 +1,10 @@
-"""The "empty call" ceiling: a gRPC server on the same stack (grpc.aio, uvloop, N workers
-sharing one port) that answers FeatureStore calls with canned responses of the real size.
+"""The "empty call" ceiling: the same gRPC stack as `inferstack serve` (grpc.aio, uvloop,
+the generated FeatureStore messages, N workers sharing one port) answering RetrieveBatch
+with a prebuilt response of the real size for the request's shape.
 
-It does no feature work at all, so the feature store can at best match it.
+gRPC still parses each request and serialises each response, exactly as for the real
+server; the only thing missing is the feature store's own work, so it is what the feature
+store could reach at best.
 Usage: python bench/ceiling_server.py CANNED_FILE PORT WORKERS
 """
 
@@ -13,28 +16,43 @@ import pickle
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvloop
 
-SERVICE = "inferstack.featurestore.v1.FeatureStore"
+from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
+from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
 
 
-async def serve(canned: dict[bytes, bytes], port: int) -> None:
-    async def answer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return canned[request]
+def shape_of(request: pb.RetrieveBatchRequest) -> tuple[int, int]:
+    """Requests of one benchmark shape have the same number of queries and keys."""
+    last = request.requests[-1]
+    keys = sum(len(k.int64_values) + len(k.string_values) for k in last.keys)
+    return len(request.requests), keys
 
-    handler = grpc.unary_unary_rpc_method_handler(answer)  # bytes in, bytes out: no parsing
+
+class EmptyFeatureStore(pb_grpc.FeatureStoreServicer):  # type: ignore[misc]  # generated
+    def __init__(self, canned: dict[tuple[int, int], pb.RetrieveBatchResponse]) -> None:
+        self.canned = canned
+
+    async def RetrieveBatch(  # noqa: N802 (gRPC method name)
+        self, request: pb.RetrieveBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RetrieveBatchResponse:
+        return self.canned[shape_of(request)]
+
+
+async def serve(canned_bytes: dict[bytes, bytes], port: int) -> None:
+    canned = {
+        shape_of(pb.RetrieveBatchRequest.FromString(request)): pb.RetrieveBatchResponse.FromString(
+            response
+        )
+        for request, response in canned_bytes.items()
+    }
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 1), ("grpc.max_send_message_length", 64 << 20)]
     )
-    server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                SERVICE, {"RetrieveBatch": handler, "Retrieve": handler}
-            )
-        ]
-    )
+    pb_grpc.add_FeatureStoreServicer_to_server(EmptyFeatureStore(canned), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
