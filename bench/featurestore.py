@@ -35,7 +35,13 @@ from inferstack.core.keys import encode_keys
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.storage.lmdb import LmdbStorage
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
-from inferstack.sampledata.generate import FULL_SIZES, candidate_products, category_of, generate
+from inferstack.sampledata.generate import (
+    FULL_SIZES,
+    GROUP_FILES,
+    candidate_products,
+    category_of,
+    generate,
+)
 from inferstack.server.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,12 +77,8 @@ def prepare_data(scale: float) -> tuple[Path, Path]:
         generate(sample, scale=scale)
     if not (store / "ingested").exists():
         cli("apply", "-f", str(sample / "ecommerce.yaml"), data_dir=store)
-        for group, file in (
-            ("user_profile", "user"),
-            ("product_stats", "product"),
-            ("user_category_affinity", "user_category"),
-        ):
-            cli("ingest", "-g", group, str(sample / f"{file}.parquet"), data_dir=store)
+        for group, file in GROUP_FILES.items():
+            cli("ingest", "-g", group, str(sample / file), data_dir=store)
         (store / "ingested").touch()
     return sample, store
 

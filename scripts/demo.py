@@ -23,7 +23,13 @@ from rich.console import Console
 from rich.table import Table
 
 from inferstack.client import FeatureStoreClient, Query
-from inferstack.sampledata.generate import FULL_SIZES, candidate_products, category_of, generate
+from inferstack.sampledata.generate import (
+    FULL_SIZES,
+    GROUP_FILES,
+    candidate_products,
+    category_of,
+    generate,
+)
 from inferstack.server.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,12 +82,8 @@ def main() -> None:
     shutil.rmtree(data_dir, ignore_errors=True)
 
     run("apply", "-f", str(sample / "ecommerce.yaml"), data_dir=data_dir)
-    for group, file in (
-        ("user_profile", "user"),
-        ("product_stats", "product"),
-        ("user_category_affinity", "user_category"),
-    ):
-        run("ingest", "--feature-group", group, str(sample / f"{file}.parquet"), data_dir=data_dir)
+    for group, file in GROUP_FILES.items():
+        run("ingest", "--feature-group", group, str(sample / file), data_dir=data_dir)
 
     port = free_port("127.0.0.1")
     target = f"127.0.0.1:{port}"

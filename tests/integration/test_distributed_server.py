@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from inferstack.client import FeatureStoreClient
-from inferstack.sampledata.generate import generate
+from inferstack.sampledata.generate import GROUP_FILES, generate
 from tests.conftest import ROOT, SERVICES_SCRIPT
 from tests.servers import RunningServer, inferstack, start_server
 
@@ -59,12 +59,8 @@ def server(
     data = tmp_path_factory.mktemp("unused-data-dir")
     applied = inferstack("apply", "-f", str(sample / "ecommerce.yaml"), data_dir=data, env=env)
     assert "Applied revision 1." in applied.stdout
-    for group, file in (
-        ("product_stats", "product"),
-        ("user_profile", "user"),
-        ("user_category_affinity", "user_category"),
-    ):
-        inferstack("ingest", "-g", group, str(sample / f"{file}.parquet"), data_dir=data, env=env)
+    for group, file in GROUP_FILES.items():
+        inferstack("ingest", "-g", group, str(sample / file), data_dir=data, env=env)
     assert not (data / "lmdb").exists() and not (data / "config").exists()  # nothing embedded
     running = start_server(data, env=env)
     yield running

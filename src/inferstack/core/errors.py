@@ -7,23 +7,36 @@ from pathlib import Path
 
 
 class InferstackError(Exception):
-    """Base class of errors a user can act on; the message names the bad thing."""
+    """Base class of errors a user can act on; the message names the bad thing.
+
+    `status` is the gRPC status code name every transport reports it as (HTTP maps it).
+    """
+
+    status = "FAILED_PRECONDITION"
 
 
 class NotFoundError(InferstackError):
     """An entity, feature group or feature that is not defined."""
 
+    status = "NOT_FOUND"
+
 
 class InvalidArgumentError(InferstackError):
     """A request or file with a value of the wrong shape or type."""
+
+    status = "INVALID_ARGUMENT"
 
 
 class ResourceExhaustedError(InferstackError):
     """A request larger than the configured limits."""
 
+    status = "RESOURCE_EXHAUSTED"
+
 
 class UnavailableError(InferstackError):
     """A backing system that does not answer in time."""
+
+    status = "UNAVAILABLE"
 
 
 class DefinitionError(InferstackError):

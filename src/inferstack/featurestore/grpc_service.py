@@ -13,7 +13,6 @@ from inferstack.core.errors import (
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
-    UnavailableError,
 )
 from inferstack.core.rowformat import Column, VarColumn
 from inferstack.featurestore.service import FeatureService, RetrieveResult
@@ -24,19 +23,9 @@ from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STATUS_OF: dict[type[InferstackError], grpc.StatusCode] = {
-    NotFoundError: grpc.StatusCode.NOT_FOUND,
-    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
-    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    UnavailableError: grpc.StatusCode.UNAVAILABLE,
-}
-
 
 def status_of(error: InferstackError) -> grpc.StatusCode:
-    for kind, code in STATUS_OF.items():
-        if isinstance(error, kind):
-            return code
-    return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode[error.status]
 
 
 async def answer(

@@ -17,24 +17,18 @@ from typing import Any
 
 from aiohttp import web
 
-from inferstack.core.errors import (
-    InferstackError,
-    InvalidArgumentError,
-    NotFoundError,
-    ResourceExhaustedError,
-    UnavailableError,
-)
+from inferstack.core.errors import InferstackError, InvalidArgumentError
 from inferstack.core.rowformat import RowStatus
 from inferstack.featurestore.service import FeatureService, RetrieveResult
 from inferstack.featurestore.wire import to_numpy
 
 log = logging.getLogger(__name__)
 
-HTTP_STATUS: dict[type[InferstackError], tuple[int, str]] = {
-    NotFoundError: (404, "NOT_FOUND"),
-    InvalidArgumentError: (400, "INVALID_ARGUMENT"),
-    ResourceExhaustedError: (429, "RESOURCE_EXHAUSTED"),
-    UnavailableError: (503, "UNAVAILABLE"),
+HTTP_STATUS = {
+    "NOT_FOUND": 404,
+    "INVALID_ARGUMENT": 400,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
 }
 SERVICE_KEY = web.AppKey("feature_service", FeatureService)
 
@@ -66,10 +60,8 @@ async def retrieve(request: web.Request) -> web.Response:
             raise InvalidArgumentError("'features' must be a list of strings")
         result = await service.retrieve(entity, keys, features)
     except InferstackError as exc:
-        status, code = next(
-            (v for k, v in HTTP_STATUS.items() if isinstance(exc, k)), (400, "FAILED_PRECONDITION")
-        )
-        return web.json_response({"error": {"code": code, "message": str(exc)}}, status=status)
+        error = {"code": exc.status, "message": str(exc)}
+        return web.json_response({"error": error}, status=HTTP_STATUS.get(exc.status, 400))
     except Exception:
         log.exception("internal error")
         error = {"code": "INTERNAL", "message": "internal error; see the server log"}

@@ -18,6 +18,12 @@ BRANDS = 2_000
 REGIONS = 60
 USER_CATEGORIES_PER_USER = 5
 DEFINITIONS_FILE = "ecommerce.yaml"
+#: Which generated file feeds which feature group.
+GROUP_FILES = {
+    "user_profile": "user.parquet",
+    "product_stats": "product.parquet",
+    "user_category_affinity": "user_category.parquet",
+}
 
 
 @dataclass(frozen=True)
