@@ -156,24 +156,33 @@ def measure_sync(target: str, requests: list[bytes], seconds: float) -> list[flo
 async def measure_async(
     target: str, requests: list[bytes], seconds: float, in_flight: int
 ) -> list[float]:
-    options = [("grpc.max_receive_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
-        call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
-        for request in requests[:20]:
+    # One connection per caller: SO_REUSEPORT spreads connections, not calls, over workers.
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(in_flight)]
+    calls = [
+        c.unary_unary(METHOD, request_serializer=None, response_deserializer=None) for c in channels
+    ]
+    for call in calls:
+        for request in requests[:5]:
             await call(request, timeout=10)
-        timings: list[float] = []
-        deadline = time.perf_counter() + seconds
+    timings: list[float] = []
+    deadline = time.perf_counter() + seconds
 
-        async def loop(offset: int) -> None:
-            index = offset
-            while time.perf_counter() < deadline:
-                request = requests[index % len(requests)]
-                started = time.perf_counter()
-                await call(request, timeout=10)
-                timings.append(time.perf_counter() - started)
-                index += in_flight
+    async def loop(offset: int) -> None:
+        call = calls[offset]
+        index = offset
+        while time.perf_counter() < deadline:
+            request = requests[index % len(requests)]
+            started = time.perf_counter()
+            await call(request, timeout=10)
+            timings.append(time.perf_counter() - started)
+            index += in_flight
 
+    try:
         await asyncio.gather(*(loop(i) for i in range(in_flight)))
+    finally:
+        for channel in channels:
+            await channel.close(grace=None)
     return timings
 
 

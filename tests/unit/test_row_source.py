@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from inferstack.core.definitions import CachePolicy
 from inferstack.core.registry import Registry
@@ -90,3 +91,22 @@ async def test_a_failing_cache_never_fails_a_read(tmp_path: Path) -> None:
     storage.write_sync("g", [(b"k", b"v")])
     source = RowSource(storage, BrokenCache())
     assert await source.read("g", [b"k", b"j"], POLICY) == [b"v", None]
+
+
+async def test_reads_do_not_wait_for_the_shared_cache_back_fill(tmp_path: Path) -> None:
+    class SlowShared(MemoryCache):
+        async def set_many(self, *args: Any, **kwargs: Any) -> None:
+            await asyncio.sleep(0.3)
+            await super().set_many(*args, **kwargs)
+
+    storage = SlowStorage(tmp_path)
+    storage.write_sync("g", [(b"k", b"v")])
+    local, shared = MemoryCache(), SlowShared()
+    source = RowSource(storage, local, shared)
+    started = asyncio.get_running_loop().time()
+    assert await source.read("g", [b"k"], POLICY) == [b"v"]
+    assert asyncio.get_running_loop().time() - started < 0.25  # storage takes 0.05 s
+    assert await local.get_many("g", [b"k"]) == [b"v"]  # the in-process level is filled at once
+    assert await shared.get_many("g", [b"k"]) == [MISS]
+    await asyncio.sleep(0.4)  # the back-fill finishes in the background
+    assert await shared.get_many("g", [b"k"]) == [b"v"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -65,9 +66,15 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
                 raise ResourceExhaustedError(
                     f"{total} keys requested in one batch; the maximum is {self.service.max_keys}"
                 )
+            # The queries of a batch are independent: let their storage reads overlap.
+            results = await asyncio.gather(
+                *(self._retrieve(query) for query in request.requests), return_exceptions=True
+            )
             response = pb.RetrieveBatchResponse()
-            for query in request.requests:
-                fill_response(await self._retrieve(query), response.responses.add())
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+                fill_response(result, response.responses.add())
             return response
 
         return await answer(context, work)

@@ -17,6 +17,7 @@ from inferstack.featurestore.storage.base import FeatureStorage
 log = logging.getLogger(__name__)
 
 Batch = asyncio.Future[dict[bytes, bytes | None]]
+MAX_PENDING_FILLS = 256
 
 
 class RowSource:
@@ -27,9 +28,12 @@ class RowSource:
         shared_cache: RowCache | None = None,
     ) -> None:
         self.storage = storage
+        self.shared = shared_cache
         self.caches = [cache for cache in (local_cache, shared_cache) if cache is not None]
         self.storage_reads = 0  # batches sent to storage, for tests and metrics
+        self.skipped_fills = 0  # shared-cache back-fills dropped because too many were pending
         self._inflight: dict[tuple[str, bytes], Batch] = {}
+        self._fills: set[asyncio.Task[None]] = set()
 
     async def read(
         self, group: str, keys: Sequence[bytes], policy: CachePolicy
@@ -100,11 +104,20 @@ class RowSource:
         items: list[tuple[bytes, bytes | None]],
         policy: CachePolicy,
     ) -> None:
+        """Back-fill: the in-process cache now, the shared one in the background.
+
+        A read never waits for a network write to a cache; if the shared cache falls behind
+        (more than MAX_PENDING_FILLS writes pending), further back-fills are skipped.
+        """
         for cache in caches:
-            try:
-                await cache.set_many(group, items, policy.ttl, policy.negative_ttl)
-            except Exception:  # a cache is an optimisation; never fail a read for it
-                log.warning("cache %s failed to store rows", type(cache).__name__, exc_info=True)
+            if cache is not self.shared:
+                await _safe_set(cache, group, items, policy)
+            elif len(self._fills) < MAX_PENDING_FILLS:
+                task = asyncio.create_task(_safe_set(cache, group, items, policy))
+                self._fills.add(task)
+                task.add_done_callback(self._fills.discard)
+            else:
+                self.skipped_fills += 1
 
     async def invalidate(self, group: str, keys: Sequence[bytes]) -> None:
         for cache in self.caches:
@@ -114,9 +127,20 @@ class RowSource:
                 log.warning("cache %s failed to invalidate", type(cache).__name__, exc_info=True)
 
     async def close(self) -> None:
+        if self._fills:
+            await asyncio.wait(self._fills, timeout=1.0)
         for cache in self.caches:
             await cache.close()
         await self.storage.close()
+
+
+async def _safe_set(
+    cache: RowCache, group: str, items: list[tuple[bytes, bytes | None]], policy: CachePolicy
+) -> None:
+    try:
+        await cache.set_many(group, items, policy.ttl, policy.negative_ttl)
+    except Exception:  # a cache is an optimisation; never fail a read for it
+        log.warning("cache %s failed to store rows", type(cache).__name__, exc_info=True)
 
 
 async def _safe_get(cache: RowCache, group: str, keys: Sequence[bytes]) -> list[CachedRow]:

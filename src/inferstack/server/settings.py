@@ -105,10 +105,12 @@ class ServeSettings(_Section):
 
     @property
     def description(self) -> str:
-        shared = f" + {self.cache.shared.address}" if self.cache.shared else ""
+        caches = ["in-process"] if int(self.cache.local.max_bytes) else []
+        if self.cache.shared:
+            caches.append(f"redis {self.cache.shared.address}")
         return (
-            f"storage {self.storage.type}, cache local{shared}, config {self.config.type}, "
-            f"data dir {self.data_dir}"
+            f"storage {self.storage.type}, cache {' + '.join(caches) or 'off'}, "
+            f"config {self.config.type}, data dir {self.data_dir}"
         )
 
 
