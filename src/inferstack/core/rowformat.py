@@ -257,23 +257,26 @@ class GroupCodec:
         """Cut each wanted string/bytes feature out of the rows' tails into one buffer."""
         layout = self.current
         size = layout.prefix_size
-        tails = b"".join([row[size:] for row in rows])
-        if len(layout.variable) == 1:
+        if len(layout.variable) == 1:  # the whole tail is the one value
             name = layout.variable[0]
+            tails = b"".join([row[size:] for row in rows])
             return {name: VarColumn(prefix[f"n:{name}"].astype(np.uint32), tails)}
-        matrix = np.stack([prefix[f"n:{n}"].astype(np.int64) for n in layout.variable], axis=1)
-        row_starts = np.zeros(len(rows), dtype=np.int64)
-        np.cumsum(matrix.sum(axis=1)[:-1], out=row_starts[1:])
-        within = np.cumsum(matrix, axis=1) - matrix  # offset of each value inside its tail
-        buffer = np.frombuffer(tails, dtype=np.uint8)
+        # lengths[row, v]; each value starts after the prefix and the row's earlier values.
+        lengths = np.stack([prefix[f"n:{n}"].astype(np.int64) for n in layout.variable], axis=1)
+        starts = size + np.cumsum(lengths, axis=1) - lengths
         out: dict[str, VarColumn] = {}
         for name in names:
             position = layout.variable.index(name)
-            lengths = matrix[:, position]
-            starts = row_starts + within[:, position]
-            total = int(lengths.sum())
-            # Byte i of the output comes from starts[row] + (i - first output byte of row).
-            first_out = np.cumsum(lengths) - lengths
-            gather = np.repeat(starts - first_out, lengths) + np.arange(total)
-            out[name] = VarColumn(lengths.astype(np.uint32), buffer[gather].tobytes())
+            begin = starts[:, position]
+            sizes = lengths[:, position]
+            # Slicing bytes in a list comprehension beats numpy index arithmetic here.
+            data = b"".join(
+                [
+                    row[a:b]
+                    for row, a, b in zip(
+                        rows, begin.tolist(), (begin + sizes).tolist(), strict=True
+                    )
+                ]
+            )
+            out[name] = VarColumn(sizes.astype(np.uint32), data)
         return out
