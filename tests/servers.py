@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inferstack.server.supervisor import free_port
+from tests.conftest import SERVICES_SCRIPT
 
 
 @dataclass
@@ -95,3 +97,18 @@ def start_server(
                 server.stop()
                 raise TimeoutError(f"server did not start:\n{log.read_text()}")
             time.sleep(0.2)
+
+
+async def services(*args: str) -> str:
+    """Run scripts/services.py without blocking the event loop, so a read load goes on."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(SERVICES_SCRIPT),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, f"services.py {' '.join(args)} failed:\n{text}"
+    return text

@@ -20,12 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,10 +33,10 @@ from cassandra.policies import RoundRobinPolicy
 from inferstack.core.errors import UnavailableError
 from inferstack.featurestore.storage.cassandra import CassandraStorage, parse_contact_point
 from tests.helpers import registry_from
+from tests.servers import services
 
 pytestmark = pytest.mark.services
 
-SERVICES_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "services.py"
 TIMEOUT = 1.0  # the adapter's request timeout in these tests
 BOUND = TIMEOUT + 2.0  # no call may take longer: a bound against hangs, not a latency claim
 GROUP = "profile"
@@ -71,21 +69,6 @@ async def timed(call: Awaitable[Any]) -> tuple[float, BaseException | None]:
     except Exception as exc:
         return time.monotonic() - began, exc
     return time.monotonic() - began, None
-
-
-async def services(*args: str) -> str:
-    """Run scripts/services.py without blocking the event loop, so the read load goes on."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SERVICES_SCRIPT),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, f"services.py {' '.join(args)} failed:\n{text}"
-    return text
 
 
 def drop_keyspace(endpoint: str, keyspace: str) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import random
 import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,10 +28,10 @@ from inferstack.featurestore.cache.breaker import BreakerState
 from inferstack.featurestore.cache.redis import RedisCache
 from inferstack.featurestore.rows import RowSource
 from inferstack.featurestore.storage.lmdb import LmdbStorage
+from tests.servers import services
 
 pytestmark = pytest.mark.services
 
-SERVICES_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "services.py"
 GROUP = "users"
 POLICY = CachePolicy(ttl=600.0, negative_ttl=600.0)
 READ_BOUND = 0.5  # no read may take longer: a bound against hangs, not a performance claim
@@ -97,21 +96,6 @@ async def storage(tmp_path: Path, dataset: Dataset) -> AsyncIterator[LmdbStorage
     lmdb_storage = LmdbStorage(tmp_path / "lmdb")
     lmdb_storage.write_sync(GROUP, [(k, v) for k, v in dataset.rows.items() if v is not None])
     yield lmdb_storage
-
-
-async def services(*args: str) -> str:
-    """Run scripts/services.py without blocking the event loop, so reads go on meanwhile."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SERVICES_SCRIPT),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, f"services.py {' '.join(args)} failed:\n{text}"
-    return text
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
