@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from tests.servers import inferstack, start_server
@@ -99,3 +100,16 @@ def test_ingest_reports_rejected_rows_and_get_prints_json(tmp_path: Path) -> Non
         ]
     finally:
         assert server.stop() == 0
+
+
+def test_serve_on_a_taken_port_exits_with_a_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = inferstack(
+            "serve", "--port", str(port), "--http-port", "-1", data_dir=tmp_path, check=False
+        )
+    assert result.returncode == 1
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -45,7 +45,11 @@ def _worker_main(settings: ServeSettings, ready: Any, level: int) -> None:
     logging.basicConfig(
         level=level, format=f"%(asctime)s worker-{os.getpid()} %(levelname)s %(name)s: %(message)s"
     )
-    worker.run(settings, on_ready=lambda: ready.put(os.getpid()))
+    try:
+        worker.run(settings, on_ready=lambda: ready.put(os.getpid()))
+    except (OSError, InferstackError) as exc:  # expected start-up failures: one clear line
+        log.error("worker could not start: %s", exc)
+        sys.exit(1)
 
 
 def serve(settings: ServeSettings, announce: Any = print) -> int:

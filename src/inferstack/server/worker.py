@@ -51,8 +51,10 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
         server,
     )
     address = f"{settings.host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot listen for gRPC on {address}")
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc reports a failed bind this way
+        raise OSError(f"cannot listen for gRPC on {address} (in use or not allowed)") from exc
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(FEATURE_STORE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -61,7 +63,13 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     if settings.http_port >= 0:
         runner = web.AppRunner(make_app(components.service), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True).start()
+        site = web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen for HTTP on {settings.host}:{settings.http_port}: {exc.strerror}"
+            ) from exc
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
