@@ -304,3 +304,46 @@ def test_definitions_applied_while_serving_are_picked_up(
             time.sleep(0.1)
     assert frame["user_flags.vip"].tolist() == [True]
     assert frame.status["user_flags"].tolist() == [RowStatus.MISSING]
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """Sum of one metric's samples with these labels, across every worker."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        sample_labels, value = line[len(name) + 1 :].rsplit("} ", 1)
+        if all(f'{k}="{v}"' in sample_labels for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_metrics_count_calls_of_every_worker(
+    server: RunningServer, client: FeatureStoreClient
+) -> None:
+    def scrape() -> str:
+        with urllib.request.urlopen(f"{server.http_base}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    before = scrape()
+    ok_before = _metric(before, "inferstack_requests_total", method="Retrieve", code="OK")
+    missing_before = _metric(
+        before, "inferstack_requests_total", method="Retrieve", code="NOT_FOUND"
+    )
+    # Separate connections, so the kernel spreads the calls over both workers.
+    for _ in range(10):
+        with FeatureStoreClient(server.grpc_target) as fresh:
+            fresh.retrieve("user", {"user_id": [1, 2, 3]})
+    with pytest.raises(grpc.RpcError):
+        client.retrieve("nobody", {"id": [1]})
+    after = scrape()
+    assert (
+        _metric(after, "inferstack_requests_total", method="Retrieve", code="OK") == ok_before + 10
+    )
+    assert (
+        _metric(after, "inferstack_requests_total", method="Retrieve", code="NOT_FOUND")
+        == missing_before + 1
+    )
+    assert _metric(after, "inferstack_keys_total", feature_group="user_profile") >= 30
+    assert _metric(after, "inferstack_cache_lookups_total", level="local", result="hit") > 0
+    assert _metric(after, "inferstack_request_seconds_count", method="Retrieve") >= 11

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from inferstack import metrics
 from inferstack.core.errors import (
     InferstackError,
     InvalidArgumentError,
@@ -30,16 +32,23 @@ def status_of(error: InferstackError) -> grpc.StatusCode:
 
 
 async def answer(
-    context: grpc.aio.ServicerContext[Any, Any], work: Callable[[], Awaitable[T]]
+    method: str, context: grpc.aio.ServicerContext[Any, Any], work: Callable[[], Awaitable[T]]
 ) -> T:
     """Run one call; user errors become their status, anything else INTERNAL without a trace."""
+    started = time.perf_counter()
+    code = "OK"
     try:
         return await work()
     except InferstackError as exc:
+        code = exc.status
         await context.abort(status_of(exc), str(exc))
     except Exception:
+        code = "INTERNAL"
         log.exception("internal error")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    finally:
+        metrics.REQUESTS.labels(method, code).inc()
+        metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
     raise AssertionError("abort returned")  # pragma: no cover
 
 
@@ -55,7 +64,7 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
             fill_response(await self._retrieve(request), response)
             return response
 
-        return await answer(context, work)
+        return await answer("Retrieve", context, work)
 
     async def RetrieveBatch(  # noqa: N802
         self, request: pb.RetrieveBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -77,7 +86,7 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
                 fill_response(result, response.responses.add())
             return response
 
-        return await answer(context, work)
+        return await answer("RetrieveBatch", context, work)
 
     async def _retrieve(self, request: pb.RetrieveRequest) -> RetrieveResult:
         return await self.service.retrieve(
@@ -108,7 +117,7 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
             written = await self.service.persist(request.feature_group, keys, columns)
             return pb.PersistResponse(written=written)
 
-        return await answer(context, work)
+        return await answer("Persist", context, work)
 
 
 def fill_response(result: RetrieveResult, message: pb.RetrieveResponse) -> None:

@@ -13,10 +13,12 @@ import base64
 import json
 import logging
 import math
+import time
 from typing import Any
 
 from aiohttp import web
 
+from inferstack import metrics
 from inferstack.core.errors import InferstackError, InvalidArgumentError
 from inferstack.core.rowformat import RowStatus
 from inferstack.featurestore.service import FeatureService, RetrieveResult
@@ -30,6 +32,7 @@ HTTP_STATUS = {
     "RESOURCE_EXHAUSTED": 429,
     "UNAVAILABLE": 503,
 }
+_CODE_OF_STATUS = {status: code for code, status in HTTP_STATUS.items()}
 SERVICE_KEY = web.AppKey("feature_service", FeatureService)
 
 
@@ -38,6 +41,7 @@ def make_app(service: FeatureService) -> web.Application:
     app[SERVICE_KEY] = service
     app.router.add_post("/v1/retrieve", retrieve)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/metrics", metrics_page)
     return app
 
 
@@ -45,7 +49,22 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "SERVING"})
 
 
+async def metrics_page(request: web.Request) -> web.Response:
+    response = web.Response(body=metrics.render())
+    response.headers["Content-Type"] = metrics.CONTENT_TYPE
+    return response
+
+
 async def retrieve(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    response = await _retrieve(request)
+    code = "OK" if response.status == 200 else _CODE_OF_STATUS.get(response.status, "INTERNAL")
+    metrics.REQUESTS.labels("http_retrieve", code).inc()
+    metrics.LATENCY.labels("http_retrieve").observe(time.perf_counter() - started)
+    return response
+
+
+async def _retrieve(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     try:
         body = await _json_body(request)

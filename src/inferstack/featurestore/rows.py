@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from inferstack import metrics
 from inferstack.core.definitions import CachePolicy
 from inferstack.featurestore.cache.base import MISS, CachedRow, RowCache
 from inferstack.featurestore.storage.base import FeatureStorage
@@ -34,6 +35,13 @@ class RowSource:
         self.skipped_fills = 0  # shared-cache back-fills dropped because too many were pending
         self._inflight: dict[tuple[str, bytes], Batch] = {}
         self._fills: set[asyncio.Task[None]] = set()
+        self._lookups = [
+            (
+                metrics.CACHE_LOOKUPS.labels(name, "hit"),
+                metrics.CACHE_LOOKUPS.labels(name, "miss"),
+            )
+            for name in ("shared" if cache is shared_cache else "local" for cache in self.caches)
+        ]
 
     async def read(
         self, group: str, keys: Sequence[bytes], policy: CachePolicy
@@ -44,8 +52,14 @@ class RowSource:
         for level, cache in enumerate(caches):
             asked = keys if level == 0 else [keys[i] for i in pending]
             values = await _safe_get(cache, group, asked)
-            if level == 0 and MISS not in values:
-                return values  # type: ignore[return-value]  # the common all-hit case
+            misses = values.count(MISS)
+            hits, missed = self._lookups[level]
+            hits.inc(len(asked) - misses)
+            if not misses:
+                if level == 0:
+                    return values  # type: ignore[return-value]  # the common all-hit case
+            else:
+                missed.inc(misses)
             still: list[int] = []
             refill: list[tuple[bytes, bytes | None]] = []
             for index, value in zip(pending, values, strict=True):
@@ -82,6 +96,7 @@ class RowSource:
                 self._inflight[(group, key)] = mine
             try:
                 self.storage_reads += 1
+                metrics.STORAGE_KEYS.inc(len(to_fetch))
                 rows = await self.storage.read(group, to_fetch)
                 result.update(zip(to_fetch, rows, strict=True))
                 mine.set_result(result)

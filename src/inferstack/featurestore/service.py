@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from inferstack import metrics
 from inferstack.core.errors import InvalidArgumentError, ResourceExhaustedError
 from inferstack.core.keys import KeyValues, encode_keys
 from inferstack.core.rowformat import Column, GroupCodec, VarColumn
@@ -80,6 +81,7 @@ class FeatureService:
         self, catalog: Catalog, selection: Selection, keys: list[bytes], now: float
     ) -> tuple[npt.NDArray[np.uint8], dict[str, Column]]:
         codec = catalog.codecs[selection.group]
+        metrics.KEYS.labels(selection.group).inc(len(keys))
         rows = await self.rows.read(selection.group, keys, codec.definition.cache)
         decoded = codec.decode(rows, selection.features, now)
         return decoded.status, decoded.columns

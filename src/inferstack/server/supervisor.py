@@ -16,6 +16,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from inferstack import metrics
 from inferstack.core.errors import InferstackError
 from inferstack.server import worker
 from inferstack.server.components import check_reachable
@@ -53,6 +54,11 @@ def _worker_main(settings: ServeSettings, ready: Any, level: int) -> None:
 
 
 def serve(settings: ServeSettings, announce: Any = print) -> int:
+    with metrics.shared_directory():
+        return _serve(settings, announce)
+
+
+def _serve(settings: ServeSettings, announce: Any) -> int:
     try:
         asyncio.run(check_reachable(settings))
     except InferstackError as exc:

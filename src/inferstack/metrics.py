@@ -1,0 +1,71 @@
+"""Prometheus metrics, shared by every worker process.
+
+Workers share one port, so a scrape reaches whichever worker the kernel picks. The
+supervisor therefore gives all workers one PROMETHEUS_MULTIPROC_DIR, each worker records
+into memory-mapped files there, and any worker's `/metrics` answers for all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+REQUESTS = Counter(
+    "inferstack_requests_total", "Calls answered, by method and status code.", ["method", "code"]
+)
+LATENCY = Histogram(
+    "inferstack_request_seconds",
+    "Time to answer a call inside the server.",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+KEYS = Counter("inferstack_keys_total", "Keys asked for, by feature group.", ["feature_group"])
+CACHE_LOOKUPS = Counter(
+    "inferstack_cache_lookups_total",
+    "Keys looked up in a cache, by level and result.",
+    ["level", "result"],
+)
+STORAGE_KEYS = Counter(
+    "inferstack_storage_keys_total", "Keys read from storage (cache misses, coalesced)."
+)
+
+
+def render() -> bytes:
+    """The exposition text: every worker's numbers when running under the supervisor."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+@contextmanager
+def shared_directory() -> Iterator[str]:
+    """A fresh directory for the workers' metric files, removed when serving stops."""
+    directory = tempfile.mkdtemp(prefix="inferstack-metrics-")
+    previous = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = directory  # spawned workers inherit it
+    try:
+        yield directory
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous
+        shutil.rmtree(directory, ignore_errors=True)
