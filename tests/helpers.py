@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.policies import RoundRobinPolicy
+
 from inferstack.core.definitions import DefinitionsFile
 from inferstack.core.registry import Registry, plan
+from inferstack.featurestore.storage.cassandra import parse_contact_point
 
 
 def registry_from(spec: dict[str, Any], base: Registry | None = None) -> Registry:
@@ -21,3 +25,16 @@ def user_spec(*features: dict[str, Any], ttl: str | None = None) -> dict[str, An
         "entities": [{"name": "user", "keys": [{"name": "user_id", "type": "int64"}]}],
         "feature_groups": [group],
     }
+
+
+def drop_keyspace(endpoint: str, keyspace: str) -> None:
+    """Remove a test keyspace with a plain driver session (blocking; run it in a thread)."""
+    host, port = parse_contact_point(endpoint)
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=60.0)
+    cluster = Cluster(
+        contact_points=[(host, port)], port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
+    )
+    try:
+        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+    finally:
+        cluster.shutdown()

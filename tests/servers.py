@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from inferstack.sampledata.generate import GROUP_FILES
 from inferstack.server.supervisor import free_port
 from tests.conftest import SERVICES_SCRIPT
 
@@ -43,6 +44,16 @@ def inferstack(
         check=check,
         timeout=300,
     )
+
+
+def load_sample(
+    sample: Path, data_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`inferstack apply` the sample definitions and ingest every sample file."""
+    applied = inferstack("apply", "-f", str(sample / "ecommerce.yaml"), data_dir=data_dir, env=env)
+    for group, file in GROUP_FILES.items():
+        inferstack("ingest", "-g", group, str(sample / file), data_dir=data_dir, env=env)
+    return applied
 
 
 def start_server(

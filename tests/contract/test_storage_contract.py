@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-from cassandra.policies import RoundRobinPolicy
 
 from inferstack.core.registry import Registry
 from inferstack.featurestore.storage.base import FeatureStorage
@@ -30,7 +28,7 @@ from inferstack.featurestore.storage.cassandra import (
     ttl_seconds,
 )
 from inferstack.featurestore.storage.lmdb import LmdbStorage
-from tests.helpers import registry_from
+from tests.helpers import drop_keyspace, registry_from
 
 # Generous: the contract is about behaviour, not about how fast a loaded CI machine is.
 CASSANDRA_TIMEOUT = 10.0
@@ -67,18 +65,6 @@ def key(number: int) -> bytes:
 def row(tag: int | str, size: int = 24) -> bytes:
     """Something shaped like an encoded row: an 8-byte header, then payload."""
     return (b"\x01\x00\x00\x01\x00\x00\x00\x00" + str(tag).encode()).ljust(size, b"\xab")
-
-
-def drop_keyspace(endpoint: str, keyspace: str) -> None:
-    host, port = parse_contact_point(endpoint)
-    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=60.0)
-    cluster = Cluster(
-        contact_points=[(host, port)], port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
-    )
-    try:
-        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
-    finally:
-        cluster.shutdown()
 
 
 @pytest.fixture(scope="session")

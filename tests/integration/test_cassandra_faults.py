@@ -27,12 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-from cassandra.policies import RoundRobinPolicy
 
 from inferstack.core.errors import UnavailableError
 from inferstack.featurestore.storage.cassandra import CassandraStorage, parse_contact_point
-from tests.helpers import registry_from
+from tests.helpers import drop_keyspace, registry_from
 from tests.servers import services
 
 pytestmark = pytest.mark.services
@@ -69,18 +67,6 @@ async def timed(call: Awaitable[Any]) -> tuple[float, BaseException | None]:
     except Exception as exc:
         return time.monotonic() - began, exc
     return time.monotonic() - began, None
-
-
-def drop_keyspace(endpoint: str, keyspace: str) -> None:
-    host, port = parse_contact_point(endpoint)
-    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=60.0)
-    cluster = Cluster(
-        contact_points=[(host, port)], port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
-    )
-    try:
-        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
-    finally:
-        cluster.shutdown()
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from inferstack.client import FeatureStoreClient
-from inferstack.sampledata.generate import GROUP_FILES, generate
+from inferstack.sampledata.generate import generate
 from tests.conftest import ROOT, SERVICES_SCRIPT
-from tests.servers import RunningServer, inferstack, start_server
+from tests.servers import RunningServer, inferstack, load_sample, start_server
 
 DEPLOY = str(ROOT / "deploy" / "distributed.yaml")
 pytestmark = pytest.mark.services
@@ -57,10 +57,8 @@ def server(
     env: dict[str, str], sample: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     data = tmp_path_factory.mktemp("unused-data-dir")
-    applied = inferstack("apply", "-f", str(sample / "ecommerce.yaml"), data_dir=data, env=env)
+    applied = load_sample(sample, data, env=env)
     assert "Applied revision 1." in applied.stdout
-    for group, file in GROUP_FILES.items():
-        inferstack("ingest", "-g", group, str(sample / file), data_dir=data, env=env)
     assert not (data / "lmdb").exists() and not (data / "config").exists()  # nothing embedded
     running = start_server(data, env=env)
     yield running

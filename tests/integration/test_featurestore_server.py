@@ -20,8 +20,8 @@ from inferstack.client import AsyncFeatureStoreClient, FeatureStoreClient, Query
 from inferstack.core.rowformat import RowStatus
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
-from inferstack.sampledata.generate import GROUP_FILES, generate
-from tests.servers import RunningServer, inferstack, start_server
+from inferstack.sampledata.generate import generate
+from tests.servers import RunningServer, inferstack, load_sample, start_server
 
 MAX_KEYS = 500
 
@@ -36,9 +36,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> Path:
     data = tmp_path_factory.mktemp("data")
-    inferstack("apply", "-f", str(sample / "ecommerce.yaml"), data_dir=data)
-    for group, file in GROUP_FILES.items():
-        inferstack("ingest", "-g", group, str(sample / file), data_dir=data)
+    load_sample(sample, data)
     return data
 
 
