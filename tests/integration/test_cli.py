@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 from tests.servers import inferstack, start_server
@@ -113,3 +116,35 @@ def test_serve_on_a_taken_port_exits_with_a_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_crashed_worker_is_replaced_and_serving_goes_on(tmp_path: Path) -> None:
+    defs = tmp_path / "defs.yaml"
+    defs.write_text(DEFS)
+    inferstack("apply", "-f", str(defs), data_dir=tmp_path)
+    server = start_server(tmp_path, workers=2)
+    try:
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+
+        def workers() -> set[int]:
+            pids = {int(p) for p in children.read_text().split()}
+            return {
+                p
+                for p in pids
+                if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
+            }
+
+        before = workers()
+        assert len(before) == 2
+        victim = next(iter(before))
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not (len(workers()) == 2 and victim not in workers()):
+            assert time.monotonic() < deadline, "the crashed worker was not replaced"
+            time.sleep(0.2)
+        got = inferstack(
+            "get", "user", "user_id=1", "--json", "-t", server.grpc_target, data_dir=tmp_path
+        )
+        assert json.loads(got.stdout)[0]["profile:status"] == "missing"
+    finally:
+        assert server.stop() == 0

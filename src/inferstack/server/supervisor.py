@@ -7,6 +7,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import sys
@@ -62,7 +63,6 @@ def _serve(settings: ServeSettings, announce: Any) -> int:
     try:
         asyncio.run(check_reachable(settings))
     except InferstackError as exc:
-        log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     settings = with_ports(settings)
@@ -96,7 +96,7 @@ def _serve(settings: ServeSettings, announce: Any) -> int:
         try:
             ready.get(timeout=0.2)
             started += 1
-        except Exception:  # queue.Empty
+        except queue.Empty:
             continue
     if started == settings.workers:
         http = f", HTTP on {settings.host}:{settings.http_port}" if settings.http_port >= 0 else ""
