@@ -127,12 +127,15 @@ def test_a_crashed_worker_is_replaced_and_serving_goes_on(tmp_path: Path) -> Non
         children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
 
         def workers() -> set[int]:
-            pids = {int(p) for p in children.read_text().split()}
-            return {
-                p
-                for p in pids
-                if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
-            }
+            found = set()
+            for pid in map(int, children.read_text().split()):
+                try:
+                    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except FileNotFoundError:  # exited between the two reads
+                    continue
+                if b"resource_tracker" not in command:
+                    found.add(pid)
+            return found
 
         before = workers()
         assert len(before) == 2
