@@ -101,3 +101,12 @@ def test_selection_errors(
 ) -> None:
     with pytest.raises(error, match=message):
         CATALOG.select(entity, selectors)
+
+
+def test_empty_string_keys_still_encode_to_non_empty_keys() -> None:
+    single = Entity.model_validate({"name": "t", "keys": [{"name": "tag", "type": "string"}]})
+    assert all(encode_keys(single, {"tag": [""]}))
+    assert all(encode_keys(PAIR, {"user_id": [0], "cat": [""]}))
+    assert encode_keys(PAIR, {"user_id": [1], "cat": ["ab"]}) != encode_keys(
+        PAIR, {"user_id": [1], "cat": ["a"]}
+    )

@@ -2,7 +2,8 @@
 
 A stored key is the concatenation of its parts: integers as 8 bytes big-endian (signed
 ones offset by 2**63 so byte order is numeric order), strings as a 4-byte big-endian
-length then UTF-8. The same bytes address a row in every storage and cache adapter.
+length then UTF-8, except a string that ends a key of several parts: it runs to the end, so
+it needs no length. The same bytes address a row in every storage and cache adapter.
 """
 
 from __future__ import annotations
@@ -99,16 +100,18 @@ def encode_keys(entity: Entity, columns: dict[str, KeyValues]) -> list[bytes]:
             + ", ".join(f"{n}={len(p)}" for n, p in zip(entity.key_names, parts, strict=True))
         )
     if len(parts) == 1:
-        return _encode_part(parts[0])
-    encoded = [_encode_part(part) for part in parts]
+        return _encode_part(parts[0], last=False)  # prefixed, so even "" is a non-empty key
+    encoded = [_encode_part(part, last=i == len(parts) - 1) for i, part in enumerate(parts)]
     if len(encoded) == 2:  # the common composite key: one concatenation per row
         return [a + b for a, b in zip(encoded[0], encoded[1], strict=True)]
     return [b"".join(row) for row in zip(*encoded, strict=True)]
 
 
-def _encode_part(part: npt.NDArray[Any] | list[str]) -> list[bytes]:
+def _encode_part(part: npt.NDArray[Any] | list[str], *, last: bool) -> list[bytes]:
     if isinstance(part, list):
         encoded = [text.encode("utf-8") for text in part]
+        if last:  # it runs to the end of the key: no length needed to find where it stops
+            return encoded
         return [_pack_length(len(raw)) + raw for raw in encoded]
     if part.dtype.kind == "i":
         unsigned = part.astype(np.int64).view(np.uint64) ^ _SIGN

@@ -143,6 +143,7 @@ class GroupCodec:
         self.layouts = {v.version: RowLayout(v) for v in stored.versions}
         self.current = self.layouts[stored.current.version]
         self.types = {f.name: f.type for f in stored.definition.features}
+        self.type_names = {name: str(t) for name, t in self.types.items()}  # for responses
         self.defaults = {f.name: f.default for f in stored.definition.features}
         self._default_row = self.current.encode(self._default_columns(1), 1)[0]
         self._default_record = np.frombuffer(
@@ -186,21 +187,21 @@ class GroupCodec:
             work[index] = self._repair(work[index], index, status)
             lengths[index] = len(work[index])
         prefix = np.frombuffer(b"".join([row[:size] for row in work]), dtype=layout.prefix_dtype)
-        expected = np.full(count, size, dtype=np.int64)
-        for name in layout.variable:
-            expected += prefix[f"n:{name}"]
-        other_version = (prefix["schema_version"] != layout.version) | (
-            prefix["format"] != FORMAT_VERSION
-        )
-        broken = other_version | (lengths != expected)
+        if layout.variable:
+            expected = sum(prefix[f"n:{name}"].astype(np.int64) for name in layout.variable)
+            broken = lengths != expected + size
+        else:
+            broken = lengths != size
+        broken |= prefix["schema_version"] != layout.version
+        broken |= prefix["format"] != FORMAT_VERSION
         if broken.any():
             for index in np.flatnonzero(broken).tolist():
                 work[index] = self._repair(work[index], index, status)
             prefix = np.frombuffer(
                 b"".join([row[:size] for row in work]), dtype=layout.prefix_dtype
             )
-        expires = prefix["expires_at"]
-        expired = (expires != 0) & (expires <= now)
+        # expires_at 0 means never: minus one it wraps to the largest uint32, never <= now.
+        expired = prefix["expires_at"] - np.uint32(1) < np.uint32(min(int(now), MAX_EXPIRY))
         if expired.any():
             prefix = prefix.copy()
             prefix[expired] = self._default_record

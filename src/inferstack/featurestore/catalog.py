@@ -31,6 +31,13 @@ class Catalog:
         self.groups_by_entity: dict[str, list[str]] = {name: [] for name in self.entities}
         for name, stored in registry.feature_groups.items():
             self.groups_by_entity.setdefault(stored.definition.entity, []).append(name)
+        self._everything = {  # what an empty selector list means, per entity
+            entity: [
+                Selection(name, tuple(f.name for f in self.codecs[name].definition.features))
+                for name in groups
+            ]
+            for entity, groups in self.groups_by_entity.items()
+        }
 
     @property
     def revision(self) -> int:
@@ -55,10 +62,7 @@ class Catalog:
         """
         self.entity(entity)
         if not selectors:
-            return [
-                Selection(name, tuple(f.name for f in self.codecs[name].definition.features))
-                for name in self.groups_by_entity.get(entity, [])
-            ]
+            return self._everything[entity]
         chosen: dict[str, dict[str, None]] = {}
         for selector in selectors:
             group_name, _, feature_name = selector.partition(".")

@@ -130,12 +130,12 @@ def fill_response(result: RetrieveResult, message: pb.RetrieveResponse) -> None:
         if isinstance(values, VarColumn):
             add_column(
                 name=column.name,
-                type=str(column.type),
+                type=column.type_name,
                 values=values.data,
                 lengths=values.lengths.tobytes(),
             )
         else:
-            add_column(name=column.name, type=str(column.type), values=values.tobytes())
+            add_column(name=column.name, type=column.type_name, values=values.tobytes())
     add_group = message.groups.add
     for group, status in result.status.items():
         add_group(feature_group=group, status=status.tobytes())

@@ -26,6 +26,7 @@ class ResultColumn:
     name: str  # "group.feature"
     type: FeatureType
     values: Column
+    type_name: str  # str(type), computed once per catalog rather than per response
 
 
 @dataclass
@@ -72,7 +73,12 @@ class FeatureService:
             codec = catalog.codecs[selection.group]
             status[selection.group] = group_status
             columns += [
-                ResultColumn(f"{selection.group}.{name}", codec.types[name], group_columns[name])
+                ResultColumn(
+                    f"{selection.group}.{name}",
+                    codec.types[name],
+                    group_columns[name],
+                    codec.type_names[name],
+                )
                 for name in selection.features
             ]
         return RetrieveResult(entity, len(encoded), columns, status)
