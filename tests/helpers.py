@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import RoundRobinPolicy
 
 from inferstack.core.definitions import DefinitionsFile
 from inferstack.core.registry import Registry, plan
 from inferstack.featurestore.storage.cassandra import parse_contact_point
+from inferstack.sampledata.generate import definitions_text
+
+#: Every feature of the sample's user x category group, in definition order.
+AFFINITY_FEATURES = tuple(
+    feature.name
+    for group in DefinitionsFile.model_validate(yaml.safe_load(definitions_text())).feature_groups
+    if group.name == "user_category_affinity"
+    for feature in group.features
+)
 
 
 def registry_from(spec: dict[str, Any], base: Registry | None = None) -> Registry:

@@ -19,6 +19,7 @@ import pytest
 from inferstack.client import FeatureStoreClient
 from inferstack.sampledata.generate import generate
 from tests.conftest import ROOT, SERVICES_SCRIPT
+from tests.helpers import AFFINITY_FEATURES
 from tests.servers import RunningServer, inferstack, load_sample, start_server
 
 DEPLOY = str(ROOT / "deploy" / "distributed.yaml")
@@ -87,19 +88,11 @@ def test_values_come_back_from_cassandra_through_both_cache_levels(
 
 def test_persist_invalidates_and_is_read_back(client: FeatureStoreClient) -> None:
     keys = {"user_id": [5, 6], "category_id": ["c-x", "c-y"]}
-    names = (
-        "clicks_7d",
-        "clicks_30d",
-        "orders_30d",
-        "cart_adds_30d",
-        "views_30d",
-        "spend_90d",
-        "affinity",
-        "recency_days",
-    )
     assert not client.retrieve("user_category", keys).found().any()  # cached as absent now
     client.persist(
-        "user_category_affinity", keys, {n: np.array([1.0, 2.0], np.float32) for n in names}
+        "user_category_affinity",
+        keys,
+        {n: np.array([1.0, 2.0], np.float32) for n in AFFINITY_FEATURES},
     )
     # Persist dropped the negative entries in Redis and in the worker that served it; the
     # other worker's in-process entry lives at most cache.negative_ttl (10 s).

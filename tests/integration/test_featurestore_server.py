@@ -21,6 +21,7 @@ from inferstack.core.rowformat import RowStatus
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
 from inferstack.sampledata.generate import generate
+from tests.helpers import AFFINITY_FEATURES
 from tests.servers import RunningServer, inferstack, load_sample, start_server
 
 MAX_KEYS = 500
@@ -92,19 +93,7 @@ async def test_async_client_and_persist_round_trip(server: RunningServer) -> Non
         written = await client.persist(
             "user_category_affinity",
             {"user_id": [77, 78], "category_id": ["zz", "ÿ"]},
-            {
-                name: np.array([1.5, 2.5], np.float32)
-                for name in (
-                    "clicks_7d",
-                    "clicks_30d",
-                    "orders_30d",
-                    "cart_adds_30d",
-                    "views_30d",
-                    "spend_90d",
-                    "affinity",
-                    "recency_days",
-                )
-            },
+            {name: np.array([1.5, 2.5], np.float32) for name in AFFINITY_FEATURES},
         )
         assert written == 2
         frame = await client.retrieve(
@@ -187,15 +176,7 @@ def test_bad_requests_get_clear_status_and_the_server_keeps_serving(
 def test_bad_persist_writes_nothing(client: FeatureStoreClient) -> None:
     features = {
         name: np.array([1.0, 2.0], np.float32)
-        for name in (
-            "clicks_7d",
-            "clicks_30d",
-            "orders_30d",
-            "cart_adds_30d",
-            "views_30d",
-            "spend_90d",
-            "affinity",
-        )
+        for name in AFFINITY_FEATURES[:-1]  # recency_days left out
     }
     keys = {"user_id": [501, 502], "category_id": ["a", "b"]}
     code, details = _code_of(lambda: client.persist("user_category_affinity", keys, features))
