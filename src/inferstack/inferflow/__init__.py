@@ -1,0 +1,1 @@
+"""Inferflow: model id + context ids in, scores out; the feature graph is config."""

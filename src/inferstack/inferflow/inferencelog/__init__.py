@@ -1,0 +1,1 @@
+"""Inference logging: a sampled record per request, to Parquet files or a Kafka topic."""
