@@ -21,6 +21,7 @@ from inferstack.configstore.base import ConfigConflictError
 from inferstack.core.errors import DefinitionError, InferstackError
 from inferstack.core.loading import load_definitions
 from inferstack.core.registry import plan
+from inferstack.inferflow.validation import check_models, read_artifacts
 from inferstack.server.components import open_config_store
 
 COLOURS = {"create": "green", "update": "yellow", "delete": "red"}
@@ -38,7 +39,7 @@ def apply(
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Validate definitions, print what changes, and store them."""
+    """Validate definitions and model configs, print what changes, and store them."""
     try:
         store = open_config_store(settings_from(config, data_dir=data_dir))
         current = store.load()
@@ -50,11 +51,22 @@ def apply(
         for problem in exc.problems:
             errors.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
-    result = plan(current, definitions.entities, definitions.feature_groups, prune=prune)
+    models, artifacts, problems = read_artifacts(definitions)
+    result = plan(current, definitions.entities, definitions.feature_groups, models, prune=prune)
+    problems += check_models(result.registry, definitions.model_sources, artifacts)
+    if problems:
+        for problem in problems:
+            errors.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     if not result.empty and not dry_run:
         try:
+            # Model files first: a registry never names a file servers cannot fetch.
+            for data in artifacts.values():
+                store.put_blob(data)
             store.save(result.registry, expected_revision=current.revision)
         except ConfigConflictError as exc:
+            fail(str(exc))
+        except InferstackError as exc:
             fail(str(exc))
     store.close()
     if as_json:

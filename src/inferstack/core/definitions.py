@@ -6,45 +6,27 @@ store, so what `inferstack apply` validates is exactly what servers load.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator
 
-from inferstack.core.durations import format_duration, parse_duration
-from inferstack.core.types import KEY_TYPES, FeatureType, TypeParseError
+from inferstack.core.fields import FrozenModel, Name, Seconds, TypeField, reject_duplicates
+from inferstack.core.modelconfig import ModelConfig
+from inferstack.core.types import KEY_TYPES, FeatureType
 
-NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-
-
-def _parse_type(value: Any) -> FeatureType:
-    if isinstance(value, FeatureType):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"type must be a string such as float32 or float32[16], got {value!r}")
-    try:
-        return FeatureType.parse(value)
-    except TypeParseError as exc:
-        raise ValueError(str(exc)) from exc
+# Re-exported: the shared field types used to live here.
+__all__ = [
+    "CachePolicy",
+    "DefinitionsFile",
+    "Entity",
+    "Feature",
+    "FeatureGroup",
+    "KeyColumn",
+    "Name",
+]
 
 
-TypeField = Annotated[FeatureType, BeforeValidator(_parse_type), PlainSerializer(str)]
-Seconds = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class KeyColumn(_Model):
+class KeyColumn(FrozenModel):
     name: Name
     type: TypeField
 
@@ -56,7 +38,7 @@ class KeyColumn(_Model):
         return value
 
 
-class Entity(_Model):
+class Entity(FrozenModel):
     name: Name
     keys: list[KeyColumn] = Field(min_length=1, max_length=8)
     description: str = ""
@@ -64,7 +46,7 @@ class Entity(_Model):
     @field_validator("keys")
     @classmethod
     def _unique_keys(cls, keys: list[KeyColumn]) -> list[KeyColumn]:
-        _reject_duplicates([k.name for k in keys], "key")
+        reject_duplicates([k.name for k in keys], "key")
         return keys
 
     @property
@@ -72,7 +54,7 @@ class Entity(_Model):
         return [k.name for k in self.keys]
 
 
-class Feature(_Model):
+class Feature(FrozenModel):
     name: Name
     type: TypeField
     default: Any = Field(default=None, validate_default=True)
@@ -87,7 +69,7 @@ class Feature(_Model):
         return feature_type.coerce_default(value)
 
 
-class CachePolicy(_Model):
+class CachePolicy(FrozenModel):
     """How long a row may be served from caches without going back to storage."""
 
     enabled: bool = True
@@ -95,7 +77,7 @@ class CachePolicy(_Model):
     negative_ttl: Seconds = 10.0
 
 
-class FeatureGroup(_Model):
+class FeatureGroup(FrozenModel):
     name: Name
     entity: Name
     features: list[Feature] = Field(min_length=1, max_length=4096)
@@ -106,23 +88,16 @@ class FeatureGroup(_Model):
     @field_validator("features")
     @classmethod
     def _unique_features(cls, features: list[Feature]) -> list[Feature]:
-        _reject_duplicates([f.name for f in features], "feature")
+        reject_duplicates([f.name for f in features], "feature")
         return features
 
     def feature(self, name: str) -> Feature | None:
         return next((f for f in self.features if f.name == name), None)
 
 
-class DefinitionsFile(_Model):
+class DefinitionsFile(FrozenModel):
     """The top level of one YAML file; every section is optional."""
 
     entities: list[Entity] = []
     feature_groups: list[FeatureGroup] = []
-
-
-def _reject_duplicates(names: list[str], what: str) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ValueError(f"{what} '{name}' is listed twice")
-        seen.add(name)
+    models: list[ModelConfig] = []

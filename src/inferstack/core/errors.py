@@ -53,3 +53,9 @@ def located(path: Path | str | None, line: int | None, message: str) -> str:
     if line is not None:
         where = f"{where}:{line}"
     return f"{where}: {message}"
+
+
+class DeadlineExceededError(InferstackError):
+    """The caller's deadline passed before the work could finish."""
+
+    status = "DEADLINE_EXCEEDED"

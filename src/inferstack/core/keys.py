@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from inferstack.core.definitions import Entity
 from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.types import FeatureType
 
 KeyValues = npt.NDArray[Any] | Sequence[Any]
 _SIGN = np.uint64(2**63)
@@ -30,32 +31,34 @@ def coerce_key_column(entity: Entity, name: str, values: KeyValues) -> npt.NDArr
         raise InvalidArgumentError(
             f"entity '{entity.name}' has no key '{name}' (keys: {', '.join(entity.key_names)})"
         )
-    if key.type.base == "string":
+    return coerce_values(f"key '{entity.name}.{name}'", key.type, values)
+
+
+def coerce_values(
+    label: str, key_type: FeatureType, values: KeyValues
+) -> npt.NDArray[Any] | list[str]:
+    """Values of a key type (an integer type or string) checked and converted; errors start
+    with `label`, e.g. "key 'user.user_id'" or "context 'user_id'"."""
+    if key_type.base == "string":
         if isinstance(values, np.ndarray) and values.dtype.kind in "US":
             values = values.tolist()
         if not set(map(type, values)) <= {str}:
             bad = next(v for v in values if not isinstance(v, str))
-            raise InvalidArgumentError(
-                f"key '{entity.name}.{name}' is a string, got {type(bad).__name__} {bad!r}"
-            )
+            raise InvalidArgumentError(f"{label} is a string, got {type(bad).__name__} {bad!r}")
         return list(values)
-    array = values if isinstance(values, np.ndarray) else _integer_array(entity, name, values)
+    array = values if isinstance(values, np.ndarray) else _integer_array(label, values)
     if array.dtype.kind in "US":  # integers sent as text (CLI, JSON): parse strictly
-        array = _integer_array(entity, name, [_parse_int(entity, name, v) for v in array.tolist()])
+        array = _integer_array(label, [_parse_int(label, v) for v in array.tolist()])
     if array.dtype.kind not in "iu" and len(array):
-        raise InvalidArgumentError(
-            f"key '{entity.name}.{name}' is {key.type}, got values of type {array.dtype}"
-        )
-    info = np.iinfo(key.type.scalar_dtype)
-    fits = np.can_cast(array.dtype, key.type.scalar_dtype, "safe")
+        raise InvalidArgumentError(f"{label} is {key_type}, got values of type {array.dtype}")
+    info = np.iinfo(key_type.scalar_dtype)
+    fits = np.can_cast(array.dtype, key_type.scalar_dtype, "safe")
     if len(array) and not fits and (array.min() < info.min or array.max() > info.max):
-        raise InvalidArgumentError(
-            f"key '{entity.name}.{name}' has values outside the range of {key.type}"
-        )
-    return array.astype(key.type.scalar_dtype, copy=False)
+        raise InvalidArgumentError(f"{label} has values outside the range of {key_type}")
+    return array.astype(key_type.scalar_dtype, copy=False)
 
 
-def _parse_int(entity: Entity, name: str, value: Any) -> int:
+def _parse_int(label: str, value: Any) -> int:
     if isinstance(value, str):
         try:
             return int(value.strip(), 10)
@@ -63,15 +66,15 @@ def _parse_int(entity: Entity, name: str, value: Any) -> int:
             pass
     else:
         return value  # type: ignore[no-any-return]  # checked by _integer_array
-    raise InvalidArgumentError(f"key '{entity.name}.{name}' is an integer, got {value!r}")
+    raise InvalidArgumentError(f"{label} is an integer, got {value!r}")
 
 
-def _integer_array(entity: Entity, name: str, values: Sequence[Any]) -> npt.NDArray[Any]:
-    values = [_parse_int(entity, name, v) if isinstance(v, str) else v for v in values]
+def _integer_array(label: str, values: Sequence[Any]) -> npt.NDArray[Any]:
+    values = [_parse_int(label, v) if isinstance(v, str) else v for v in values]
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int | np.integer):
             raise InvalidArgumentError(
-                f"key '{entity.name}.{name}' is an integer, got {type(value).__name__} {value!r}"
+                f"{label} is an integer, got {type(value).__name__} {value!r}"
             )
     try:
         return np.asarray(values, dtype=np.int64) if values else np.zeros(0, dtype=np.int64)

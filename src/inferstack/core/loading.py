@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from inferstack.core.definitions import DefinitionsFile, Entity, FeatureGroup
 from inferstack.core.errors import DefinitionError
+from inferstack.core.modelconfig import ModelConfig
 from inferstack.core.registry import Registry
 from inferstack.core.yamlsource import Location, YamlDocument, load_yaml
 
@@ -21,7 +22,27 @@ class Definitions:
 
     entities: list[Entity] = field(default_factory=list)
     feature_groups: list[FeatureGroup] = field(default_factory=list)
+    models: list[ModelConfig] = field(default_factory=list)
     origins: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> file:line
+    # Where each model config came from, so checks that need the whole registry (the graph,
+    # the model files) can still name the file and line of the field that is wrong.
+    model_sources: dict[str, ModelSource] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    document: YamlDocument
+    index: int  # position in the file's `models` list
+
+    def problem(self, location: Location, message: str) -> str:
+        """`file:line: models.N.<location>: message` for a field of this model config."""
+        full = ("models", self.index, *location)
+        path = ".".join(str(part) for part in full)
+        return self.document.problem(full, f"{path}: {message}")
+
+    @property
+    def directory(self) -> Path:
+        return self.document.path.parent
 
 
 def find_definition_files(paths: list[Path]) -> list[Path]:
@@ -58,6 +79,9 @@ def load_definitions(paths: list[Path], registry: Registry | None = None) -> Def
             _add(
                 result.feature_groups, group, "feature group", document, location, result, problems
             )
+        for index, model in enumerate(parsed.models):
+            if _add(result.models, model, "model", document, ("models", index), result, problems):
+                result.model_sources[model.name] = ModelSource(document, index)
     problems += validate_against(result, registry or Registry())
     if problems:
         raise DefinitionError(problems)
@@ -105,7 +129,9 @@ def _parse(document: YamlDocument, problems: list[str]) -> DefinitionsFile | Non
     if document.data is None:
         return DefinitionsFile()
     if not isinstance(document.data, dict):
-        problems.append(document.problem((), "expected a mapping with entities and feature_groups"))
+        problems.append(
+            document.problem((), "expected a mapping with entities, feature_groups and models")
+        )
         return None
     try:
         return DefinitionsFile.model_validate(document.data)
@@ -119,18 +145,19 @@ def _parse(document: YamlDocument, problems: list[str]) -> DefinitionsFile | Non
 
 
 def _add(
-    items: list[Entity] | list[FeatureGroup],
-    item: Entity | FeatureGroup,
+    items: list[Entity] | list[FeatureGroup] | list[ModelConfig],
+    item: Entity | FeatureGroup | ModelConfig,
     kind: str,
     document: YamlDocument,
     location: Location,
     result: Definitions,
     problems: list[str],
-) -> None:
+) -> bool:
     here = document.problem(location, "").removesuffix(": ")
     first = result.origins.get((kind, item.name))
     if first is not None:
         problems.append(f"{here}: {kind} '{item.name}' is already defined at {first}")
-        return
+        return False
     result.origins[(kind, item.name)] = here
     items.append(item)  # type: ignore[arg-type]
+    return True

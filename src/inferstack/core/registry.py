@@ -7,11 +7,13 @@ immutable once built; `plan` makes the next one and says what changed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict
 
 from inferstack.core.definitions import Entity, FeatureGroup
+from inferstack.core.modelconfig import ModelConfig
 
 MAX_SCHEMA_VERSION = 65_535  # stored as uint16 in each row header
 
@@ -36,18 +38,28 @@ class StoredFeatureGroup(BaseModel):
         return self.versions[-1]
 
 
+class StoredModel(BaseModel):
+    """A model config and its version: every change to the config makes a new version."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    definition: ModelConfig
+    version: int
+
+
 class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     revision: int = 0
     entities: dict[str, Entity] = {}
     feature_groups: dict[str, StoredFeatureGroup] = {}
+    models: dict[str, StoredModel] = {}
 
 
 @dataclass
 class Change:
     action: str  # "create" | "update" | "delete"
-    kind: str  # "entity" | "feature group"
+    kind: str  # "entity" | "feature group" | "model"
     name: str
     details: list[str] = field(default_factory=list)
 
@@ -75,6 +87,7 @@ def plan(
     current: Registry,
     entities: list[Entity],
     groups: list[FeatureGroup],
+    models: Sequence[ModelConfig] = (),
     *,
     prune: bool = False,
 ) -> Plan:
@@ -111,7 +124,24 @@ def plan(
         if details:
             changes.append(Change("update", "feature group", group.name, details))
 
+    new_models = dict(current.models) if not prune else {}
+    for model in models:
+        stored_model = current.models.get(model.name)
+        if stored_model is None:
+            new_models[model.name] = StoredModel(definition=model, version=1)
+            changes.append(Change("create", "model", model.name, ["v1"]))
+        elif stored_model.definition != model:
+            number = stored_model.version + 1
+            new_models[model.name] = StoredModel(definition=model, version=number)
+            details = [f"v{stored_model.version} -> v{number}"]
+            changes.append(Change("update", "model", model.name, details))
+        else:
+            new_models[model.name] = stored_model
+
     if prune:
+        changes += [
+            Change("delete", "model", name) for name in current.models if name not in new_models
+        ]
         changes += [
             Change("delete", "feature group", name)
             for name in current.feature_groups
@@ -125,7 +155,10 @@ def plan(
     if not changes:
         return Plan(current, [])
     registry = Registry(
-        revision=current.revision + 1, entities=new_entities, feature_groups=new_groups
+        revision=current.revision + 1,
+        entities=new_entities,
+        feature_groups=new_groups,
+        models=new_models,
     )
     return Plan(registry, changes)
 

@@ -101,8 +101,8 @@ from cassandra.policies import (
 )
 from cassandra.query import PreparedStatement, tuple_factory
 
-from inferstack.core.definitions import NAME_PATTERN
 from inferstack.core.errors import NotFoundError, UnavailableError
+from inferstack.core.fields import NAME_PATTERN
 from inferstack.core.registry import Registry
 
 DEFAULT_PORT = 9042

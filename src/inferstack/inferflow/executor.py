@@ -1,0 +1,355 @@
+"""Run one request through a compiled plan.
+
+    context -> keys of stage 1 -> fetch (concurrently) -> keys of stage 2 -> ... -> matrix
+    -> models and expressions in dependency order -> outputs and features in candidate order
+
+Per-row keys are de-duplicated before a fetch and scattered back after it, so 100 candidates
+in 12 categories cost 12 user x category lookups. Missing rows read as their defaults (the
+feature store does that) and are counted per feature for `explain`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inferstack.core.errors import (
+    InferstackError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from inferstack.core.keys import KeyValues, coerce_values
+from inferstack.core.rowformat import RowStatus, VarColumn
+from inferstack.inferflow.features import FeatureSource, FetchedColumn, FetchQuery
+from inferstack.inferflow.graph import (
+    ExecutionPlan,
+    ExpressionStep,
+    FeatureRef,
+    FetchNode,
+    KeyPart,
+    ModelStep,
+)
+from inferstack.inferflow.runtimes.base import ModelRuntime
+
+KeyArray = npt.NDArray[Any]  # integers, or str objects
+
+
+@dataclass(frozen=True)
+class ReadyModel:
+    """A compiled plan with its loaded model runtimes: what one model version serves with."""
+
+    plan: ExecutionPlan
+    runtimes: Mapping[str, ModelRuntime]
+
+
+@dataclass
+class InferResult:
+    model: str
+    version: int
+    count: int
+    outputs: dict[str, npt.NDArray[np.float32]]
+    features: dict[str, tuple[FeatureRef, FetchedColumn]]  # in candidate order
+    timings: list[tuple[str, float]]  # stage -> seconds
+    defaults: dict[str, int]  # feature -> rows that read as defaults
+    matrix: npt.NDArray[np.float32]
+    candidates: KeyArray
+    context: dict[str, KeyArray] = field(default_factory=dict)
+
+
+@dataclass
+class _Fetch:
+    values: Mapping[str, FetchedColumn]  # by selector, one row per distinct key
+    status: Mapping[str, npt.NDArray[np.uint8]]
+    inverse: npt.NDArray[np.intp] | None  # candidate row -> fetched row; None: one row for all
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: list[tuple[str, float]] = []
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings.append((stage, now - self.last))
+        self.last = now
+
+
+async def execute(
+    ready: ReadyModel,
+    source: FeatureSource,
+    context: Mapping[str, KeyValues],
+    return_features: Sequence[str] = (),
+) -> InferResult:
+    plan = ready.plan
+    clock = _Clock()
+    values, candidates = _check_context(plan, context)
+    extra = _extra_features(plan, return_features)
+    rows = len(candidates)
+    clock.lap("context")
+
+    fetched: dict[str, _Fetch] = {}
+    for number, stage in enumerate(plan.stages, start=1):
+        await _fetch_stage(stage, source, values, fetched, rows, extra)
+        clock.lap(f"fetch {number}: {', '.join(node.name for node in stage)}")
+
+    matrix = np.empty((rows, plan.width), dtype=np.float32)
+    for placed in plan.feature_columns:
+        ref = placed.ref
+        _scatter(fetched[ref.fetch], ref, matrix[:, placed.start : placed.start + ref.width])
+    clock.lap("matrix")
+
+    for step in plan.steps:
+        if isinstance(step, ModelStep):
+            await _run_model(step, ready.runtimes[step.name], matrix)
+            clock.lap(f"model {step.name}")
+        else:
+            _run_expression(step, matrix)
+            clock.lap(f"expression {step.name}")
+
+    outputs = {name: matrix[:, plan.outputs[name]].copy() for name in plan.response_outputs}
+    features: dict[str, tuple[FeatureRef, FetchedColumn]] = {}
+    for ref in (*plan.response_features, *extra):
+        features[ref.name] = (ref, _gather(fetched[ref.fetch], ref, rows))
+    defaults = _count_defaults(plan, fetched, rows, extra)
+    clock.lap("response")
+    return InferResult(
+        plan.model,
+        plan.version,
+        rows,
+        outputs,
+        features,
+        clock.timings,
+        defaults,
+        matrix,
+        candidates,
+        values,
+    )
+
+
+def _check_context(
+    plan: ExecutionPlan, context: Mapping[str, KeyValues]
+) -> tuple[dict[str, KeyArray], KeyArray]:
+    inputs = {c.name: c for c in plan.definition.context}
+    for name in context:
+        if name not in inputs:
+            raise InvalidArgumentError(
+                f"model '{plan.model}' has no context input '{name}' (inputs: {', '.join(inputs)})"
+            )
+    values: dict[str, KeyArray] = {}
+    for name, spec in inputs.items():
+        given = context.get(name)
+        if given is None:
+            raise InvalidArgumentError(f"context input '{name}' of model '{plan.model}' is missing")
+        if spec.candidates:
+            if len(given) > spec.max_rows:
+                raise ResourceExhaustedError(
+                    f"{len(given)} candidates in '{name}'; model '{plan.model}' takes at most "
+                    f"{spec.max_rows}"
+                )
+        elif len(given) != 1:
+            raise InvalidArgumentError(f"context input '{name}' takes one value, got {len(given)}")
+        coerced = coerce_values(f"context input '{name}'", spec.type, given)
+        values[name] = np.asarray(coerced, dtype=object) if isinstance(coerced, list) else coerced
+    return values, values[plan.candidates.name]
+
+
+def _extra_features(plan: ExecutionPlan, names: Sequence[str]) -> list[FeatureRef]:
+    extra: list[FeatureRef] = []
+    for name in names:
+        fetch, _, feature = name.partition(".")
+        available = plan.available.get(fetch)
+        if available is None:
+            raise NotFoundError(
+                f"model '{plan.model}' has no fetch '{fetch}' (fetches: "
+                f"{', '.join(plan.available)}); return_features are fetch.feature"
+            )
+        ref = available.get(feature)
+        if ref is None:
+            raise NotFoundError(
+                f"fetch '{fetch}' of model '{plan.model}' has no feature '{feature}'"
+            )
+        if ref.name not in {r.name for r in (*plan.response_features, *extra)}:
+            extra.append(ref)
+    return extra
+
+
+async def _fetch_stage(
+    stage: Sequence[FetchNode],
+    source: FeatureSource,
+    context: Mapping[str, KeyArray],
+    fetched: dict[str, _Fetch],
+    rows: int,
+    extra: Sequence[FeatureRef],
+) -> None:
+    queries: list[FetchQuery] = []
+    inverses: list[npt.NDArray[np.intp] | None] = []
+    for node in stage:
+        keys, inverse = _keys_of(node, context, fetched, rows)
+        selectors = dict.fromkeys(node.selectors)
+        selectors.update((ref.selector, None) for ref in extra if ref.fetch == node.name)
+        queries.append(FetchQuery(node.entity, keys, list(selectors)))
+        inverses.append(inverse)
+    results = await source.fetch(queries)
+    for node, result, inverse in zip(stage, results, inverses, strict=True):
+        fetched[node.name] = _Fetch(result.columns, result.status, inverse)
+
+
+def _keys_of(
+    node: FetchNode, context: Mapping[str, KeyArray], fetched: Mapping[str, _Fetch], rows: int
+) -> tuple[dict[str, KeyArray], npt.NDArray[np.intp] | None]:
+    if not node.per_row:
+        return {part.key: _key_values(part, context, fetched, None) for part in node.keys}, None
+    columns = [_key_values(part, context, fetched, rows) for part in node.keys]
+    unique, inverse = _distinct(columns)
+    return {part.key: column for part, column in zip(node.keys, unique, strict=True)}, inverse
+
+
+def _key_values(
+    part: KeyPart, context: Mapping[str, KeyArray], fetched: Mapping[str, _Fetch], rows: int | None
+) -> KeyArray:
+    """One key column: one value (rows=None), or one per candidate row."""
+    if part.context is not None:
+        values = context[part.context]
+        per_row = part.per_row
+    else:
+        assert part.feature is not None
+        parent = fetched[part.feature.fetch]
+        values = _as_keys(parent.values[part.feature.selector])
+        per_row = parent.inverse is not None
+        if per_row:
+            assert parent.inverse is not None
+            values = values[parent.inverse]
+    if rows is None or per_row:
+        return values
+    return np.repeat(values, rows)  # a request-wide value broadcast to every row
+
+
+def _as_keys(column: FetchedColumn) -> KeyArray:
+    if isinstance(column, VarColumn):
+        return np.asarray([v.decode("utf-8") for v in column.to_list()], dtype=object)
+    return column
+
+
+def _distinct(columns: list[KeyArray]) -> tuple[list[KeyArray], npt.NDArray[np.intp]]:
+    """The distinct rows of a composite key and, per row, the index of its distinct row."""
+    if len(columns) == 1:
+        unique, inverse = np.unique(columns[0], return_inverse=True)
+        return [unique], inverse.astype(np.intp, copy=False)
+    combined = np.zeros(len(columns[0]), dtype=np.int64)
+    for column in columns:
+        levels, codes = np.unique(column, return_inverse=True)
+        combined = combined * len(levels) + codes
+    _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    return [column[first] for column in columns], inverse.astype(np.intp, copy=False)
+
+
+def _scatter(fetch: _Fetch, ref: FeatureRef, out: npt.NDArray[np.float32]) -> None:
+    values = fetch.values[ref.selector]
+    assert isinstance(values, np.ndarray)
+    if fetch.inverse is None:
+        out[...] = values[0]
+    elif ref.type.length:
+        out[...] = values[fetch.inverse]
+    else:
+        out[:, 0] = values[fetch.inverse]
+
+
+def _gather(fetch: _Fetch, ref: FeatureRef, rows: int) -> FetchedColumn:
+    values = fetch.values[ref.selector]
+    index = fetch.inverse if fetch.inverse is not None else np.zeros(rows, dtype=np.intp)
+    if isinstance(values, VarColumn):
+        items = values.to_list()
+        lengths = values.lengths[index]
+        return VarColumn(lengths.astype(np.uint32), b"".join([items[i] for i in index.tolist()]))
+    return values[index]
+
+
+async def _run_model(
+    step: ModelStep, runtime: ModelRuntime, matrix: npt.NDArray[np.float32]
+) -> None:
+    model = step.definition
+    rows = len(matrix)
+    if rows == 0:
+        for _, column in step.outputs:
+            matrix[:, column] = 0
+        return
+    inputs = matrix[:, step.columns]  # a view when the layout made the inputs contiguous
+    if model.dtype == "float64":
+        inputs = inputs.astype(np.float64)
+    parts = [inputs[i : i + model.max_rows] for i in range(0, rows, model.max_rows)]
+    try:
+        async with asyncio.timeout(model.timeout):
+            if len(parts) == 1:
+                results = [await runtime.infer(parts[0])]
+            else:
+                results = list(await asyncio.gather(*(runtime.infer(p) for p in parts)))
+    except TimeoutError as exc:
+        raise UnavailableError(
+            f"model '{step.name}' ({runtime.description}) did not answer within {model.timeout:g}s"
+        ) from exc
+    except InferstackError:
+        raise
+    except Exception as exc:
+        raise UnavailableError(
+            f"model '{step.name}' ({runtime.description}) failed: {exc}"
+        ) from exc
+    for position, (spec, column) in enumerate(step.outputs):
+        pieces = []
+        for result in results:
+            names = list(result)
+            tensor_name = spec.tensor if spec.tensor is not None else _positional(names, position)
+            if tensor_name not in result:
+                raise UnavailableError(
+                    f"model '{step.name}' returned no tensor '{tensor_name}' "
+                    f"(got {', '.join(names)})"
+                )
+            tensor = np.asarray(result[tensor_name])
+            if tensor.ndim == 2:
+                tensor = tensor[:, spec.index or 0]
+            elif tensor.ndim != 1 or spec.index:
+                raise UnavailableError(
+                    f"model '{step.name}' output '{tensor_name}' has shape {tensor.shape}"
+                )
+            pieces.append(tensor)
+        scores = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if len(scores) != rows:  # never hand back scores shifted against their candidates
+            raise UnavailableError(
+                f"model '{step.name}' returned {len(scores)} rows for {rows} candidates"
+            )
+        matrix[:, column] = scores
+
+
+def _positional(names: list[str], position: int) -> str:
+    return names[position] if position < len(names) else f"#{position}"
+
+
+def _run_expression(step: ExpressionStep, matrix: npt.NDArray[np.float32]) -> None:
+    values = {name: matrix[:, column] for name, column in step.inputs.items()}
+    matrix[:, step.column] = step.expression.evaluate(values, len(matrix))
+
+
+def _count_defaults(
+    plan: ExecutionPlan, fetched: Mapping[str, _Fetch], rows: int, extra: Sequence[FeatureRef]
+) -> dict[str, int]:
+    missing_by_group: dict[tuple[str, str], int] = {}
+    counts: dict[str, int] = {}
+    refs = [*(p.ref for p in plan.feature_columns), *plan.response_features, *extra]
+    for ref in refs:
+        key = (ref.fetch, ref.group)
+        if key not in missing_by_group:
+            fetch = fetched[ref.fetch]
+            absent = fetch.status[ref.group] != RowStatus.FOUND
+            if fetch.inverse is None:
+                missing_by_group[key] = rows if bool(absent[0]) else 0
+            else:
+                missing_by_group[key] = int(absent[fetch.inverse].sum())
+        counts[ref.name] = missing_by_group[key]
+    return counts

@@ -1,0 +1,81 @@
+"""Where inferflow gets features: the feature store in this process, or a remote one.
+
+Both answer one stage of fetches in one go (one RetrieveBatch round trip when remote), so
+the fetches a plan runs concurrently also travel together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from inferstack.core.keys import KeyValues
+from inferstack.core.rowformat import Column
+from inferstack.featurestore.service import FeatureService
+
+FetchedColumn = Column | npt.NDArray[Any]  # VarColumn in process; str objects from a client
+
+
+@dataclass(frozen=True)
+class FetchQuery:
+    entity: str
+    keys: Mapping[str, KeyValues]
+    features: Sequence[str]  # "group.feature" selectors
+
+
+@dataclass(frozen=True)
+class Fetched:
+    count: int
+    columns: Mapping[str, FetchedColumn]  # by "group.feature"
+    status: Mapping[str, npt.NDArray[np.uint8]]  # per feature group, one RowStatus per key
+
+
+class FeatureSource(Protocol):
+    async def fetch(self, queries: Sequence[FetchQuery]) -> list[Fetched]: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalFeatureSource:
+    """The feature store of this worker: no serialisation, no network."""
+
+    def __init__(self, service: FeatureService) -> None:
+        self.service = service
+
+    async def fetch(self, queries: Sequence[FetchQuery]) -> list[Fetched]:
+        if len(queries) == 1:
+            return [await self._one(queries[0])]
+        return list(await asyncio.gather(*(self._one(query) for query in queries)))
+
+    async def _one(self, query: FetchQuery) -> Fetched:
+        result = await self.service.retrieve(query.entity, query.keys, query.features)
+        columns = {column.name: column.values for column in result.columns}
+        return Fetched(result.count, columns, result.status)
+
+    async def close(self) -> None:
+        pass  # the feature service belongs to the worker
+
+
+class RemoteFeatureSource:
+    """A feature store served elsewhere (`inferflow.feature_store` in deploy.yaml)."""
+
+    def __init__(self, target: str, timeout: float) -> None:
+        from inferstack.client.featurestore import AsyncFeatureStoreClient
+
+        self.client = AsyncFeatureStoreClient(target, timeout=timeout)
+
+    async def fetch(self, queries: Sequence[FetchQuery]) -> list[Fetched]:
+        from inferstack.client.featurestore import Query
+
+        frames = await self.client.retrieve_batch(
+            [Query(q.entity, q.keys, list(q.features)) for q in queries]
+        )
+        return [Fetched(frame.count, frame.columns, frame.status) for frame in frames]
+
+    async def close(self) -> None:
+        await self.client.close()
