@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from inferstack.core.definitions import DefinitionsFile
 from inferstack.core.errors import (
@@ -30,6 +28,7 @@ from inferstack.inferflow.executor import ReadyModel, execute
 from inferstack.inferflow.features import LocalFeatureSource
 from inferstack.inferflow.graph import GraphError, ModelStep, compile_plan
 from inferstack.inferflow.runtimes.onnx import OnnxRuntime
+from tests.onnx_models import linear_onnx
 
 SPEC: dict[str, Any] = {
     "entities": [
@@ -109,22 +108,6 @@ MODEL: dict[str, Any] = {
         "features": ["item.category"],
     },
 }
-
-
-def linear_onnx(weights: np.ndarray) -> bytes:
-    """sigmoid(x @ w): one float input [N, len(w)], one output [N, 1]."""
-    w = helper.make_tensor("w", TensorProto.FLOAT, [len(weights), 1], weights.astype(np.float32))
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Sigmoid", ["z"], ["p"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", len(weights)])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1])],
-        initializer=[w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 FIRST = linear_onnx(np.array([0.1, 0.2, -0.1, 0.05, 0.01, -0.02, 0.3], dtype=np.float32))

@@ -86,6 +86,25 @@ class ZooKeeperConfigSettings(_Section):
     session_timeout: Seconds = 10.0
 
 
+class InferenceLogSettings(_Section):
+    """Where sampled inference records go (each model config sets its own sample rate)."""
+
+    type: Literal["parquet", "kafka"] = "parquet"
+    directory: Path | None = None  # parquet; default <data_dir>/inference-log
+    rotate_bytes: ByteSize = ByteSize(64 << 20)
+    rotate_seconds: Seconds = 300.0
+    bootstrap: str | None = None  # kafka: host:port[,host:port]
+    topic: str = "inferstack.inference-log"
+    queue: int = Field(1000, ge=1)  # records waiting at most; beyond it they are dropped
+
+
+class InferflowSettings(_Section):
+    # host:port of a feature store served elsewhere; default: this worker's own, in process
+    feature_store: str | None = None
+    feature_store_timeout: Seconds = 1.0
+    inference_log: InferenceLogSettings = InferenceLogSettings()
+
+
 class ServeSettings(_Section):
     data_dir: Path = Path(".inferstack")
     host: str = "127.0.0.1"
@@ -102,6 +121,7 @@ class ServeSettings(_Section):
     config: Annotated[FileConfigSettings | ZooKeeperConfigSettings, Field(discriminator="type")] = (
         FileConfigSettings()
     )
+    inferflow: InferflowSettings = InferflowSettings()
 
     @property
     def description(self) -> str:
