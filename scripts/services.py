@@ -8,11 +8,14 @@
     services.py status [NAMES...]                     up/down, pid, endpoint (exit 1 if any down)
     services.py env [NAMES...]                        export INFERSTACK_TEST_<NAME>=host:port
 
-NAMES: cassandra, redis, zookeeper, kafka (default: all). Everything listens on 127.0.0.1 only.
+NAMES: cassandra, redis, zookeeper, kafka, mlserver (default: all). Everything listens on
+127.0.0.1 only.
 
 Stdlib only: it runs before (and without) the project's virtualenv. Redis comes from Debian's
 `redis-server` package; Cassandra, Kafka (KRaft) and ZooKeeper are plain Maven Central jars
-resolved once by the machine's `mvn` into a cache that outlives the checkout.
+resolved once by the machine's `mvn` into a cache that outlives the checkout. MLServer (an Open
+Inference Protocol model server) is installed from PyPI into its own virtualenv in that cache,
+serving a small scikit-learn model that the MLServer venv trains at start-up.
 
 Environment:
     INFERSTACK_SERVICES_DIR     state dir (default <repo>/.services): config, data, logs, pids
@@ -27,6 +30,7 @@ import base64
 import contextlib
 import dataclasses
 import fcntl
+import http.client
 import json
 import os
 import shutil
@@ -52,10 +56,14 @@ ZOOKEEPER_VERSION = "3.9.5"
 ZOOKEEPER_SLF4J_VERSION = "2.0.13"  # the slf4j-api that zookeeper 3.9.5 pulls in
 ZOOKEEPER_METRICS_VERSION = "4.1.12.1"  # these two: as in zookeeper 3.9.5's parent POM
 ZOOKEEPER_SNAPPY_VERSION = "1.1.10.5"
+MLSERVER_VERSION = "1.7.1"  # with mlserver-sklearn; every pin: services/mlserver-requirements.txt
+MLSERVER_MODEL = "pcvr-test"  # the model tests call; trained by services/mlserver_train.py
+MLSERVER_MODEL_VERSION = "1"
+MLSERVER_MODEL_FEATURES = 12
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
 HOST = "127.0.0.1"
-ALL_SERVICES = ("cassandra", "redis", "zookeeper", "kafka")
+ALL_SERVICES = ("cassandra", "redis", "zookeeper", "kafka", "mlserver")
 SCRIPTS_DIR = Path(__file__).resolve().parent
 TEMPLATES_DIR = SCRIPTS_DIR / "services"
 REPO_DIR = SCRIPTS_DIR.parent
@@ -201,6 +209,44 @@ def resolve_classpath(key: str, artifacts: Sequence[Artifact]) -> Path:
             lib.parent.mkdir(parents=True, exist_ok=True)
             (work / "lib").rename(lib)
     return lib
+
+
+def python_venv(key: str, requirements: Path) -> Path:
+    """Return the bin/ directory of a virtualenv holding `requirements`, created only once.
+
+    For Python servers whose pins would fight the project's own venv. The venv is built in
+    place (venvs cannot be moved) and a stamp records what it was built from, written last:
+    a half-finished install, or one from other pins, is wiped and redone.
+    """
+    venv = cache_root() / key
+    stamp = venv / ".installed"
+    # A venv links to the interpreter it was made from: that is part of what it was built from.
+    base = sys.executable  # from inside a venv, `-m venv` uses the underlying interpreter
+    wanted = f"# Python {sys.version.split()[0]} in {sys.base_prefix}\n{requirements.read_text()}"
+    if stamp.is_file() and stamp.read_text() == wanted:
+        return venv / "bin"
+    with file_lock(cache_root() / f".{key}.lock"):
+        if stamp.is_file() and stamp.read_text() == wanted:
+            return venv / "bin"
+        say(key, f"installing from PyPI into {venv} (first run only) ...")
+        shutil.rmtree(venv, ignore_errors=True)
+        steps = [
+            [base, "-m", "venv", str(venv)],
+            [
+                str(venv / "bin" / "python"), "-m", "pip", "install",
+                "--quiet", "--disable-pip-version-check", "--no-input",
+                "-r", str(requirements),
+            ],
+        ]  # fmt: skip
+        for command in steps:
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise ServiceError(
+                    f"{key}: installing failed:\n$ {' '.join(command)}\n"
+                    + "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+                )
+        stamp.write_text(wanted)
+    return venv / "bin"
 
 
 # --------------------------------------------------------------------------------------------
@@ -732,11 +778,92 @@ class Kafka(JavaService):
         return f"metadata: brokers {brokers}"
 
 
+class MLServer(Service):
+    """Seldon's MLServer serving MLSERVER_MODEL (a scikit-learn classifier) over the Open
+    Inference Protocol: gRPC on the endpoint port, HTTP/REST beside it; no metrics server.
+    """
+
+    name = "mlserver"
+    port_names = ("port", "http_port")  # gRPC, then HTTP
+    ready_timeout = 120.0  # cold imports of a ~500 MB venv on two busy cores
+    stop_timeout = 30.0
+    bin: Path  # set by install()
+
+    def install(self) -> None:
+        if not (3, 9) <= sys.version_info[:2] < (3, 13):  # mlserver 1.7's Requires-Python
+            raise ServiceError(
+                f"mlserver {MLSERVER_VERSION} needs Python 3.9-3.12 for its venv; "
+                f"run services.py with such an interpreter (this is {sys.version.split()[0]})"
+            )
+        self.bin = python_venv(
+            f"mlserver-{MLSERVER_VERSION}-venv", TEMPLATES_DIR / "mlserver-requirements.txt"
+        )
+
+    def configure(self, ports: dict[str, int]) -> None:
+        # The model repository is the conf dir: MLServer finds every model-settings.json in it.
+        settings = {
+            "debug": False,  # True logs every request at DEBUG level
+            "host": HOST,
+            "grpc_port": ports["port"],
+            "http_port": ports["http_port"],
+            "metrics_endpoint": None,  # no metrics server, so no third port
+            # 0: inference runs in the server process; 1+ would fork a pool of workers that
+            # each import the whole stack (hundreds of MB) for nothing in tests.
+            "parallel_workers": 0,
+            "environments_dir": str(self.data_dir / "envs"),
+            "metrics_dir": str(self.data_dir / "metrics"),
+        }
+        (self.conf_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        model_dir = self.conf_dir / MLSERVER_MODEL
+        model_dir.mkdir(parents=True, exist_ok=True)
+        model_settings = {
+            "name": MLSERVER_MODEL,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            # No predict_fn: a request without outputs gets `predict` (class labels); one
+            # that names `predict_proba` among its outputs gets the class probabilities.
+            "parameters": {"uri": "./model.joblib", "version": MLSERVER_MODEL_VERSION},
+            # Metadata only (MLServer enforces none of it): what ModelMetadata reports, so
+            # clients can check the width and datatype they send.
+            "inputs": [
+                {"name": "input-0", "datatype": "FP64", "shape": [-1, MLSERVER_MODEL_FEATURES]}
+            ],
+            "outputs": [
+                {"name": "predict", "datatype": "INT64", "shape": [-1, 1]},
+                {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]},
+            ],
+        }
+        (model_dir / "model-settings.json").write_text(json.dumps(model_settings, indent=2) + "\n")
+        train = [
+            str(self.bin / "python"),
+            str(TEMPLATES_DIR / "mlserver_train.py"),
+            str(model_dir / "model.joblib"),
+            str(MLSERVER_MODEL_FEATURES),
+        ]
+        result = subprocess.run(train, capture_output=True, text=True, cwd=self.dir)
+        if result.returncode != 0:
+            raise ServiceError(
+                f"mlserver: training the test model failed:\n$ {' '.join(train)}\n"
+                + "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+            )
+
+    def command(self, ports: dict[str, int]) -> list[str]:
+        return [str(self.bin / "mlserver"), "start", str(self.conf_dir)]
+
+    def probe(self, port: int) -> str:
+        http = self.ports()["http_port"]
+        for path in ("/v2/health/ready", f"/v2/models/{MLSERVER_MODEL}/ready"):
+            http_get(http, path)
+        if not grpc_model_ready(port, MLSERVER_MODEL):
+            raise NotReadyError(f"gRPC ModelReady({MLSERVER_MODEL}) answered not ready")
+        return f"model {MLSERVER_MODEL} ready over HTTP :{http} and gRPC"
+
+
 SERVICES: dict[str, type[Service]] = {
     "cassandra": Cassandra,
     "redis": Redis,
     "zookeeper": ZooKeeper,
     "kafka": Kafka,
+    "mlserver": MLServer,
 }
 
 
@@ -867,6 +994,73 @@ def kafka_metadata(port: int) -> tuple[list[int], int]:
         reply.skip_short_strings(1)  # rack
     reply.short_string()  # cluster id
     return brokers, int(reply.take("i"))
+
+
+def http_get(port: int, path: str) -> bytes:
+    """GET on loopback with http.client (urllib would honour an http_proxy variable)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise NotReadyError(f"GET {path}: HTTP {response.status} {body[:200]!r}")
+    return body
+
+
+def grpc_model_ready(port: int, model: str) -> bool:
+    """The Open Inference Protocol's ModelReady over a bare HTTP/2 connection (prior knowledge).
+
+    Enough HTTP/2 for one unary call: our headers are HPACK literals (no table, no Huffman),
+    and the answer needs no header decoding: a DATA frame on our stream carries the response
+    message, while a HEADERS frame ending the stream first is a trailers-only error.
+    """
+
+    def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+        header = len(payload).to_bytes(3, "big") + struct.pack(">BBI", kind, flags, stream)
+        return header + payload
+
+    def literal(name: str, value: str) -> bytes:  # "without indexing, new name", both < 127 B
+        return bytes([0, len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+    headers = b"".join(
+        literal(name, value)
+        for name, value in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/inference.GRPCInferenceService/ModelReady"),
+            (":authority", f"{HOST}:{port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        )
+    )
+    request = b"\x0a" + bytes([len(model)]) + model.encode()  # ModelReadyRequest.name (field 1)
+    message = struct.pack(">BI", 0, len(request)) + request  # gRPC framing: uncompressed, length
+    with socket.create_connection((HOST, port), timeout=5) as sock:
+        sock.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            + frame(0x4, 0, 0)  # SETTINGS (defaults)
+            + frame(0x1, 0x4, 1, headers)  # HEADERS, END_HEADERS, stream 1
+            + frame(0x0, 0x1, 1, message)  # DATA, END_STREAM
+        )
+        while True:
+            length = int.from_bytes(recv_exact(sock, 3), "big")
+            kind, flags, stream = struct.unpack(">BBI", recv_exact(sock, 6))
+            payload = recv_exact(sock, length)
+            stream &= 0x7FFFFFFF
+            if kind == 0x4 and not flags & 0x1:  # the server's SETTINGS: acknowledge them
+                sock.sendall(frame(0x4, 0x1, 0))
+            elif kind == 0x0 and stream == 1:  # DATA: [pad length] + gRPC message
+                if flags & 0x8:
+                    payload = payload[1 : len(payload) - payload[0]]
+                # ModelReadyResponse: `ready: true` is field 1 varint 1; false encodes empty.
+                return payload[5:] == b"\x08\x01"
+            elif kind == 0x1 and stream == 1 and flags & 0x1:
+                raise NotReadyError("ModelReady ended without a message (gRPC error status)")
+            elif kind in (0x3, 0x7):  # RST_STREAM, GOAWAY
+                raise NotReadyError(f"server closed the call (HTTP/2 frame type {kind})")
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ ENV_NAMES = {
     "redis": "INFERSTACK_TEST_REDIS",
     "zookeeper": "INFERSTACK_TEST_ZOOKEEPER",
     "kafka": "INFERSTACK_TEST_KAFKA",
+    "mlserver": "INFERSTACK_TEST_MLSERVER",
 }
 
 
@@ -52,3 +53,9 @@ def zookeeper_endpoint() -> str:
 @pytest.fixture(scope="session")
 def kafka_endpoint() -> str:
     return service_endpoint("kafka")
+
+
+@pytest.fixture(scope="session")
+def mlserver_endpoint() -> str:
+    """gRPC host:port of MLServer serving the `pcvr-test` scikit-learn model."""
+    return service_endpoint("mlserver")
