@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from inferstack.cli import apply, get, ingest, sample, serve
+from inferstack.cli import apply, get, infer, ingest, models, sample, serve
 
 app = typer.Typer(
     name="inferstack",
@@ -17,6 +17,8 @@ app.command("apply")(apply.apply)
 app.command("ingest")(ingest.ingest)
 app.command("serve")(serve.serve)
 app.command("get")(get.get)
+app.command("infer")(infer.infer)
+app.add_typer(models.app, name="models")
 app.add_typer(sample.app, name="sample")
 
 if __name__ == "__main__":

@@ -6,5 +6,14 @@ from inferstack.client.featurestore import (
     FeatureStoreClient,
     Query,
 )
+from inferstack.client.inferflow import AsyncInferflowClient, InferflowClient, Scores
 
-__all__ = ["AsyncFeatureStoreClient", "FeatureFrame", "FeatureStoreClient", "Query"]
+__all__ = [
+    "AsyncFeatureStoreClient",
+    "AsyncInferflowClient",
+    "FeatureFrame",
+    "FeatureStoreClient",
+    "InferflowClient",
+    "Query",
+    "Scores",
+]

@@ -1,16 +1,45 @@
-"""The config store interface: one whole registry, replaced atomically."""
+"""The config store interface: one whole registry, replaced atomically, plus model blobs.
+
+Blobs are content-addressed: stored under the sha256 of their bytes, so a config names a
+model file by digest and every server fetches exactly those bytes, whichever store it uses.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from typing import Protocol
 
-from inferstack.core.errors import InferstackError
+from inferstack.core.errors import InferstackError, InvalidArgumentError, NotFoundError
 from inferstack.core.registry import Registry
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class ConfigConflictError(InferstackError):
     """Someone else applied definitions between our read and our write."""
+
+
+class BlobNotFoundError(NotFoundError):
+    """No blob is stored under the digest asked for (or it is still being written)."""
+
+
+class CorruptBlobError(InferstackError):
+    """A stored blob whose bytes no longer hash to its digest."""
+
+
+def blob_digest(data: bytes) -> str:
+    """The name a blob is stored under: the sha256 of its bytes, lowercase hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_digest(digest: str) -> str:
+    """`digest` in lowercase if it is a sha256 in hex; it becomes a file or znode name."""
+    normalised = digest.lower() if isinstance(digest, str) else ""
+    if not _DIGEST.fullmatch(normalised):
+        raise InvalidArgumentError(f"not a sha256 digest (64 hex digits): {digest!r}")
+    return normalised
 
 
 class Watch(Protocol):
@@ -18,7 +47,12 @@ class Watch(Protocol):
 
 
 class ConfigStore(Protocol):
-    """Stores the registry as one document so readers never see half an apply."""
+    """Stores the registry as one document so readers never see half an apply.
+
+    It also stores blobs (model files) by digest. Blobs are never deleted through this
+    interface, so a model version an older registry names stays readable; pruning blobs no
+    registry references any more is future work.
+    """
 
     def load(self) -> Registry:
         """The newest registry; an empty one if nothing was ever applied."""
@@ -30,6 +64,20 @@ class ConfigStore(Protocol):
 
     def watch(self, on_change: Callable[[Registry], None]) -> Watch:
         """Call `on_change` with each newer registry until the watch is stopped."""
+        ...
+
+    def put_blob(self, data: bytes) -> str:
+        """Store bytes under their sha256 (hex) and return it; storing the same bytes twice
+        is a no-op. Readers never see a blob half written."""
+        ...
+
+    def get_blob(self, digest: str) -> bytes:
+        """The bytes stored under `digest`; BlobNotFoundError naming the digest if absent,
+        CorruptBlobError naming it if what was read does not hash to it."""
+        ...
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether a complete blob is stored under `digest` (its bytes are not re-checked)."""
         ...
 
     def close(self) -> None: ...

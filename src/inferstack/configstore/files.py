@@ -1,7 +1,19 @@
-"""Embedded config store: one JSON file under the data directory, replaced by rename."""
+"""Embedded config store: one JSON file under the data directory, replaced by rename.
+
+Blobs (model files) live next to it, one file per blob named by its sha256::
+
+    <data_dir>/config/registry.json
+    <data_dir>/config/blobs/<sha256>
+
+Each blob is written to a temporary file in the same directory, synced and renamed into
+place, so a reader sees the whole blob or none; concurrent writers of the same blob each
+rename their own complete copy. A writer that dies leaves only a `.blob-*` temporary file.
+Blobs are never deleted here; pruning those no registry references is future work.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -11,11 +23,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from inferstack.configstore.base import ConfigConflictError
+from inferstack.configstore.base import (
+    BlobNotFoundError,
+    ConfigConflictError,
+    CorruptBlobError,
+    blob_digest,
+    check_digest,
+)
 from inferstack.core.registry import Registry
 
 log = logging.getLogger(__name__)
 REGISTRY_FILE = "registry.json"
+BLOBS_DIRECTORY = "blobs"
 FileIdentity = tuple[int, int] | None  # (inode, mtime): a rename always changes it
 
 
@@ -23,6 +42,7 @@ class FileConfigStore:
     def __init__(self, data_dir: Path, poll_interval: float = 0.25) -> None:
         self.directory = data_dir / "config"
         self.path = self.directory / REGISTRY_FILE
+        self.blobs_directory = self.directory / BLOBS_DIRECTORY
         self.poll_interval = poll_interval
         # What the last load() read, so a watch started later misses no change in between.
         self._loaded: FileIdentity | None = None
@@ -64,8 +84,51 @@ class FileConfigStore:
         start = self._loaded if self._loaded is not None else self.identity()
         return _PollingWatch(self, on_change, start)
 
+    def put_blob(self, data: bytes) -> str:
+        digest = blob_digest(data)
+        try:
+            if blob_digest(self._blob_path(digest).read_bytes()) == digest:
+                return digest
+        except FileNotFoundError:
+            pass
+        # Absent, or damaged on disk: (re)write it. Same bytes, so racing writers agree.
+        self.blobs_directory.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self.blobs_directory, prefix=".blob-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self._blob_path(digest))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        _sync_directory(self.blobs_directory)  # the rename itself survives a power cut
+        return digest
+
+    def get_blob(self, digest: str) -> bytes:
+        digest = check_digest(digest)
+        path = self._blob_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"no blob {digest} in {self.blobs_directory}") from None
+        if blob_digest(data) != digest:
+            raise CorruptBlobError(
+                f"blob {digest} is corrupt: {path} does not hash to its name; "
+                "store the file again (inferstack apply)"
+            )
+        return data
+
+    def has_blob(self, digest: str) -> bool:
+        return self._blob_path(check_digest(digest)).is_file()
+
     def close(self) -> None:
         pass
+
+    def _blob_path(self, digest: str) -> Path:
+        return self.blobs_directory / digest
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -75,6 +138,14 @@ class FileConfigStore:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _PollingWatch:

@@ -10,6 +10,11 @@ Znode layout under the root path (default ``/inferstack``)::
     <root>/registry/r-<rev>-<seq>/c-00000, c-00001, ...
                                        the registry as zlib-compressed JSON, split into
                                        chunks of at most 512 KiB
+    <root>/blobs/<sha256>              one blob (a model file) named by the sha256 of its
+                                       bytes; its data is a JSON header written last,
+                                       {"format": 1, "size": 3145728, "chunks": 6},
+                                       and empty while the blob is still being written
+    <root>/blobs/<sha256>/c-00000, ... the blob's bytes in chunks of at most 64 KiB
 
 No pointer means nothing was ever applied: `load` returns an empty registry (revision 0).
 
@@ -31,6 +36,14 @@ Why this shape:
   are kept, and never the one the pointer names. Keeping a few lets a reader that followed
   the pointer just before a flip finish reading; if its version was deleted anyway, the
   reader follows the pointer again.
+* Blobs commit by their header. A blob node is created empty, its chunks are written, and
+  only then is the header set: a reader (and `has_blob`) treats an empty node as absent, so
+  it never sees half a blob. A writer that dies midway leaves an empty node and some chunks;
+  the next `put_blob` of the same bytes overwrites them and sets the header. The same bytes
+  always give the same node, so concurrent writers of one blob write identical data. Blobs
+  are never deleted here (old model versions stay readable); pruning blobs no registry
+  references is future work. ZooKeeper keeps all data in memory, so blobs are capped at
+  `max_blob_bytes` (32 MiB by default), and chunks are small (see BLOB_CHUNK_BYTES).
 
 Watching: a kazoo DataWatch on the pointer wakes one worker thread per watch. The worker
 reads the pointer and the version it names, checks it (checksum, JSON, schema, and that its
@@ -68,16 +81,38 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 from pydantic import ValidationError
 
-from inferstack.configstore.base import ConfigConflictError
-from inferstack.core.errors import InferstackError, InvalidArgumentError, UnavailableError
+from inferstack.configstore.base import (
+    BlobNotFoundError,
+    ConfigConflictError,
+    CorruptBlobError,
+    blob_digest,
+    check_digest,
+)
+from inferstack.core.errors import (
+    InferstackError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from inferstack.core.registry import Registry
 
 log = logging.getLogger(__name__)
 
 POINTER_NODE = "current"
 VERSIONS_NODE = "registry"
+BLOBS_NODE = "blobs"
 FORMAT = 1
 CHUNK_BYTES = 512 * 1024
+# Blob chunks are much smaller than registry chunks because ZooKeeper keeps the payloads
+# of its last 500 (at least) writes on its heap, whatever was deleted since: with 512 KiB
+# chunks, uploading one model of 250 MiB, or several smaller ones, can pin 250 MiB there
+# (it did: the 256 MiB test ZooKeeper died of OutOfMemoryError). 64 KiB bounds that to ~32 MiB.
+BLOB_CHUNK_BYTES = 64 * 1024
+# Blob chunks in flight at once: enough to pipeline, few enough that each request of a
+# large blob is answered within `request_timeout` even on a slow link.
+BLOB_WINDOW = 16
+# ZooKeeper holds every node in memory and blobs are never deleted: keep models modest.
+DEFAULT_MAX_BLOB_BYTES = 32 * 1024 * 1024
 # kazoo's default reconnect backoff grows to an hour; servers must come back within seconds.
 MAX_RECONNECT_DELAY = 1.0
 # A watch that cannot read a changed registry retries at most this far apart.
@@ -146,6 +181,33 @@ class _Header:
         return header
 
 
+@dataclass(frozen=True)
+class _BlobHeader:
+    """Data of a complete blob node: how many bytes, in how many chunks."""
+
+    format: int
+    size: int
+    chunks: int
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes, digest: str, path: str) -> _BlobHeader:
+        try:
+            fields = json.loads(data)
+            header = cls(
+                format=int(fields["format"]), size=int(fields["size"]), chunks=int(fields["chunks"])
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CorruptBlobError(f"blob {digest} is corrupt: {path} has no valid header") from exc
+        if header.format != FORMAT:
+            raise CorruptBlobError(
+                f"blob {digest}: {path} has unknown format {header.format} (newer inferstack?)"
+            )
+        return header
+
+
 def _encode(registry: Registry) -> tuple[_Header, list[bytes]]:
     payload = zlib.compress(registry.model_dump_json().encode())
     chunks = [payload[at : at + CHUNK_BYTES] for at in range(0, len(payload), CHUNK_BYTES)]
@@ -197,9 +259,13 @@ class ZooKeeperConfigStore:
         request_timeout: float = 5.0,
         session_timeout: float = 10.0,
         keep_versions: int = 10,
+        max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
     ) -> None:
         if keep_versions < 1:
             raise InvalidArgumentError(f"keep_versions must be at least 1, got {keep_versions}")
+        if max_blob_bytes < 0:
+            raise InvalidArgumentError(f"max_blob_bytes must not be negative, got {max_blob_bytes}")
+        self.max_blob_bytes = max_blob_bytes
         self.hosts = hosts
         self.root = "/" + root.strip("/")
         self.request_timeout = request_timeout
@@ -207,6 +273,7 @@ class ZooKeeperConfigStore:
         base = self.root.rstrip("/")  # root "/" would otherwise give "//current"
         self._pointer_path = f"{base}/{POINTER_NODE}"
         self._versions_path = f"{base}/{VERSIONS_NODE}"
+        self._blobs_path = f"{base}/{BLOBS_NODE}"
         # The newest revision the caller has seen through load() or save(): where a watch
         # starts, so a change made between load() and watch() is not lost.
         self._known_revision: int | None = None
@@ -259,6 +326,37 @@ class ZooKeeperConfigStore:
         self._watches.append(watch)
         return watch
 
+    def put_blob(self, data: bytes) -> str:
+        if len(data) > self.max_blob_bytes:
+            raise ResourceExhaustedError(
+                f"blob of {len(data)} bytes is larger than the {self.max_blob_bytes} bytes the "
+                f"config store in ZooKeeper at {self.hosts} takes (max_blob_bytes)"
+            )
+        digest = blob_digest(data)
+        if self._stored_blob_is(digest, data):
+            return digest
+        # Absent, half written by a writer that died, or damaged: (re)write it.
+        path = self._blob_path(digest)
+        self._wait(self._client.ensure_path_async(self._blobs_path), "blob write")
+        with contextlib.suppress(NodeExistsError):
+            self._wait(self._client.create_async(path, b""), "blob write")  # empty: incomplete
+        chunks = [data[at : at + BLOB_CHUNK_BYTES] for at in range(0, len(data), BLOB_CHUNK_BYTES)]
+        self._write_blob_chunks(path, chunks)
+        header = _BlobHeader(format=FORMAT, size=len(data), chunks=len(chunks))
+        self._wait(self._client.set_async(path, header.encode()), "blob write")  # the commit
+        return digest
+
+    def get_blob(self, digest: str) -> bytes:
+        return self._read_blob(check_digest(digest))
+
+    def has_blob(self, digest: str) -> bool:
+        path = self._blob_path(check_digest(digest))
+        try:
+            data, _ = self._wait(self._client.get_async(path), "blob read")
+        except NoNodeError:
+            return False
+        return bool(data)  # an empty node is a blob still being written
+
     def close(self) -> None:
         for watch in self._watches:
             watch.signal_stop()
@@ -306,7 +404,69 @@ class ZooKeeperConfigStore:
         payload = b"".join(self._wait(result, "read")[0] for result in pending)
         return _decode(header, payload, pointer, path)
 
+    def _read_blob(self, digest: str) -> bytes:
+        path = self._blob_path(digest)
+        try:
+            data, _ = self._wait(self._client.get_async(path), "blob read")
+        except NoNodeError:
+            raise BlobNotFoundError(
+                f"no blob {digest} in ZooKeeper at {self.hosts} ({self._blobs_path})"
+            ) from None
+        if not data:
+            raise BlobNotFoundError(
+                f"blob {digest} in ZooKeeper at {self.hosts} is not completely written "
+                "(an upload was interrupted or is still running)"
+            )
+        header = _BlobHeader.decode(data, digest, path)
+        names = [_chunk_name(i) for i in range(header.chunks)]
+        parts: list[bytes] = []
+        for start in range(0, len(names), BLOB_WINDOW):
+            window = names[start : start + BLOB_WINDOW]
+            pending = [(name, self._client.get_async(f"{path}/{name}")) for name in window]
+            for name, result in pending:
+                try:
+                    parts.append(self._wait(result, "blob read")[0])
+                except NoNodeError as exc:
+                    raise CorruptBlobError(
+                        f"blob {digest} is corrupt: {path}/{name} is missing"
+                    ) from exc
+        payload = b"".join(parts)
+        if len(payload) != header.size or blob_digest(payload) != digest:
+            raise CorruptBlobError(
+                f"blob {digest} is corrupt: the chunks under {path} do not hash to its digest; "
+                "store the file again (inferstack apply)"
+            )
+        return payload
+
+    def _stored_blob_is(self, digest: str, data: bytes) -> bool:
+        """Whether a complete, intact copy of `data` is already stored."""
+        try:
+            return self._read_blob(digest) == data
+        except (BlobNotFoundError, CorruptBlobError):
+            return False
+
+    def _blob_path(self, digest: str) -> str:
+        return f"{self._blobs_path}/{digest}"
+
     # -- writing ---------------------------------------------------------------------------
+
+    def _write_blob_chunks(self, path: str, chunks: list[bytes]) -> None:
+        named = [(f"{path}/{_chunk_name(i)}", chunk) for i, chunk in enumerate(chunks)]
+        for start in range(0, len(named), BLOB_WINDOW):
+            window = named[start : start + BLOB_WINDOW]
+            pending = [
+                (name, chunk, self._client.create_async(name, chunk)) for name, chunk in window
+            ]
+            left_over: list[tuple[str, bytes]] = []
+            for name, chunk, result in pending:
+                try:
+                    self._wait(result, "blob write")
+                except NodeExistsError:
+                    left_over.append((name, chunk))
+            # Chunks of an earlier, unfinished write: overwritten, not trusted (another
+            # inferstack version may have cut the bytes differently).
+            for result in [self._client.set_async(name, chunk) for name, chunk in left_over]:
+                self._wait(result, "blob write")
 
     def _write_version(self, registry: Registry) -> str:
         """Write a complete version nobody points at yet; return its node name."""

@@ -32,7 +32,7 @@ HTTP_STATUS = {
     "RESOURCE_EXHAUSTED": 429,
     "UNAVAILABLE": 503,
 }
-_CODE_OF_STATUS = {status: code for code, status in HTTP_STATUS.items()}
+CODE_OF_STATUS = {status: code for code, status in HTTP_STATUS.items()}
 SERVICE_KEY = web.AppKey("feature_service", FeatureService)
 
 
@@ -58,7 +58,7 @@ async def metrics_page(request: web.Request) -> web.Response:
 async def retrieve(request: web.Request) -> web.Response:
     started = time.perf_counter()
     response = await _retrieve(request)
-    code = "OK" if response.status == 200 else _CODE_OF_STATUS.get(response.status, "INTERNAL")
+    code = "OK" if response.status == 200 else CODE_OF_STATUS.get(response.status, "INTERNAL")
     metrics.REQUESTS.labels("http_retrieve", code).inc()
     metrics.LATENCY.labels("http_retrieve").observe(time.perf_counter() - started)
     return response
@@ -67,7 +67,7 @@ async def retrieve(request: web.Request) -> web.Response:
 async def _retrieve(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     try:
-        body = await _json_body(request)
+        body = await json_body(request)
         entity = body.get("entity")
         keys = body.get("keys")
         features = body.get("features", [])
@@ -85,10 +85,10 @@ async def _retrieve(request: web.Request) -> web.Response:
         log.exception("internal error")
         error = {"code": "INTERNAL", "message": "internal error; see the server log"}
         return web.json_response({"error": error}, status=500)
-    return web.json_response(result_to_json(result), dumps=_dumps)
+    return web.json_response(result_to_json(result), dumps=dumps)
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -104,7 +104,7 @@ def result_to_json(result: RetrieveResult) -> dict[str, Any]:
         "entity": result.entity,
         "count": result.count,
         "columns": {
-            column.name: _json_values(to_numpy(column.type, column.values).tolist())
+            column.name: json_values(to_numpy(column.type, column.values).tolist())
             for column in result.columns
         },
         "status": {
@@ -113,7 +113,7 @@ def result_to_json(result: RetrieveResult) -> dict[str, Any]:
     }
 
 
-def _json_values(values: list[Any]) -> list[Any]:
+def json_values(values: list[Any]) -> list[Any]:
     return [_json_value(value) for value in values]
 
 
@@ -123,9 +123,9 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     if isinstance(value, list):
-        return _json_values(value)
+        return json_values(value)
     return value
 
 
-def _dumps(payload: Any) -> str:
+def dumps(payload: Any) -> str:
     return json.dumps(payload, allow_nan=False, separators=(",", ":"))

@@ -76,20 +76,29 @@ class RuntimeLoader:
         from inferstack.inferflow.runtimes.kserve import KServeRuntime
         from inferstack.inferflow.runtimes.weighted import WeightedRuntime
 
-        endpoints: list[tuple[ModelRuntime, float]] = [
-            (
-                KServeRuntime(
-                    endpoint.address,
-                    endpoint.model or model.name,
-                    model_version=endpoint.version,
-                    input_name=model.input_name or "input-0",
-                    timeout=model.timeout,
-                ),
-                endpoint.weight,
+        tensors = tuple(dict.fromkeys(o.tensor for o in model.output_specs if o.tensor))
+        remotes = [
+            KServeRuntime(
+                endpoint.address,
+                endpoint.model or model.name,
+                model_version=endpoint.version,
+                input_name=model.input_name or "input-0",
+                output_names=tensors,
+                timeout=model.timeout,
             )
             for endpoint in model.endpoints
         ]
-        return endpoints[0][0] if len(endpoints) == 1 else WeightedRuntime(endpoints)
+        for remote in remotes:
+            # Learn the declared input when the endpoint is up; one that is down now is
+            # still served (its calls answer UNAVAILABLE until it is back).
+            try:
+                await asyncio.wait_for(remote.check_ready(), model.timeout)
+            except (InferstackError, TimeoutError) as exc:
+                log.warning("model '%s': %s", model.name, exc)
+        if len(remotes) == 1:
+            return remotes[0]
+        weights = [endpoint.weight for endpoint in model.endpoints]
+        return WeightedRuntime(list(zip(remotes, weights, strict=True)))
 
     def retain(self, keys: set[RuntimeKey]) -> None:
         """Close runtimes no ready model uses, after requests that still hold them are done."""

@@ -17,6 +17,9 @@ from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.rows import RowSource
 from inferstack.featurestore.service import FeatureService
 from inferstack.featurestore.storage.base import FeatureStorage
+from inferstack.inferflow.features import FeatureSource, LocalFeatureSource, RemoteFeatureSource
+from inferstack.inferflow.inferencelog.base import InferenceLogger, LogSink
+from inferstack.inferflow.service import InferflowService, RuntimeLoader
 from inferstack.server.settings import (
     CassandraStorageSettings,
     RedisCacheSettings,
@@ -125,15 +128,50 @@ def _quiet(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
+def open_inference_log(settings: ServeSettings) -> InferenceLogger:
+    log_settings = settings.inferflow.inference_log
+    sink: LogSink
+    if log_settings.type == "kafka":
+        from inferstack.inferflow.inferencelog.kafka import KafkaSink
+
+        if not log_settings.bootstrap:
+            raise UnavailableError("inferflow.inference_log.bootstrap: needed for type kafka")
+        sink = KafkaSink(log_settings.bootstrap, log_settings.topic)
+    else:
+        from inferstack.inferflow.inferencelog.parquet import ParquetSink
+
+        sink = ParquetSink(
+            log_settings.directory or settings.data_dir / "inference-log",
+            rotate_bytes=int(log_settings.rotate_bytes),
+            rotate_seconds=log_settings.rotate_seconds,
+        )
+    return InferenceLogger(sink, capacity=log_settings.queue)
+
+
+def open_inferflow(
+    settings: ServeSettings, config: ConfigStore, service: FeatureService
+) -> InferflowService:
+    source: FeatureSource
+    if settings.inferflow.feature_store:
+        source = RemoteFeatureSource(
+            settings.inferflow.feature_store, settings.inferflow.feature_store_timeout
+        )
+    else:
+        source = LocalFeatureSource(service)
+    return InferflowService(source, RuntimeLoader(config.get_blob), open_inference_log(settings))
+
+
 @dataclass
 class Components:
     config: ConfigStore
     service: FeatureService
+    inferflow: InferflowService
     watch: Watch | None = None
 
     async def close(self) -> None:
         if self.watch is not None:
             self.watch.stop()
+        await self.inferflow.close()
         self.config.close()
         await self.service.rows.close()
 
@@ -148,7 +186,9 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
     shared = open_shared_cache(settings.cache.shared) if settings.cache.shared else None
     rows = RowSource(storage, local, shared)
     service = FeatureService(rows, Catalog(registry), settings.max_keys)
-    components = Components(config, service)
+    inferflow = open_inferflow(settings, config, service)
+    await inferflow.use_registry(registry, service.catalog)
+    components = Components(config, service, inferflow)
     if watch:
         loop = asyncio.get_running_loop()
 
@@ -156,7 +196,9 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
             if registry.revision <= service.catalog.revision:
                 return
             await storage.prepare(registry)
-            service.use_catalog(Catalog(registry))
+            catalog = Catalog(registry)
+            service.use_catalog(catalog)
+            await inferflow.use_registry(registry, catalog)
             log.info("definitions revision %d in use", registry.revision)
 
         def on_change(registry: Registry) -> None:  # called on the watcher's thread

@@ -19,7 +19,10 @@ from grpc_reflection.v1alpha import reflection
 
 from inferstack.featurestore.grpc_service import FeatureStoreServicer
 from inferstack.featurestore.http_gateway import make_app
+from inferstack.inferflow import http_gateway as inferflow_http
+from inferstack.inferflow.grpc_service import INFERFLOW_SERVICE, InferflowServicer
 from inferstack.proto.featurestore.v1 import featurestore_pb2, featurestore_pb2_grpc
+from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc
 from inferstack.server.components import build
 from inferstack.server.settings import ServeSettings
 
@@ -40,11 +43,15 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     featurestore_pb2_grpc.add_FeatureStoreServicer_to_server(
         FeatureStoreServicer(components.service), server
     )
+    inferflow_pb2_grpc.add_InferflowServicer_to_server(
+        InferflowServicer(components.inferflow), server
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         [
             FEATURE_STORE_SERVICE,
+            INFERFLOW_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
@@ -58,10 +65,13 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(FEATURE_STORE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await health.set(INFERFLOW_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     runner: web.AppRunner | None = None
     if settings.http_port >= 0:
-        runner = web.AppRunner(make_app(components.service), access_log=None)
+        app = make_app(components.service)
+        inferflow_http.add_routes(app, components.inferflow)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True)
         try:

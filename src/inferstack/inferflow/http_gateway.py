@@ -1,0 +1,121 @@
+"""HTTP/JSON gateway for Infer, for curl users: POST /v1/infer on the feature store's app.
+
+    curl -s localhost:6567/v1/infer -d '{"model": "ranker",
+         "context": {"user_id": 42, "product_ids": [1334, 7732]}, "explain": true}'
+
+Scalars may be given bare or as one-element lists. Errors and values that JSON cannot carry
+(NaN, infinities, bytes) look exactly as in the feature store's gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from inferstack import metrics
+from inferstack.core.errors import InferstackError, InvalidArgumentError
+from inferstack.core.keys import KeyValues
+from inferstack.featurestore.http_gateway import (
+    CODE_OF_STATUS,
+    HTTP_STATUS,
+    dumps,
+    json_body,
+    json_values,
+)
+from inferstack.featurestore.wire import to_numpy
+from inferstack.inferflow.executor import InferResult
+from inferstack.inferflow.service import InferflowService
+
+log = logging.getLogger(__name__)
+INFERFLOW_KEY = web.AppKey("inferflow_service", InferflowService)
+
+
+def add_routes(app: web.Application, service: InferflowService) -> None:
+    """Serve POST /v1/infer from `service` on an app that is not started yet."""
+    app[INFERFLOW_KEY] = service
+    app.router.add_post("/v1/infer", infer)
+
+
+async def infer(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    response = await _infer(request)
+    code = "OK" if response.status == 200 else CODE_OF_STATUS.get(response.status, "INTERNAL")
+    metrics.REQUESTS.labels("http_infer", code).inc()
+    metrics.LATENCY.labels("http_infer").observe(time.perf_counter() - started)
+    return response
+
+
+async def _infer(request: web.Request) -> web.Response:
+    service = request.app[INFERFLOW_KEY]
+    try:
+        body = await json_body(request)
+        model, context, return_features, explain, request_id = parse_request(body)
+        request_id, result = await service.infer(model, context, return_features, request_id)
+        payload = result_to_json(request_id, result, explain)
+    except InferstackError as exc:
+        error = {"code": exc.status, "message": str(exc)}
+        return web.json_response({"error": error}, status=HTTP_STATUS.get(exc.status, 400))
+    except Exception:
+        log.exception("internal error")
+        error = {"code": "INTERNAL", "message": "internal error; see the server log"}
+        return web.json_response({"error": error}, status=500)
+    return web.json_response(payload, dumps=dumps)
+
+
+def parse_request(body: dict[str, Any]) -> tuple[str, dict[str, KeyValues], list[str], bool, str]:
+    """(model, context, return_features, explain, request_id), or INVALID_ARGUMENT naming
+    the field that has the wrong shape (the service checks values against the config)."""
+    model = body.get("model")
+    context = body.get("context", {})
+    return_features = body.get("return_features", [])
+    explain = body.get("explain", False)
+    request_id = body.get("request_id", "")
+    if not isinstance(model, str):
+        raise InvalidArgumentError("'model' must be a string")
+    if not isinstance(context, dict):
+        raise InvalidArgumentError("'context' must map each input name to a value or a list")
+    if not isinstance(return_features, list) or not all(
+        isinstance(f, str) for f in return_features
+    ):
+        raise InvalidArgumentError("'return_features' must be a list of strings")
+    if not isinstance(explain, bool):
+        raise InvalidArgumentError("'explain' must be true or false")
+    if not isinstance(request_id, str):
+        raise InvalidArgumentError("'request_id' must be a string")
+    values: dict[str, KeyValues] = {}
+    for name, value in context.items():
+        if isinstance(value, dict) or (
+            isinstance(value, list) and any(isinstance(v, list | dict) for v in value)
+        ):
+            raise InvalidArgumentError(f"context '{name}' must be a value or a list of values")
+        values[name] = value if isinstance(value, list) else [value]
+    return model, values, return_features, explain, request_id
+
+
+def result_to_json(request_id: str, result: InferResult, explain: bool = False) -> dict[str, Any]:
+    started = time.perf_counter()
+    payload: dict[str, Any] = {
+        "model": result.model,
+        "version": result.version,
+        "request_id": request_id,
+        "count": result.count,
+        "outputs": {name: json_values(values.tolist()) for name, values in result.outputs.items()},
+        "features": {
+            name: json_values(to_numpy(ref.type, column).tolist())
+            for name, (ref, column) in result.features.items()
+        },
+    }
+    if explain:
+        stages = [
+            {"name": stage, "milliseconds": seconds * 1e3} for stage, seconds in result.timings
+        ]
+        stages.append({"name": "encode", "milliseconds": (time.perf_counter() - started) * 1e3})
+        payload["explain"] = {
+            "stages": stages,
+            "defaults": dict(result.defaults),
+            "rows": result.count,
+        }
+    return payload
