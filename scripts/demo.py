@@ -1,8 +1,11 @@
-"""`make demo`: the feature store end to end on the embedded default.
+"""`make demo`: the feature store and inferflow end to end on the embedded default.
 
-Generates the sample data, applies its definitions, ingests it, starts `inferstack serve`,
-fetches one user, 100 products and their 100 user x category rows through the gRPC
-client, prints them with timings, and stops the server.
+Generates the sample data, trains the sample pCTR and pCVR models and exports them to ONNX,
+applies the definitions and the ranker's model config, ingests the data, starts
+`inferstack serve`, fetches one user, 100 products and their 100 user x category rows
+through the feature store client, ranks the same 100 products for the user with
+`inferstack infer ranker ...` (top 10, both scores, the final score, the time of each
+stage), and stops the server.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ from inferstack.sampledata.generate import (
 from inferstack.server.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+USER_ID = 42
 console = Console()
 
 
 def run(*args: str, data_dir: Path) -> None:
-    console.print(f"[bold cyan]$ inferstack {' '.join(args)}[/]")
-    env = {**os.environ, "INFERSTACK_DATA_DIR": str(data_dir)}
+    shown = [arg if len(arg) <= 60 else f"{arg[:48]}...({arg.count(',') + 1} ids)" for arg in args]
+    console.print(f"[bold cyan]$ inferstack {' '.join(shown)}[/]", highlight=False)
+    env = {"COLUMNS": "120", **os.environ, "INFERSTACK_DATA_DIR": str(data_dir)}
     subprocess.run([sys.executable, "-m", "inferstack.cli.main", *args], env=env, check=True)
 
 
@@ -79,9 +84,12 @@ def main() -> None:
     if not (sample / "user_category.parquet").exists():
         with console.status(f"generating sample data (scale {args.scale:g})"):
             generate(sample, scale=args.scale)
+    if not (sample / "ranker.yaml").exists():
+        run("sample", "train", "--data", str(sample), "--out", str(sample), data_dir=data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
 
-    run("apply", "-f", str(sample / "ecommerce.yaml"), data_dir=data_dir)
+    # One apply: the feature definitions and the ranker's model config (with its ONNX files).
+    run("apply", "-f", str(sample), data_dir=data_dir)
     for group, file in GROUP_FILES.items():
         run("ingest", "--feature-group", group, str(sample / file), data_dir=data_dir)
 
@@ -94,19 +102,23 @@ def main() -> None:
     )
     try:
         wait_until_serving(target, server)
-        show_features(target, sample, int(FULL_SIZES["product"] * args.scale))
+        products = candidate_products(
+            sample / "user_category.parquet",
+            USER_ID,
+            100,
+            np.random.default_rng(1),
+            int(FULL_SIZES["product"] * args.scale),
+        )
+        show_features(target, products)
+        rank(target, products, data_dir)
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
         console.print(f"server stopped (exit code {code})")
 
 
-def show_features(target: str, sample: Path, product_count: int) -> None:
-    rng = np.random.default_rng(1)
-    user_id = 42
-    products = candidate_products(
-        sample / "user_category.parquet", user_id, 100, rng, product_count
-    )
+def show_features(target: str, products: list[int]) -> None:
+    user_id = USER_ID
     with FeatureStoreClient(target) as client:
         queries = fetch(client, user_id, products)
         client.retrieve_batch(queries)  # warm the connection and the caches
@@ -146,6 +158,16 @@ def show_features(target: str, sample: Path, product_count: int) -> None:
         f"feature values. Over {len(timings)} calls: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
         f"(client and server on this machine)."
     )
+
+
+def rank(target: str, products: list[int], data_dir: Path) -> None:
+    """Inferflow: the ranker's graph, then the same 100 products ranked for the user."""
+    run("models", "show", "ranker", data_dir=data_dir)
+    candidates = ",".join(str(p) for p in products)
+    run(
+        "infer", "ranker", f"user_id={USER_ID}", f"product_ids={candidates}",
+        "--target", target, "--top", "10", "--explain", data_dir=data_dir,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
