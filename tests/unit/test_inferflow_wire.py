@@ -30,6 +30,7 @@ from inferstack.core.rowformat import var_column
 from inferstack.core.types import FeatureType
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.http_gateway import make_app
+from inferstack.inferflow import describe
 from inferstack.inferflow.executor import InferResult
 from inferstack.inferflow.graph import FeatureRef, compile_plan
 from inferstack.inferflow.grpc_service import InferflowServicer
@@ -463,7 +464,7 @@ def test_cli_json_lists_top_rows_candidates_and_explain() -> None:
 def test_plan_text_shows_stages_keys_concurrency_and_matrix_access() -> None:
     registry = small_registry()
     stored = registry.models["ranker"]
-    text = models_cli.plan_text(compile_plan(stored.definition, Catalog(registry), stored.version))
+    text = describe.plan_text(compile_plan(stored.definition, Catalog(registry), stored.version))
     lines = text.splitlines()
     assert lines[0] == "ranker v1: test ranker"
     assert "  product_ids: int64  candidates (one row each, at most 50)" in lines
@@ -499,7 +500,7 @@ def test_plan_text_names_remote_endpoints_and_float64_copies() -> None:
     }
     parsed = DefinitionsFile.model_validate({**SPEC, "models": [config]})
     registry = plan(Registry(), parsed.entities, parsed.feature_groups, parsed.models).registry
-    lines = models_cli.plan_text(
+    lines = describe.plan_text(
         compile_plan(registry.models["ranker"].definition, Catalog(registry))
     ).splitlines()
     assert "     input: 3 columns, float64 copy (the model takes float64)" in lines
@@ -509,7 +510,7 @@ def test_plan_text_names_remote_endpoints_and_float64_copies() -> None:
 def test_plan_dot_has_every_node_and_reference_edge() -> None:
     registry = small_registry()
     stored = registry.models["ranker"]
-    dot = models_cli.plan_dot(compile_plan(stored.definition, Catalog(registry), stored.version))
+    dot = describe.plan_dot(compile_plan(stored.definition, Catalog(registry), stored.version))
     assert dot.startswith('digraph "ranker" {') and dot.endswith("}")
     declared = {line.split('"')[1] for line in dot.splitlines() if "[shape=" in line}
     assert declared == {

@@ -9,7 +9,7 @@ matrix columns, and the response; `--dot` prints the same graph for Graphviz.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -24,10 +24,10 @@ from inferstack.cli.common import (
     settings_from,
 )
 from inferstack.core.errors import InferstackError
-from inferstack.core.modelconfig import Model
 from inferstack.core.registry import Registry
 from inferstack.featurestore.catalog import Catalog
-from inferstack.inferflow.graph import ExecutionPlan, FetchNode, KeyPart, ModelStep, compile_plan
+from inferstack.inferflow.describe import describe, plan_dot, plan_text
+from inferstack.inferflow.graph import compile_plan
 from inferstack.server.components import open_config_store
 
 app = typer.Typer(help="Model configs applied to the registry.", no_args_is_help=True)
@@ -95,207 +95,3 @@ def load_registry(config: Path | None, data_dir: Path | None) -> Registry:
             store.close()
     except InferstackError as exc:
         fail(str(exc))
-
-
-def key_recipe(node: FetchNode) -> str:
-    """e.g. "user_id <- context.user_id, category_id <- product.category_id (per row, ...)"."""
-    parts = ", ".join(f"{part.key} <- {key_source(part)}" for part in node.keys)
-    return f"{parts} ({'per row, de-duplicated' if node.per_row else 'once per request'})"
-
-
-def key_source(part: KeyPart) -> str:
-    if part.context is not None:
-        return f"context.{part.context}"
-    assert part.feature is not None
-    return part.feature.name
-
-
-def runtime_of(model: Model) -> str:
-    if model.runtime == "onnx":
-        artifact = f" (sha256 {model.artifact[:12]})" if model.artifact else ""
-        return f"onnx {model.path or 'artifact'}{artifact}"
-    endpoints = ", ".join(
-        f"{e.address}" + (f" x{e.weight:g}" if len(model.endpoints) > 1 else "")
-        for e in model.endpoints
-    )
-    return f"kserve {endpoints}"
-
-
-def matrix_input(step: ModelStep) -> str:
-    """How the model gets its columns: a view needs contiguous columns and float32."""
-    if step.is_view and step.definition.dtype == "float32":
-        assert isinstance(step.columns, slice)
-        return f"view of matrix columns {step.columns.start}-{step.columns.stop - 1}"
-    if step.is_view:
-        return "float64 copy (the model takes float64)"
-    return "copy (its columns are not contiguous in the matrix)"
-
-
-def describe(plan: ExecutionPlan) -> dict[str, Any]:
-    """The resolved graph as plain data: what --json prints and the text is made from."""
-    steps: list[dict[str, Any]] = []
-    for step in plan.steps:
-        if isinstance(step, ModelStep):
-            model = step.definition
-            steps.append(
-                {
-                    "kind": "model",
-                    "name": step.name,
-                    "runtime": runtime_of(model),
-                    "inputs": list(step.inputs),
-                    "width": step.width,
-                    "matrix": matrix_input(step),
-                    "max_rows": model.max_rows,
-                    "timeout": model.timeout,
-                    "outputs": {spec.name: column for spec, column in step.outputs},
-                }
-            )
-        else:
-            steps.append(
-                {
-                    "kind": "expression",
-                    "name": step.name,
-                    "expression": step.expression.text,
-                    "column": step.column,
-                }
-            )
-    return {
-        "model": plan.model,
-        "version": plan.version,
-        "description": plan.definition.description,
-        "context": [
-            {
-                "name": c.name,
-                "type": str(c.type),
-                "candidates": c.candidates,
-                **({"max_rows": c.max_rows} if c.candidates else {}),
-            }
-            for c in plan.definition.context
-        ],
-        "stages": [
-            [
-                {
-                    "fetch": node.name,
-                    "entity": node.entity,
-                    "keys": key_recipe(node),
-                    "per_row": node.per_row,
-                    "after": sorted(node.depends),
-                    "features": node.selectors,
-                }
-                for node in stage
-            ]
-            for stage in plan.stages
-        ],
-        "matrix_columns": plan.width,
-        "steps": steps,
-        "response": {
-            "outputs": list(plan.response_outputs),
-            "features": [ref.name for ref in plan.response_features],
-        },
-    }
-
-
-def plan_text(plan: ExecutionPlan) -> str:
-    graph = describe(plan)
-    lines = [f"{plan.model} v{plan.version}" + (f": {d}" if (d := graph["description"]) else "")]
-    lines.append("context")
-    for c in graph["context"]:
-        role = f"candidates (one row each, at most {c['max_rows']})" if c["candidates"] else ""
-        lines.append(f"  {c['name']}: {c['type']}" + (f"  {role}" if role else "  per request"))
-    for number, stage in enumerate(graph["stages"], start=1):
-        together = f", {len(stage)} fetches concurrently" if len(stage) > 1 else ""
-        lines.append(f"stage {number}{together}")
-        for fetch in stage:
-            lines.append(f"  fetch {fetch['fetch']}: entity {fetch['entity']}")
-            lines.append(f"    keys: {fetch['keys']}")
-            lines.append(f"    features: {', '.join(fetch['features']) or '-'}")
-    lines.append(f"matrix: {graph['matrix_columns']} float32 columns, one row per candidate")
-    lines.append("steps, in order")
-    for number, step in enumerate(graph["steps"], start=1):
-        if step["kind"] == "model":
-            outputs = ", ".join(f"{name} -> column {col}" for name, col in step["outputs"].items())
-            lines.append(f"  {number}. model {step['name']}: {step['runtime']}")
-            lines.append(f"     input: {step['width']} columns, {step['matrix']}")
-            lines.append(f"     inputs: {', '.join(step['inputs'])}")
-            lines.append(f"     outputs: {outputs}")
-        else:
-            lines.append(
-                f"  {number}. expression {step['name']} = {step['expression']}"
-                f" -> column {step['column']}"
-            )
-    lines.append("response")
-    lines.append(f"  outputs: {', '.join(graph['response']['outputs'])}")
-    lines.append(f"  features: {', '.join(graph['response']['features']) or '-'}")
-    return "\n".join(lines)
-
-
-def plan_dot(plan: ExecutionPlan) -> str:
-    """A Graphviz digraph: context inputs, fetches, models, expressions and the response,
-    with an edge wherever one of them references another."""
-    producer: dict[str, str] = {}  # model output or expression -> node id
-    for step in plan.steps:
-        if isinstance(step, ModelStep):
-            for spec, _ in step.outputs:
-                producer[spec.name] = f"model:{step.name}"
-        else:
-            producer[step.name] = f"expression:{step.name}"
-    edges: dict[tuple[str, str], list[str]] = {}
-
-    def edge(source: str, target: str, label: str) -> None:
-        labels = edges.setdefault((source, target), [])
-        if label not in labels:
-            labels.append(label)
-
-    def reference(name: str, target: str) -> None:
-        if "." in name:
-            edge(f"fetch:{name.partition('.')[0]}", target, name.partition(".")[2])
-        else:
-            edge(producer[name], target, name)
-
-    nodes = [
-        f'  "context:{c.name}" [shape=ellipse, label="context.{c.name}\\n{c.type}"];'
-        for c in plan.definition.context
-    ]
-    for node in plan.fetches.values():
-        mode = "per row" if node.per_row else "per request"
-        label = f"fetch {node.name}\\nentity {node.entity}\\nstage {node.stage + 1}, {mode}"
-        nodes.append(f'  "fetch:{node.name}" [shape=box, label="{label}"];')
-        for part in node.keys:
-            source = f"context:{part.context}" if part.context else f"fetch:{_fetch_of(part)}"
-            edge(source, f"fetch:{node.name}", f"key {part.key}")
-    for step in plan.steps:
-        if isinstance(step, ModelStep):
-            target = f"model:{step.name}"
-            nodes.append(
-                f'  "{target}" [shape=component, label="model {step.name}\\n'
-                f'{step.width} inputs, {"view" if step.is_view else "copy"}"];'
-            )
-            for name in step.inputs:
-                reference(name, target)
-        else:
-            target = f"expression:{step.name}"
-            text = _escape(step.expression.text)
-            nodes.append(f'  "{target}" [shape=note, label="{step.name} = {text}"];')
-            for name in sorted(step.inputs):
-                reference(name, target)
-    nodes.append('  "response" [shape=doubleoctagon, label="response"];')
-    for name in plan.response_outputs:
-        reference(name, "response")
-    for ref in plan.response_features:
-        reference(ref.name, "response")
-    lines = [f'digraph "{plan.model}" {{', "  rankdir=LR;", *nodes]
-    for (source, target), labels in edges.items():
-        many = f"{len(labels)} {'features' if source.startswith('fetch:') else 'values'}"
-        shown = ", ".join(labels) if len(labels) <= 3 else many
-        lines.append(f'  "{source}" -> "{target}" [label="{_escape(shown)}"];')
-    lines.append("}")
-    return "\n".join(lines)
-
-
-def _fetch_of(part: KeyPart) -> str:
-    assert part.feature is not None
-    return part.feature.fetch
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')

@@ -15,6 +15,9 @@ from inferstack.core.registry import Registry
 from inferstack.core.rowformat import GroupCodec
 
 
+MEMO_LIMIT = 4096
+
+
 @dataclass(frozen=True)
 class Selection:
     """Features asked of one feature group."""
@@ -38,6 +41,8 @@ class Catalog:
             ]
             for entity, groups in self.groups_by_entity.items()
         }
+        # The catalog is immutable, so a selection worked out once holds until the next one.
+        self._selected: dict[tuple[str, tuple[str, ...]], list[Selection]] = {}
 
     @property
     def revision(self) -> int:
@@ -63,6 +68,16 @@ class Catalog:
         self.entity(entity)
         if not selectors:
             return self._everything[entity]
+        key = (entity, tuple(selectors))
+        known = self._selected.get(key)
+        if known is not None:
+            return known
+        chosen = self._select(entity, selectors)
+        if len(self._selected) < MEMO_LIMIT:  # callers repeat a few selections; bound the rest
+            self._selected[key] = chosen
+        return chosen
+
+    def _select(self, entity: str, selectors: Sequence[str]) -> list[Selection]:
         chosen: dict[str, dict[str, None]] = {}
         for selector in selectors:
             group_name, _, feature_name = selector.partition(".")
