@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from kazoo.client import KazooClient
 
 from inferstack.client import FeatureStoreClient
-from inferstack.client.inferflow import InferflowClient, Scores
+from inferstack.client.inferflow import Context, InferflowClient, Scores
 from inferstack.configstore.zookeeper import ZooKeeperConfigStore
 from inferstack.inferflow.inferencelog.kafka import table_from_message
 from inferstack.sampledata.generate import GROUP_FILES
@@ -263,7 +263,7 @@ def test_a_second_server_fetches_the_models_from_zookeeper_and_agrees(
         InferflowClient(second_server.grpc_target) as second,
     ):
         for user_id in (1, 17, USERS):
-            context = {"user_id": user_id, "product_ids": candidates(rng)}
+            context: Context = {"user_id": user_id, "product_ids": candidates(rng)}
             ours, theirs = first.infer("ranker", context), second.infer("ranker", context)
             assert theirs.version == ours.version == 1
             for name in ("score", "pctr", "pcvr", "expected_value"):
@@ -291,7 +291,7 @@ def test_a_new_model_version_reaches_both_servers(
     result = inferstack("apply", "-f", str(changed), data_dir=tmp_path, env=deployment.env)
     assert "~ model ranker (v1 -> v2)" in result.stdout
 
-    context = {"user_id": 5, "product_ids": candidates(np.random.default_rng(4))}
+    context: Context = {"user_id": 5, "product_ids": candidates(np.random.default_rng(4))}
     for running in (server, second_server):
         with InferflowClient(running.grpc_target) as flow:
             # Several answers in a row at v2, so every worker of the server has switched.
