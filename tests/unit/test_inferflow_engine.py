@@ -4,6 +4,7 @@ ONNX Runtime: results are checked value by value against a direct read + onnxrun
 from __future__ import annotations
 
 import copy
+import random
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from inferstack.inferflow.executor import ReadyModel, execute
 from inferstack.inferflow.features import LocalFeatureSource
 from inferstack.inferflow.graph import GraphError, ModelStep, compile_plan
 from inferstack.inferflow.runtimes.onnx import OnnxRuntime
+from inferstack.inferflow.runtimes.weighted import WeightedRuntime
 from tests.onnx_models import linear_onnx
 
 SPEC: dict[str, Any] = {
@@ -373,6 +375,9 @@ class _ShortModel:
 
     description = "short"
 
+    def for_request(self) -> _ShortModel:
+        return self
+
     async def infer(self, matrix: Any) -> dict[str, Any]:
         return {"p": np.zeros((len(matrix) - 1, 1), np.float32)}
 
@@ -395,3 +400,37 @@ def test_batches_larger_than_max_rows_are_split(store: Any) -> None:
     compiled = compile_model(changed(models__1__max_rows=16))
     first = next(s for s in compiled.steps if s.name == "first")
     assert isinstance(first, ModelStep) and first.definition.max_rows == 16
+
+
+class _Arm:
+    """One arm of an A/B split: scores every row with its own constant."""
+
+    def __init__(self, score: float) -> None:
+        self.score = score
+        self.description = f"arm {score}"
+
+    def for_request(self) -> _Arm:
+        return self
+
+    async def infer(self, matrix: Any) -> dict[str, Any]:
+        return {"p": np.full((len(matrix), 1), self.score, np.float32)}
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_ab_split_scores_all_parts_of_a_request_with_one_arm(store: Any) -> None:
+    _, service = store
+    registry = registry_with(changed(models__1__max_rows=2))  # 6 candidates: 3 parts
+    compiled = compile_plan(registry.models["ranker"].definition, Catalog(registry), 1)
+    split = WeightedRuntime([(_Arm(0.25), 1), (_Arm(0.75), 1)], rng=random.Random(4))
+    ready = ReadyModel(compiled, {"first": split, "second": OnnxRuntime("second", SECOND)})
+    seen = set()
+    for _ in range(20):
+        result = await execute(
+            ready, LocalFeatureSource(service), {"user_id": [7], "product_ids": list(range(1, 7))}
+        )
+        arms = set(result.outputs["first_out"].tolist())
+        assert len(arms) == 1  # never a mix of arms within one response
+        seen |= arms
+    assert seen == {0.25, 0.75}

@@ -26,6 +26,9 @@ class FakeRuntime:
     def description(self) -> str:
         return f"fake {self.name}"
 
+    def for_request(self) -> FakeRuntime:
+        return self
+
     async def infer(self, matrix: npt.NDArray[np.floating[Any]]) -> dict[str, npt.NDArray[Any]]:
         self.calls += 1
         return {self.name: np.zeros(matrix.shape[0])}

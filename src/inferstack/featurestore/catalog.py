@@ -14,7 +14,6 @@ from inferstack.core.errors import InvalidArgumentError, NotFoundError
 from inferstack.core.registry import Registry
 from inferstack.core.rowformat import GroupCodec
 
-
 MEMO_LIMIT = 4096
 
 

@@ -108,7 +108,7 @@ async def execute(
 
     for step in plan.steps:
         if isinstance(step, ModelStep):
-            await _run_model(step, ready.runtimes[step.name], matrix)
+            await _run_model(plan.model, step, ready.runtimes[step.name].for_request(), matrix)
             clock.lap(f"model {step.name}")
         else:
             _run_expression(step, matrix)
@@ -273,7 +273,7 @@ def _gather(fetch: _Fetch, ref: FeatureRef, rows: int) -> FetchedColumn:
 
 
 async def _run_model(
-    step: ModelStep, runtime: ModelRuntime, matrix: npt.NDArray[np.float32]
+    config: str, step: ModelStep, runtime: ModelRuntime, matrix: npt.NDArray[np.float32]
 ) -> None:
     model = step.definition
     rows = len(matrix)
@@ -285,22 +285,24 @@ async def _run_model(
     if model.dtype == "float64":
         inputs = inputs.astype(np.float64)
     parts = [inputs[i : i + model.max_rows] for i in range(0, rows, model.max_rows)]
+    where = f"model '{step.name}' of '{config}'"
     try:
         async with asyncio.timeout(model.timeout):
             if len(parts) == 1:
                 results = [await runtime.infer(parts[0])]
             else:
-                results = list(await asyncio.gather(*(runtime.infer(p) for p in parts)))
+                # A TaskGroup cancels the other parts as soon as one fails.
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(runtime.infer(p)) for p in parts]
+                results = [task.result() for task in tasks]
     except TimeoutError as exc:
         raise UnavailableError(
-            f"model '{step.name}' ({runtime.description}) did not answer within {model.timeout:g}s"
+            f"{where} ({runtime.description}) did not answer within {model.timeout:g}s"
         ) from exc
-    except InferstackError:
-        raise
+    except BaseExceptionGroup as group_error:
+        raise _model_error(where, group_error.exceptions[0]) from group_error
     except Exception as exc:
-        raise UnavailableError(
-            f"model '{step.name}' ({runtime.description}) failed: {exc}"
-        ) from exc
+        raise _model_error(where, exc) from exc
     for position, (spec, column) in enumerate(step.outputs):
         pieces = []
         for result in results:
@@ -325,6 +327,15 @@ async def _run_model(
                 f"model '{step.name}' returned {len(scores)} rows for {rows} candidates"
             )
         matrix[:, column] = scores
+
+
+def _model_error(where: str, error: BaseException) -> InferstackError:
+    """The runtime's error, prefixed with the model config and step it happened in."""
+    if isinstance(error, InferstackError):
+        failed = InferstackError(f"{where}: {error}")
+        failed.status = error.status  # keep NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE...
+        return failed
+    return UnavailableError(f"{where} failed: {error}")
 
 
 def _positional(names: list[str], position: int) -> str:

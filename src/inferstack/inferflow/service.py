@@ -45,7 +45,8 @@ def runtime_key(model: Model) -> RuntimeKey:
     endpoints = tuple(
         (e.address, e.model or model.name, e.version, e.weight) for e in model.endpoints
     )
-    return ("kserve", endpoints, model.input_name, model.timeout)
+    tensors = tuple(o.tensor for o in model.output_specs)
+    return ("kserve", endpoints, model.input_name, model.timeout, tensors)
 
 
 class RuntimeLoader:
@@ -94,7 +95,7 @@ class RuntimeLoader:
             try:
                 await asyncio.wait_for(remote.check_ready(), model.timeout)
             except (InferstackError, TimeoutError) as exc:
-                log.warning("model '%s': %s", model.name, exc)
+                log.warning("model step '%s': %s", model.name, exc)
         if len(remotes) == 1:
             return remotes[0]
         weights = [endpoint.weight for endpoint in model.endpoints]
@@ -148,6 +149,7 @@ class InferflowService:
         self.models: dict[str, ReadyModel | BrokenModel] = {}
         self.revision = -1
         self._switch = asyncio.Lock()
+        self._samplers: dict[tuple[str, float], Sampler] = {}
 
     async def use_registry(self, registry: Registry, catalog: Catalog) -> None:
         """Compile and load every model config of `registry`, then swap them in at once."""
@@ -195,10 +197,16 @@ class InferflowService:
         self._log(ready, request_id, result)
         return request_id, result
 
+    def _sampler(self, model: str, rate: float) -> Sampler:
+        sampler = self._samplers.get((model, rate))
+        if sampler is None:
+            sampler = self._samplers[(model, rate)] = Sampler(rate)
+        return sampler
+
     def _log(self, ready: ReadyModel, request_id: str, result: InferResult) -> None:
         logger = self.inference_log
         rate = ready.plan.definition.logging.sample_rate
-        if logger is None or rate <= 0 or not Sampler(rate).sample():
+        if logger is None or rate <= 0 or not self._sampler(ready.plan.model, rate).sample():
             return
         logger.offer(
             InferenceRecord(

@@ -298,6 +298,9 @@ class KServeRuntime:
             self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         return self._stub
 
+    def for_request(self) -> KServeRuntime:
+        return self
+
     async def infer(self, matrix: npt.NDArray[np.floating[Any]]) -> dict[str, npt.NDArray[Any]]:
         declared = self.declared_input
         width = declared_width(declared)

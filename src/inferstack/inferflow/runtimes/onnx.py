@@ -67,6 +67,9 @@ class OnnxRuntime:
         """One call at load time, so the first request does not pay for lazy set-up."""
         self._run(np.zeros((1, self.input_width or 1), dtype=self.input_dtype))
 
+    def for_request(self) -> OnnxRuntime:
+        return self
+
     async def infer(self, matrix: npt.NDArray[np.floating[Any]]) -> dict[str, npt.NDArray[Any]]:
         # Small models run in microseconds: a thread hop would cost more than it frees.
         return self._run(matrix)

@@ -66,6 +66,9 @@ class WeightedRuntime:
             index -= 1
         return self.endpoints[index][0]
 
+    def for_request(self) -> ModelRuntime:
+        return self.choose().for_request()
+
     async def infer(self, matrix: npt.NDArray[np.floating[Any]]) -> dict[str, npt.NDArray[Any]]:
         return await self.choose().infer(matrix)
 
