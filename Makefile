@@ -8,7 +8,7 @@ PROTO_STAMP := src/inferstack/proto/.generated
 PROTOS := $(shell find proto -name '*.proto')
 SERVICES := $(BIN)/python scripts/services.py
 
-.PHONY: install demo test lint check unit services-up services-down bench clean
+.PHONY: install demo test lint check unit services-up services-down bench bench-inferflow clean
 
 install: $(INSTALLED) $(PROTO_STAMP)
 
@@ -54,6 +54,10 @@ services-down:
 ## The feature store benchmark on the full sample data (see bench/README.md).
 bench: install
 	$(BIN)/python bench/featurestore.py $(BENCH_ARGS)
+
+## The inferflow benchmark on the full sample data (see bench/README.md).
+bench-inferflow: install
+	$(BIN)/python bench/inferflow.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .inferstack .demo .services src/inferstack/proto/featurestore $(PROTO_STAMP)
