@@ -43,7 +43,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(data_dir: Path) -> Iterator[RunningServer]:
-    running = start_server(data_dir, "--max-keys", str(MAX_KEYS))
+    # The in-process cache is off by default on LMDB; on here, so its metrics can be seen.
+    running = start_server(data_dir, "--max-keys", str(MAX_KEYS), "--cache-mb", "64")
     yield running
     assert running.stop() == 0
 

@@ -20,6 +20,8 @@ POLICY = CachePolicy()
 class SlowStorage(LmdbStorage):
     """Real LMDB whose reads take a while, so concurrent misses overlap."""
 
+    reads_inline = False  # it sleeps: reads yield to the loop like a network store's
+
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.reads: list[list[bytes]] = []

@@ -19,7 +19,18 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def test_embedded_example_is_the_default() -> None:
-    assert load_settings(DEPLOY / "embedded.yaml", environ={}) == ServeSettings()
+    spelled_out = load_settings(DEPLOY / "embedded.yaml", environ={})
+    default = ServeSettings()
+    # The file says "no in-process cache" outright; the default gets there from the storage.
+    assert spelled_out.local_cache_bytes == default.local_cache_bytes == 0
+    assert spelled_out.model_copy(update={"cache": default.cache}) == default
+
+
+def test_the_in_process_cache_defaults_on_for_cassandra_only() -> None:
+    cassandra = load_settings(DEPLOY / "distributed.yaml", environ={})
+    assert cassandra.local_cache_bytes == 256 << 20
+    explicit = load_settings(None, {"cache.local.max_bytes": 1 << 20}, environ={})
+    assert explicit.local_cache_bytes == 1 << 20
 
 
 def test_distributed_example_and_env_overrides() -> None:

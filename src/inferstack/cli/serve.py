@@ -25,7 +25,8 @@ def serve(
         int | None, typer.Option("--workers", "-w", help="Worker processes [1].")
     ] = None,
     cache_mb: Annotated[
-        int | None, typer.Option(help="In-process row cache per worker, MiB [256].")
+        int | None,
+        typer.Option(help="In-process row cache per worker, MiB [256; off on LMDB]."),
     ] = None,
     max_keys: Annotated[
         int | None, typer.Option(help="Most keys one request may ask for [10000].")

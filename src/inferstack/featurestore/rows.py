@@ -47,6 +47,10 @@ class RowSource:
         self, group: str, keys: Sequence[bytes], policy: CachePolicy
     ) -> list[bytes | None]:
         caches = self.caches if policy.enabled else []
+        if not caches and self.storage.reads_inline:  # nothing to look up or fill: read
+            self.storage_reads += 1
+            metrics.STORAGE_KEYS.inc(len(keys))
+            return await self.storage.read(group, keys)
         found: list[CachedRow] = [MISS] * len(keys)
         pending = list(range(len(keys)))
         for level, cache in enumerate(caches):
@@ -81,6 +85,10 @@ class RowSource:
         return found  # type: ignore[return-value]  # no MISS is left by now
 
     async def _from_storage(self, group: str, keys: list[bytes]) -> dict[bytes, bytes | None]:
+        if self.storage.reads_inline:  # nothing can be in flight: no batch to share
+            self.storage_reads += 1
+            metrics.STORAGE_KEYS.inc(len(keys))
+            return dict(zip(keys, await self.storage.read(group, keys), strict=True))
         waiting: list[Batch] = []
         to_fetch: list[bytes] = []
         for key in dict.fromkeys(keys):  # a key asked twice in one request is read once

@@ -181,7 +181,7 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
     storage = open_storage(settings)
     registry = config.load()
     await storage.prepare(registry)
-    max_bytes = int(settings.cache.local.max_bytes)
+    max_bytes = settings.local_cache_bytes
     local = MemoryCache(max_bytes) if max_bytes else None
     shared = open_shared_cache(settings.cache.shared) if settings.cache.shared else None
     rows = RowSource(storage, local, shared)

@@ -52,7 +52,10 @@ class CassandraStorageSettings(_Section):
 
 
 class LocalCacheSettings(_Section):
-    max_bytes: ByteSize = ByteSize(256 << 20)  # per worker; 0 turns the cache off
+    # Per worker; 0 turns the cache off. Unset: 256 MiB in front of a network store, off in
+    # front of LMDB, whose memory map already is an in-process cache (a cache lookup there
+    # costs more than the read it saves: see bench/README.md).
+    max_bytes: ByteSize = ByteSize(256 << 20)
 
 
 class RedisCacheSettings(_Section):
@@ -124,8 +127,17 @@ class ServeSettings(_Section):
     inferflow: InferflowSettings = InferflowSettings()
 
     @property
+    def local_cache_bytes(self) -> int:
+        local = self.cache.local
+        if "max_bytes" not in local.model_fields_set and isinstance(
+            self.storage, LmdbStorageSettings
+        ):
+            return 0
+        return int(local.max_bytes)
+
+    @property
     def description(self) -> str:
-        caches = ["in-process"] if int(self.cache.local.max_bytes) else []
+        caches = ["in-process"] if self.local_cache_bytes else []
         if self.cache.shared:
             caches.append(f"redis {self.cache.shared.address}")
         return (

@@ -14,7 +14,13 @@ class FeatureStorage(Protocol):
     Rows carry their own expiry in the header, so storage need not expire them; adapters
     that can (Cassandra TTL) also drop them physically. Writes of one call are applied
     all together or not at all where the system allows it, and are idempotent.
+
+    `reads_inline` is True where `read` finishes without ever yielding to the event loop
+    (a memory-mapped file): then reads cannot overlap, and sharing a read between
+    concurrent requests that miss the same key buys nothing.
     """
+
+    reads_inline: bool
 
     async def prepare(self, registry: Registry) -> None:
         """Create what new feature groups need (tables, named databases)."""

@@ -144,6 +144,8 @@ class CassandraStorage:
     Connects on `connect()` or, lazily, on the first `prepare`/`read`/`write`.
     """
 
+    reads_inline = False
+
     def __init__(
         self,
         contact_points: Sequence[str],
