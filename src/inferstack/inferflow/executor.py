@@ -36,6 +36,7 @@ from inferstack.inferflow.graph import (
     FetchNode,
     KeyPart,
     ModelStep,
+    group_refs,
 )
 from inferstack.inferflow.runtimes.base import ModelRuntime
 
@@ -207,9 +208,25 @@ def _keys_of(
 ) -> tuple[dict[str, KeyArray], npt.NDArray[np.intp] | None]:
     if not node.per_row:
         return {part.key: _key_values(part, context, fetched, None) for part in node.keys}, None
-    columns = [_key_values(part, context, fetched, rows) for part in node.keys]
-    unique, inverse = _distinct(columns)
-    return {part.key: column for part, column in zip(node.keys, unique, strict=True)}, inverse
+    # Only the parts that vary by row decide which rows are distinct; request-wide parts
+    # (the user of user x category) are repeated over the distinct rows afterwards.
+    varying = [part for part in node.keys if _varies(part, fetched)]
+    unique, inverse = _distinct([_key_values(part, context, fetched, rows) for part in varying])
+    distinct = dict(zip((part.key for part in varying), unique, strict=True))
+    count = len(unique[0])
+    return {
+        part.key: distinct[part.key]
+        if part.key in distinct
+        else np.repeat(_key_values(part, context, fetched, None), count)
+        for part in node.keys
+    }, inverse
+
+
+def _varies(part: KeyPart, fetched: Mapping[str, _Fetch]) -> bool:
+    if part.context is not None:
+        return part.per_row
+    assert part.feature is not None
+    return fetched[part.feature.fetch].inverse is not None
 
 
 def _key_values(
@@ -241,14 +258,25 @@ def _as_keys(column: FetchedColumn) -> KeyArray:
 def _distinct(columns: list[KeyArray]) -> tuple[list[KeyArray], npt.NDArray[np.intp]]:
     """The distinct rows of a composite key and, per row, the index of its distinct row."""
     if len(columns) == 1:
-        unique, inverse = np.unique(columns[0], return_inverse=True)
-        return [unique], inverse.astype(np.intp, copy=False)
+        unique, inverse = _factorize(columns[0])
+        return [unique], inverse
     combined = np.zeros(len(columns[0]), dtype=np.int64)
     for column in columns:
-        levels, codes = np.unique(column, return_inverse=True)
+        levels, codes = _factorize(column)
         combined = combined * len(levels) + codes
     _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
     return [column[first] for column in columns], inverse.astype(np.intp, copy=False)
+
+
+def _factorize(column: KeyArray) -> tuple[KeyArray, npt.NDArray[np.intp]]:
+    """Distinct values and each row's index into them."""
+    if column.dtype.kind != "O":
+        unique, inverse = np.unique(column, return_inverse=True)
+        return unique, inverse.astype(np.intp, copy=False)
+    # Strings: a dict beats sorting Python objects.
+    index: dict[Any, int] = {}
+    codes = [index.setdefault(value, len(index)) for value in column.tolist()]
+    return np.fromiter(index, dtype=object, count=len(index)), np.asarray(codes, dtype=np.intp)
 
 
 def _scatter(fetch: _Fetch, ref: FeatureRef, out: npt.NDArray[np.float32]) -> None:
@@ -350,17 +378,17 @@ def _run_expression(step: ExpressionStep, matrix: npt.NDArray[np.float32]) -> No
 def _count_defaults(
     plan: ExecutionPlan, fetched: Mapping[str, _Fetch], rows: int, extra: Sequence[FeatureRef]
 ) -> dict[str, int]:
-    missing_by_group: dict[tuple[str, str], int] = {}
     counts: dict[str, int] = {}
-    refs = [*(p.ref for p in plan.feature_columns), *plan.response_features, *extra]
-    for ref in refs:
-        key = (ref.fetch, ref.group)
-        if key not in missing_by_group:
-            fetch = fetched[ref.fetch]
-            absent = fetch.status[ref.group] != RowStatus.FOUND
-            if fetch.inverse is None:
-                missing_by_group[key] = rows if bool(absent[0]) else 0
-            else:
-                missing_by_group[key] = int(absent[fetch.inverse].sum())
-        counts[ref.name] = missing_by_group[key]
+    reported = plan.reported
+    if extra:
+        used = [*(placed.ref for placed in plan.feature_columns), *plan.response_features]
+        reported = group_refs([*used, *extra])
+    for fetch_name, group, names in reported:
+        fetch = fetched[fetch_name]
+        absent = fetch.status[group] != RowStatus.FOUND
+        if fetch.inverse is None:
+            missing = rows if bool(absent[0]) else 0
+        else:
+            missing = int(np.count_nonzero(absent[fetch.inverse]))
+        counts.update(dict.fromkeys(names, missing))
     return counts

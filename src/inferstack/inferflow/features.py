@@ -48,8 +48,9 @@ class LocalFeatureSource:
         self.service = service
 
     async def fetch(self, queries: Sequence[FetchQuery]) -> list[Fetched]:
-        if len(queries) == 1:
-            return [await self._one(queries[0])]
+        if len(queries) == 1 or self.service.rows.storage.reads_inline:
+            # Reads that never yield cannot overlap: tasks would only add their own cost.
+            return [await self._one(query) for query in queries]
         return list(await asyncio.gather(*(self._one(query) for query in queries)))
 
     async def _one(self, query: FetchQuery) -> Fetched:

@@ -9,6 +9,7 @@ revision, off the request path; requests only follow it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -138,6 +139,14 @@ class ExecutionPlan:
     def width(self) -> int:
         return len(self.matrix_columns)
 
+    @functools.cached_property
+    def reported(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+        """(fetch, feature group, feature names) for every feature the matrix or the response
+        uses: whose rows fell back to defaults is counted per group, reported per feature."""
+        return group_refs(
+            [*(placed.ref for placed in self.feature_columns), *self.response_features]
+        )
+
     def feature(self, reference: str) -> FeatureRef | None:
         fetch, _, name = reference.partition(".")
         node = self.fetches.get(fetch)
@@ -230,6 +239,13 @@ def compile_plan(config: ModelConfig, catalog: Catalog, version: int = 0) -> Exe
             for fetch, offered in builder.offered.items()
         },
     )
+
+
+def group_refs(refs: list[FeatureRef]) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    groups: dict[tuple[str, str], dict[str, None]] = {}
+    for ref in refs:
+        groups.setdefault((ref.fetch, ref.group), {})[ref.name] = None
+    return tuple((fetch, group, tuple(names)) for (fetch, group), names in groups.items())
 
 
 def _check_unique_names(config: ModelConfig) -> None:
