@@ -278,3 +278,31 @@ def test_an_unknown_model_over_http_is_404(server: RunningServer) -> None:
         urllib.request.urlopen(f"{server.http_base}/v1/infer", body, timeout=10)
     assert caught.value.code == 404
     assert "nope" in json.load(caught.value)["error"]["message"]
+
+
+def test_inferflow_can_fetch_from_a_remote_feature_store(
+    server: RunningServer, sample: Path, tmp_path: Path
+) -> None:
+    # This server's own store holds the definitions and no rows: its scores can only match
+    # if its inferflow reads the features from the first server.
+    own = tmp_path / "definitions-only"
+    inferstack("apply", "-f", str(sample), data_dir=own)
+    remote = start_server(
+        own, workers=1, env={"INFERSTACK_INFERFLOW__FEATURE_STORE": server.grpc_target}
+    )
+    try:
+        rng = np.random.default_rng(21)
+        with (
+            FeatureStoreClient(server.grpc_target) as features,
+            InferflowClient(remote.grpc_target) as client,
+        ):
+            for _ in range(3):
+                user, products = random_request(rng, 40)
+                scores = client.infer("ranker", {"user_id": user, "product_ids": products})
+                expected = expected_scores(features, sample, user, products)
+                for name in ("pctr", "pcvr"):
+                    np.testing.assert_allclose(scores[name], expected[name], rtol=1e-6)
+        with FeatureStoreClient(remote.grpc_target) as local:
+            assert not local.retrieve("product", {"product_id": products}).found().any()
+    finally:
+        assert remote.stop() == 0
