@@ -41,6 +41,18 @@ CACHE_LOOKUPS = Counter(
     "Keys looked up in a cache, by level and result.",
     ["level", "result"],
 )
+INFER_SECONDS = Histogram(
+    "inferstack_infer_seconds",
+    "Inferflow time per request inside the server, by model config and part "
+    "(fetch, model, expression, other = checking, matrix, response).",
+    ["model", "part"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1, 1.0),
+)
+INFER_DEFAULT_ROWS = Counter(
+    "inferstack_infer_default_rows_total",
+    "Candidate rows whose feature group had no stored row, by model config and fetch.",
+    ["model", "fetch"],
+)
 STORAGE_KEYS = Counter(
     "inferstack_storage_keys_total", "Keys read from storage (cache misses, coalesced)."
 )

@@ -88,7 +88,7 @@ def test_a_model_config_is_applied_with_its_file_and_versioned(tmp_path: Path) -
     # A retrained model file is a new version of the config; the old file stays stored.
     (folder / "ctr.onnx").write_bytes(linear_onnx(np.linspace(-2, 2, 3)))
     changed = inferstack("apply", "-f", str(folder), data_dir=data)
-    assert "~ model ranker (v1 -> v2)" in changed.stdout
+    assert "~ model ranker (v1 -> v2; model ctr: new file)" in changed.stdout
     assert registry(data)["models"]["ranker"]["version"] == 2
     assert (data / "config" / "blobs" / digest).exists()
 

@@ -289,7 +289,7 @@ def test_a_new_model_version_reaches_both_servers(
     assert "score: pctr * pcvr ** 0.5" in text
     config.write_text(text.replace("score: pctr * pcvr ** 0.5", "score: pctr * pcvr"))
     result = inferstack("apply", "-f", str(changed), data_dir=tmp_path, env=deployment.env)
-    assert "~ model ranker (v1 -> v2)" in result.stdout
+    assert "~ model ranker (v1 -> v2; expressions changed)" in result.stdout
 
     context: Context = {"user_id": 5, "product_ids": candidates(np.random.default_rng(4))}
     for running in (server, second_server):

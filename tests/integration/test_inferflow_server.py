@@ -306,3 +306,20 @@ def test_inferflow_can_fetch_from_a_remote_feature_store(
             assert not local.retrieve("product", {"product_id": products}).found().any()
     finally:
         assert remote.stop() == 0
+
+
+def test_metrics_show_infer_calls_parts_and_default_rows(
+    server: RunningServer, client: InferflowClient
+) -> None:
+    client.infer("ranker", {"user_id": 2, "product_ids": [1, 2, PRODUCTS + 9]})
+    with urllib.request.urlopen(f"{server.http_base}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    lines = text.splitlines()
+
+    def value(prefix: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+    assert value('inferstack_requests_total{code="OK",method="Infer"}') >= 1
+    for part in ("fetch", "model", "expression", "other"):
+        assert value(f'inferstack_infer_seconds_count{{model="ranker",part="{part}"}}') >= 1
+    assert value('inferstack_infer_default_rows_total{fetch="product",model="ranker"}') >= 1

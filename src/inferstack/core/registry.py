@@ -133,7 +133,10 @@ def plan(
         elif stored_model.definition != model:
             number = stored_model.version + 1
             new_models[model.name] = StoredModel(definition=model, version=number)
-            details = [f"v{stored_model.version} -> v{number}"]
+            details = [
+                f"v{stored_model.version} -> v{number}",
+                *_model_differences(stored_model.definition, model),
+            ]
             changes.append(Change("update", "model", model.name, details))
         else:
             new_models[model.name] = stored_model
@@ -180,4 +183,25 @@ def _group_differences(old: FeatureGroup, new: FeatureGroup) -> list[str]:
     for attribute in ("ttl", "cache", "description"):
         if getattr(old, attribute) != getattr(new, attribute):
             details.append(f"{attribute} changed")
+    return details
+
+
+def _model_differences(old: ModelConfig, new: ModelConfig) -> list[str]:
+    """What changed in a model config, by section; model steps by name."""
+    details: list[str] = []
+    old_steps = {m.name: m for m in old.models}
+    new_steps = {m.name: m for m in new.models}
+    details += [f"+model {name}" for name in new_steps if name not in old_steps]
+    details += [f"-model {name}" for name in old_steps if name not in new_steps]
+    for name, step in new_steps.items():
+        before = old_steps.get(name)
+        if before is None or before == step:
+            continue
+        if before.artifact != step.artifact:
+            details.append(f"model {name}: new file")
+        if before.model_copy(update={"artifact": step.artifact, "path": step.path}) != step:
+            details.append(f"model {name} changed")
+    for section in ("context", "fetches", "expressions", "response", "logging", "description"):
+        if getattr(old, section) != getattr(new, section):
+            details.append(f"{section} changed")
     return details

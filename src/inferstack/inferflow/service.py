@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from inferstack import metrics
 from inferstack.core.errors import InferstackError, NotFoundError, UnavailableError
 from inferstack.core.keys import KeyValues
 from inferstack.core.modelconfig import Model
@@ -27,6 +28,7 @@ from inferstack.inferflow.inferencelog.base import InferenceLogger, InferenceRec
 from inferstack.inferflow.runtimes.base import ModelRuntime
 
 log = logging.getLogger(__name__)
+PARTS = ("fetch", "model", "expression", "other")  # how stages are summed for metrics
 RUNTIME_GRACE = 30.0  # seconds an unused runtime stays open for requests still using it
 RuntimeKey = tuple[object, ...]
 
@@ -194,6 +196,7 @@ class InferflowService:
         ready = self.ready(model)
         result = await execute(ready, self.source, context, return_features)
         request_id = request_id or uuid.uuid4().hex
+        _observe(result)
         self._log(ready, request_id, result)
         return request_id, result
 
@@ -231,3 +234,19 @@ class InferflowService:
         await self.source.close()
         if self.inference_log is not None:
             await asyncio.to_thread(self.inference_log.close)
+
+
+def _observe(result: InferResult) -> None:
+    parts = dict.fromkeys(PARTS, 0.0)
+    for stage, seconds in result.timings:
+        kind = stage.partition(" ")[0]
+        parts[kind if kind in parts else "other"] += seconds
+    for part, seconds in parts.items():
+        metrics.INFER_SECONDS.labels(result.model, part).observe(seconds)
+    by_fetch: dict[str, int] = {}
+    for feature, rows in result.defaults.items():
+        fetch = feature.partition(".")[0]
+        by_fetch[fetch] = max(rows, by_fetch.get(fetch, 0))
+    for fetch, rows in by_fetch.items():
+        if rows:
+            metrics.INFER_DEFAULT_ROWS.labels(result.model, fetch).inc(rows)
