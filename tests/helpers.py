@@ -8,7 +8,7 @@ import yaml
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import RoundRobinPolicy
 
-from inferstack.core.definitions import DefinitionsFile
+from inferstack.core.documents import DefinitionsFile
 from inferstack.core.registry import Registry, plan
 from inferstack.featurestore.storage.cassandra import parse_contact_point
 from inferstack.sampledata.generate import definitions_text

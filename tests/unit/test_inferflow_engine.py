@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from inferstack.core.definitions import DefinitionsFile
+from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import (
     InvalidArgumentError,
     NotFoundError,

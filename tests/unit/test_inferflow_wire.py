@@ -23,7 +23,7 @@ from inferstack.cli.infer import parse_context, scores_json
 from inferstack.client.channels import AsyncChannelPool, ChannelPool
 from inferstack.client.inferflow import AsyncInferflowClient, InferflowClient, decode_response
 from inferstack.configstore.files import FileConfigStore
-from inferstack.core.definitions import DefinitionsFile
+from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.registry import Registry, plan
 from inferstack.core.rowformat import var_column

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from inferstack.cli.main import app
-from inferstack.core.definitions import DefinitionsFile
+from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import InvalidArgumentError, NotFoundError
 from inferstack.core.types import FeatureType
 from inferstack.sampledata.generate import SampleFiles, definitions_text, generate

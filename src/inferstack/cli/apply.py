@@ -52,7 +52,14 @@ def apply(
             errors.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
     models, artifacts, problems = read_artifacts(definitions)
-    result = plan(current, definitions.entities, definitions.feature_groups, models, prune=prune)
+    result = plan(
+        current,
+        definitions.entities,
+        definitions.feature_groups,
+        models,
+        definitions.interaction_types,
+        prune=prune,
+    )
     problems += check_models(result.registry, definitions.model_sources, artifacts)
     if problems:
         for problem in problems:

@@ -11,19 +11,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from inferstack.core.fields import FrozenModel, Name, Seconds, TypeField, reject_duplicates
-from inferstack.core.modelconfig import ModelConfig
 from inferstack.core.types import KEY_TYPES, FeatureType
-
-# Re-exported: the shared field types used to live here.
-__all__ = [
-    "CachePolicy",
-    "DefinitionsFile",
-    "Entity",
-    "Feature",
-    "FeatureGroup",
-    "KeyColumn",
-    "Name",
-]
 
 
 class KeyColumn(FrozenModel):
@@ -93,11 +81,3 @@ class FeatureGroup(FrozenModel):
 
     def feature(self, name: str) -> Feature | None:
         return next((f for f in self.features if f.name == name), None)
-
-
-class DefinitionsFile(FrozenModel):
-    """The top level of one YAML file; every section is optional."""
-
-    entities: list[Entity] = []
-    feature_groups: list[FeatureGroup] = []
-    models: list[ModelConfig] = []

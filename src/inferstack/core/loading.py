@@ -7,8 +7,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from inferstack.core.definitions import DefinitionsFile, Entity, FeatureGroup
+from inferstack.core.definitions import Entity, FeatureGroup
+from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import DefinitionError
+from inferstack.core.interactiontypes import InteractionType
 from inferstack.core.modelconfig import ModelConfig
 from inferstack.core.registry import Registry
 from inferstack.core.yamlsource import Location, YamlDocument, load_yaml
@@ -23,6 +25,7 @@ class Definitions:
     entities: list[Entity] = field(default_factory=list)
     feature_groups: list[FeatureGroup] = field(default_factory=list)
     models: list[ModelConfig] = field(default_factory=list)
+    interaction_types: list[InteractionType] = field(default_factory=list)
     origins: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> file:line
     # Where each model config came from, so checks that need the whole registry (the graph,
     # the model files) can still name the file and line of the field that is wrong.
@@ -79,6 +82,12 @@ def load_definitions(paths: list[Path], registry: Registry | None = None) -> Def
             _add(
                 result.feature_groups, group, "feature group", document, location, result, problems
             )
+        for index, kind in enumerate(parsed.interaction_types):
+            location = ("interaction_types", index)
+            _add(
+                result.interaction_types, kind, "interaction type", document, location, result,
+                problems,
+            )  # fmt: skip
         for index, model in enumerate(parsed.models):
             if _add(result.models, model, "model", document, ("models", index), result, problems):
                 result.model_sources[model.name] = ModelSource(document, index)
@@ -122,6 +131,33 @@ def validate_against(definitions: Definitions, registry: Registry) -> list[str]:
                     f"{where}: feature '{group.name}.{feature.name}' cannot change type "
                     f"from {stored_feature.type} to {feature.type}; add it under a new name"
                 )
+    problems += _interaction_type_problems(definitions, registry)
+    return problems
+
+
+def _interaction_type_problems(definitions: Definitions, registry: Registry) -> list[str]:
+    """Stored events must stay readable: keys and attribute types never change."""
+    problems: list[str] = []
+    for interaction in definitions.interaction_types:
+        stored_type = registry.interaction_types.get(interaction.name)
+        if stored_type is None:
+            continue
+        where = definitions.origins[("interaction type", interaction.name)]
+        stored = stored_type.definition
+        for role in ("user", "item"):
+            if getattr(stored, role) != getattr(interaction, role):
+                problems.append(
+                    f"{where}: the {role} key of interaction type '{interaction.name}' cannot "
+                    f"change (stored: {getattr(stored, role).name}:{getattr(stored, role).type}); "
+                    "define a new type instead"
+                )
+        for attribute in interaction.attributes:
+            old = next((a for a in stored.attributes if a.name == attribute.name), None)
+            if old is not None and old.type != attribute.type:
+                problems.append(
+                    f"{where}: attribute '{interaction.name}.{attribute.name}' cannot change type "
+                    f"from {old.type} to {attribute.type}; add it under a new name"
+                )
     return problems
 
 
@@ -130,7 +166,9 @@ def _parse(document: YamlDocument, problems: list[str]) -> DefinitionsFile | Non
         return DefinitionsFile()
     if not isinstance(document.data, dict):
         problems.append(
-            document.problem((), "expected a mapping with entities, feature_groups and models")
+            document.problem(
+                (), "expected a mapping of entities, feature_groups, models, interaction_types"
+            )
         )
         return None
     try:
@@ -145,8 +183,8 @@ def _parse(document: YamlDocument, problems: list[str]) -> DefinitionsFile | Non
 
 
 def _add(
-    items: list[Entity] | list[FeatureGroup] | list[ModelConfig],
-    item: Entity | FeatureGroup | ModelConfig,
+    items: list[Entity] | list[FeatureGroup] | list[ModelConfig] | list[InteractionType],
+    item: Entity | FeatureGroup | ModelConfig | InteractionType,
     kind: str,
     document: YamlDocument,
     location: Location,

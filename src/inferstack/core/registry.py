@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict
 
 from inferstack.core.definitions import Entity, FeatureGroup
+from inferstack.core.interactiontypes import InteractionType
 from inferstack.core.modelconfig import ModelConfig
 
 MAX_SCHEMA_VERSION = 65_535  # stored as uint16 in each row header
@@ -47,6 +48,21 @@ class StoredModel(BaseModel):
     version: int
 
 
+class StoredInteractionType(BaseModel):
+    """An interaction type and the layout of every version of its events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    definition: InteractionType
+    versions: list[SchemaVersion]
+
+    def as_stored_group(self) -> StoredFeatureGroup:
+        """Events encode and decode exactly like feature rows of this layout."""
+        return StoredFeatureGroup(
+            definition=self.definition.as_feature_group(), versions=self.versions
+        )
+
+
 class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,12 +70,13 @@ class Registry(BaseModel):
     entities: dict[str, Entity] = {}
     feature_groups: dict[str, StoredFeatureGroup] = {}
     models: dict[str, StoredModel] = {}
+    interaction_types: dict[str, StoredInteractionType] = {}
 
 
 @dataclass
 class Change:
     action: str  # "create" | "update" | "delete"
-    kind: str  # "entity" | "feature group" | "model"
+    kind: str  # "entity" | "feature group" | "model" | "interaction type"
     name: str
     details: list[str] = field(default_factory=list)
 
@@ -88,6 +105,7 @@ def plan(
     entities: list[Entity],
     groups: list[FeatureGroup],
     models: Sequence[ModelConfig] = (),
+    interaction_types: Sequence[InteractionType] = (),
     *,
     prune: bool = False,
 ) -> Plan:
@@ -141,7 +159,34 @@ def plan(
         else:
             new_models[model.name] = stored_model
 
+    new_types = dict(current.interaction_types) if not prune else {}
+    for kind in interaction_types:
+        stored_type = current.interaction_types.get(kind.name)
+        layout = layout_of(kind.as_feature_group())
+        if stored_type is None:
+            version = SchemaVersion(version=1, features=layout)
+            new_types[kind.name] = StoredInteractionType(definition=kind, versions=[version])
+            changes.append(Change("create", "interaction type", kind.name, ["schema v1"]))
+            continue
+        type_versions = list(stored_type.versions)
+        type_details: list[str] = []
+        if layout != stored_type.versions[-1].features:
+            number = stored_type.versions[-1].version + 1
+            type_versions.append(SchemaVersion(version=number, features=layout))
+            type_details.append(f"schema v{number - 1} -> v{number}")
+        for attribute in ("hot_cap", "retention", "inactivity", "description"):
+            if getattr(stored_type.definition, attribute) != getattr(kind, attribute):
+                type_details.append(f"{attribute} changed")
+        new_types[kind.name] = StoredInteractionType(definition=kind, versions=type_versions)
+        if type_details:
+            changes.append(Change("update", "interaction type", kind.name, type_details))
+
     if prune:
+        changes += [
+            Change("delete", "interaction type", name)
+            for name in current.interaction_types
+            if name not in new_types
+        ]
         changes += [
             Change("delete", "model", name) for name in current.models if name not in new_models
         ]
@@ -162,6 +207,7 @@ def plan(
         entities=new_entities,
         feature_groups=new_groups,
         models=new_models,
+        interaction_types=new_types,
     )
     return Plan(registry, changes)
 

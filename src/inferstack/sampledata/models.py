@@ -33,7 +33,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from inferstack.core.definitions import DefinitionsFile
+from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import InvalidArgumentError, NotFoundError
 from inferstack.sampledata.generate import DEFINITIONS_FILE, GROUP_FILES, definitions_text
 
