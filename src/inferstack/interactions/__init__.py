@@ -1,0 +1,1 @@
+"""The interaction store: users' recent events, hot while they are active, cold after."""

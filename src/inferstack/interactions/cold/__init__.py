@@ -1,0 +1,1 @@
+"""The cold tier: one merged history row per (user, type)."""

@@ -1,0 +1,1 @@
+"""The hot tier: recent events per (user, type) and the users' inactivity schedule."""
