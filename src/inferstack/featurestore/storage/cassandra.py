@@ -114,6 +114,8 @@ DEFAULT_REPLICATION: Mapping[str, str | int] = {
 MAX_TTL_SECONDS = 630_720_000  # 20 years: the largest TTL Cassandra accepts
 MAX_TABLE_NAME = 48  # portable: Cassandra 4 refuses longer names, so did ScyllaDB
 TABLE_PREFIX = "fg_"
+_TABLE_PREFIX = re.compile(r"^[a-z][a-z0-9_]{0,7}$")  # leaves room for names in 48 characters
+_KIND = re.compile(r"^[a-z][a-z ]{0,39}$")  # goes into a quoted CQL table comment
 
 READ_PROFILE = "inferstack-read"
 WRITE_PROFILE = "inferstack-write"
@@ -159,7 +161,12 @@ class CassandraStorage:
         connect_timeout: float = 5.0,
         schema_timeout: float = 30.0,
         max_in_flight: int = 128,
+        table_prefix: str = TABLE_PREFIX,
+        kind: str = "feature group",
     ) -> None:
+        """`table_prefix` and `kind` (what a table holds, for table comments and messages)
+        let other parts keep their own tables through this adapter, e.g. the interaction
+        store's cold tier ("ic_", "interaction type")."""
         if not contact_points:
             raise ValueError("cassandra: at least one contact point (host:port) is needed")
         if not _KEYSPACE_NAME.match(keyspace):
@@ -173,6 +180,14 @@ class CassandraStorage:
                 raise ValueError(f"cassandra {name} must be positive, got {value}")
         if max_in_flight < 1:
             raise ValueError(f"cassandra max_in_flight must be at least 1, got {max_in_flight}")
+        if not _TABLE_PREFIX.match(table_prefix):
+            raise ValueError(
+                f"cassandra table prefix {table_prefix!r} must match {_TABLE_PREFIX.pattern}"
+            )
+        if not _KIND.match(kind):
+            raise ValueError(f"cassandra table kind {kind!r} must match {_KIND.pattern}")
+        self.table_prefix = table_prefix
+        self.kind = kind
         self.contact_points = [parse_contact_point(point) for point in contact_points]
         self.where = ", ".join(_format_address(host, port) for host, port in self.contact_points)
         self.keyspace = keyspace
@@ -276,6 +291,10 @@ class CassandraStorage:
 
     async def prepare(self, registry: Registry) -> None:
         """Create the keyspace and a table per new feature group, then prepare statements."""
+        await self.prepare_tables(registry.feature_groups)
+
+    async def prepare_tables(self, names: Iterable[str]) -> None:
+        """Create the keyspace and a table per name that has none, then prepare statements."""
         await self._connected()
         # Checking the driver's schema metadata first saves a round trip per group when
         # many processes start at once, and their CREATE ... IF NOT EXISTS racing each other.
@@ -284,15 +303,15 @@ class CassandraStorage:
                 f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} "
                 f"WITH replication = {self._replication_cql}"
             )
-        for group in registry.feature_groups:
-            table = table_name(group)
+        for group in names:
+            table = self._table_name(group)
             if not self._table_exists(table):
                 await self._execute_schema(
                     f'CREATE TABLE IF NOT EXISTS {self.keyspace}."{table}" '
                     "(k blob PRIMARY KEY, v blob) "
                     "WITH compaction = {'class': 'LeveledCompactionStrategy'} "
                     "AND bloom_filter_fp_chance = 0.01 "
-                    f"AND comment = 'inferstack feature group {group}'"
+                    f"AND comment = 'inferstack {self.kind} {group}'"
                 )
             await self._statements_for(group)  # so the first read does not pay for it
 
@@ -353,12 +372,12 @@ class CassandraStorage:
             self._statements[group] = statements
 
     async def _prepare_statements(self, group: str) -> _Statements | None:
-        table = f'{self.keyspace}."{table_name(group)}"'
+        table = f'{self.keyspace}."{self._table_name(group)}"'
         session = await self._connected()
         # The driver's schema metadata follows schema changes as the server announces them
         # (and our own CREATE TABLE before it returns). Asking it first spares a failed
         # PREPARE, which the driver logs as an error, for every read of an unknown group.
-        if not self._table_exists(table_name(group)):
+        if not self._table_exists(self._table_name(group)):
             return None  # nobody ran prepare() for this group: it has no rows
         # Preparing is a one-off per group and process: allow it a little more than a read.
         timeout = max(self.request_timeout, 1.0)
@@ -368,13 +387,13 @@ class CassandraStorage:
                 asyncio.to_thread(self._prepare_blocking, session, table), timeout=timeout
             )
         except InvalidRequest:
-            if self._table_exists(table_name(group)):
+            if self._table_exists(self._table_name(group)):
                 raise
             return None  # dropped between the check and PREPARE
         except TimeoutError as exc:
             raise UnavailableError(
                 f"cassandra at {self.where} did not answer: preparing statements for "
-                f"feature group '{group}' took longer than {timeout:g}s"
+                f"{self.kind} '{group}' took longer than {timeout:g}s"
             ) from exc
         except _UNAVAILABLE_ERRORS as exc:
             raise self._unavailable(exc) from exc
@@ -387,6 +406,9 @@ class CassandraStorage:
         select.is_idempotent = True
         insert.is_idempotent = True
         return _Statements(select, insert)
+
+    def _table_name(self, group: str) -> str:
+        return table_name(group, self.table_prefix, self.kind)
 
     def _keyspace_metadata(self) -> Any:
         keyspaces = self._cluster.metadata.keyspaces if self._cluster is not None else {}
@@ -421,7 +443,7 @@ class CassandraStorage:
         statements = await self._statements_for(group)
         if statements is None:
             raise NotFoundError(
-                f"feature group '{group}' has no table in cassandra keyspace "
+                f"{self.kind} '{group}' has no table in cassandra keyspace "
                 f"'{self.keyspace}' at {self.where}: apply its definition first"
             )
         seconds = ttl_seconds(ttl)
@@ -577,16 +599,17 @@ def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def table_name(group: str) -> str:
-    """The table of a feature group; raises ValueError for a name that is not valid."""
+def table_name(group: str, prefix: str = TABLE_PREFIX, kind: str = "feature group") -> str:
+    """The table of a feature group (or, with another prefix, of another kind of thing);
+    raises ValueError for a name that is not valid."""
     if not _GROUP_NAME.match(group):
-        raise ValueError(f"feature group name {group!r} must match {NAME_PATTERN}")
-    name = TABLE_PREFIX + group
+        raise ValueError(f"{kind} name {group!r} must match {NAME_PATTERN}")
+    name = prefix + group
     if len(name) <= MAX_TABLE_NAME:
         return name
     digest = hashlib.blake2b(group.encode(), digest_size=4).hexdigest()
-    keep = MAX_TABLE_NAME - len(TABLE_PREFIX) - len(digest) - 1
-    return f"{TABLE_PREFIX}{group[:keep]}_{digest}"
+    keep = MAX_TABLE_NAME - len(prefix) - len(digest) - 1
+    return f"{prefix}{group[:keep]}_{digest}"
 
 
 def replication_cql(replication: Mapping[str, str | int]) -> str:

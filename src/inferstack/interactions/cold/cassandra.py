@@ -1,0 +1,73 @@
+"""The distributed cold tier: one table per interaction type in ScyllaDB or Apache Cassandra.
+
+    CREATE TABLE <keyspace>."ic_<type>" (k blob PRIMARY KEY, v blob)  -- leveled compaction
+
+`k` is the encoded user key and `v` the cold row (`interactions/coldrow.py`). This is the
+feature store's adapter (`featurestore/storage/cassandra.py`) with another table prefix, so
+both share one way of connecting, preparing statements, bounding requests in flight and
+mapping driver errors to `UnavailableError` naming the address. The same shape fits: one
+partition per user, point reads, rows rewritten whole by every sweep.
+
+Writes go out at the write consistency (LOCAL_QUORUM by default), so a sweep frees the hot
+tier only once a majority of local replicas hold the row. Cold rows carry no TTL: retention
+is applied by `coldrow.merge` when the sweeper rewrites a row. Writes of one call are not
+atomic across users, but each user's row is replaced whole and a retried write is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from inferstack.core.registry import Registry
+from inferstack.featurestore.storage.cassandra import DEFAULT_KEYSPACE, CassandraStorage
+
+TABLE_PREFIX = "ic_"
+
+
+class CassandraColdStore:
+    def __init__(
+        self,
+        contact_points: Sequence[str],
+        *,
+        keyspace: str = DEFAULT_KEYSPACE,
+        replication: Mapping[str, str | int] | None = None,
+        local_dc: str | None = None,
+        read_consistency: str = "LOCAL_ONE",
+        write_consistency: str = "LOCAL_QUORUM",
+        request_timeout: float = 1.0,
+        connect_timeout: float = 5.0,
+        schema_timeout: float = 30.0,
+        max_in_flight: int = 128,
+    ) -> None:
+        self._storage = CassandraStorage(
+            contact_points,
+            keyspace=keyspace,
+            replication=replication,
+            local_dc=local_dc,
+            read_consistency=read_consistency,
+            write_consistency=write_consistency,
+            request_timeout=request_timeout,
+            connect_timeout=connect_timeout,
+            schema_timeout=schema_timeout,
+            max_in_flight=max_in_flight,
+            table_prefix=TABLE_PREFIX,
+            kind="interaction type",
+        )
+        self.where = self._storage.where
+        self.keyspace = keyspace
+
+    async def connect(self) -> None:
+        """Open the connection now (else the first call does); UnavailableError names it."""
+        await self._storage.connect()
+
+    async def prepare(self, registry: Registry) -> None:
+        await self._storage.prepare_tables(registry.interaction_types)
+
+    async def read(self, type: str, users: Sequence[bytes]) -> list[bytes | None]:
+        return await self._storage.read(type, users)
+
+    async def write(self, type: str, rows: Sequence[tuple[bytes, bytes]]) -> None:
+        await self._storage.write(type, rows, None)  # no TTL: merge applies retention
+
+    async def close(self) -> None:
+        await self._storage.close()
