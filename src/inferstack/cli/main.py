@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from inferstack.cli import apply, get, infer, ingest, models, sample, serve
+from inferstack.cli import apply, get, infer, ingest, interactions, models, sample, serve
 
 app = typer.Typer(
     name="inferstack",
@@ -19,6 +19,7 @@ app.command("serve")(serve.serve)
 app.command("get")(get.get)
 app.command("infer")(infer.infer)
 app.add_typer(models.app, name="models")
+app.add_typer(interactions.app, name="interactions")
 app.add_typer(sample.app, name="sample")
 
 if __name__ == "__main__":

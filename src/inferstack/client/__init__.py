@@ -7,13 +7,25 @@ from inferstack.client.featurestore import (
     Query,
 )
 from inferstack.client.inferflow import AsyncInferflowClient, InferflowClient, Scores
+from inferstack.client.interactions import (
+    AsyncInteractionsClient,
+    EventHistory,
+    InteractionsClient,
+    SweepCounts,
+)
+from inferstack.interactions.events import EventBatch
 
 __all__ = [
     "AsyncFeatureStoreClient",
     "AsyncInferflowClient",
+    "AsyncInteractionsClient",
+    "EventBatch",
+    "EventHistory",
     "FeatureFrame",
     "FeatureStoreClient",
     "InferflowClient",
+    "InteractionsClient",
     "Query",
     "Scores",
+    "SweepCounts",
 ]

@@ -93,12 +93,12 @@ def build_persist(
 ) -> pb.PersistRequest:
     columns = []
     for name, values in features.items():
-        feature_type, column = _column_of(values)
+        feature_type, column = column_of(values)
         columns.append(column_to_proto(name, feature_type, column))
     return pb.PersistRequest(feature_group=feature_group, keys=keys_to_proto(keys), columns=columns)
 
 
-def _column_of(values: Sequence[Any] | npt.NDArray[Any]) -> tuple[FeatureType, Column]:
+def column_of(values: Sequence[Any] | npt.NDArray[Any]) -> tuple[FeatureType, Column]:
     """Infer the wire type from the array's dtype; the server checks it against the group."""
     array = np.asarray(values)
     if array.dtype.kind in "OUS":

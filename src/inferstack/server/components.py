@@ -20,6 +20,10 @@ from inferstack.featurestore.storage.base import FeatureStorage
 from inferstack.inferflow.features import FeatureSource, LocalFeatureSource, RemoteFeatureSource
 from inferstack.inferflow.inferencelog.base import InferenceLogger, LogSink
 from inferstack.inferflow.service import InferflowService, RuntimeLoader
+from inferstack.interactions.cold.base import ColdStore
+from inferstack.interactions.events import InteractionCatalog
+from inferstack.interactions.hot.base import HotTier
+from inferstack.interactions.service import InteractionService
 from inferstack.server.settings import (
     CassandraStorageSettings,
     RedisCacheSettings,
@@ -98,21 +102,26 @@ async def check_reachable(settings: ServeSettings) -> None:
             await storage.close()
     shared = settings.cache.shared
     if shared is not None:
-        import redis.asyncio as aioredis
+        await _ping_redis("cache.shared", shared.address, shared.timeout)
+    hot = settings.interactions.hot
+    if hot.type == "redis":
+        await _ping_redis("interactions.hot", hot.address or "", hot.timeout)
 
-        client = aioredis.from_url(
-            shared.address if "://" in shared.address else f"redis://{shared.address}",
-            socket_connect_timeout=max(shared.timeout, 1.0),
-            socket_timeout=max(shared.timeout, 1.0),
-        )
-        try:
-            await client.ping()
-        except Exception as exc:
-            raise UnavailableError(
-                f"cache.shared: redis at {shared.address} did not answer: {exc}"
-            ) from exc
-        finally:
-            await client.aclose()
+
+async def _ping_redis(field: str, address: str, timeout: float) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(
+        address if "://" in address else f"redis://{address}",
+        socket_connect_timeout=max(timeout, 1.0),
+        socket_timeout=max(timeout, 1.0),
+    )
+    try:
+        await client.ping()
+    except Exception as exc:
+        raise UnavailableError(f"{field}: redis at {address} did not answer: {exc}") from exc
+    finally:
+        await client.aclose()
 
 
 @contextmanager
@@ -161,16 +170,64 @@ def open_inferflow(
     return InferflowService(source, RuntimeLoader(config.get_blob), open_inference_log(settings))
 
 
+def open_hot_tier(settings: ServeSettings) -> HotTier:
+    hot = settings.interactions.hot
+    if hot.type == "redis":
+        from inferstack.interactions.hot.redis import RedisHotTier
+
+        if not hot.address:
+            raise UnavailableError("interactions.hot.address: needed for type redis")
+        return RedisHotTier(hot.address, prefix=hot.prefix, timeout=hot.timeout)
+    from inferstack.interactions.hot.lmdb import LmdbHotTier
+
+    return LmdbHotTier(hot.path or settings.data_dir / "interactions" / "hot")
+
+
+def open_cold_store(settings: ServeSettings) -> ColdStore:
+    """The cold tier lives where the feature store's rows do."""
+    storage = settings.storage
+    if isinstance(storage, CassandraStorageSettings):
+        from inferstack.interactions.cold.cassandra import CassandraColdStore
+
+        return CassandraColdStore(
+            storage.contact_points,
+            keyspace=storage.keyspace,
+            replication=storage.replication,
+            local_dc=storage.local_dc,
+            read_consistency=storage.read_consistency,
+            write_consistency=storage.write_consistency,
+            request_timeout=storage.request_timeout,
+            connect_timeout=storage.connect_timeout,
+            max_in_flight=storage.max_in_flight,
+        )
+    from inferstack.interactions.cold.lmdb import LmdbColdStore
+
+    return LmdbColdStore(settings.data_dir / "interactions" / "cold")
+
+
+async def open_interactions(settings: ServeSettings, registry: Registry) -> InteractionService:
+    cold = open_cold_store(settings)
+    await cold.prepare(registry)
+    return InteractionService(
+        open_hot_tier(settings),
+        cold,
+        InteractionCatalog(registry),
+        lease=settings.interactions.sweeper.lease,
+    )
+
+
 @dataclass
 class Components:
     config: ConfigStore
     service: FeatureService
     inferflow: InferflowService
+    interactions: InteractionService
     watch: Watch | None = None
 
     async def close(self) -> None:
         if self.watch is not None:
             self.watch.stop()
+        await self.interactions.close()
         await self.inferflow.close()
         self.config.close()
         await self.service.rows.close()
@@ -188,7 +245,8 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
     service = FeatureService(rows, Catalog(registry), settings.max_keys)
     inferflow = open_inferflow(settings, config, service)
     await inferflow.use_registry(registry, service.catalog)
-    components = Components(config, service, inferflow)
+    interactions = await open_interactions(settings, registry)
+    components = Components(config, service, inferflow, interactions)
     if watch:
         loop = asyncio.get_running_loop()
 
@@ -199,6 +257,7 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
             catalog = Catalog(registry)
             service.use_catalog(catalog)
             await inferflow.use_registry(registry, catalog)
+            await interactions.use_registry(registry)
             log.info("definitions revision %d in use", registry.revision)
 
         def on_change(registry: Registry) -> None:  # called on the watcher's thread

@@ -108,6 +108,35 @@ class InferflowSettings(_Section):
     inference_log: InferenceLogSettings = InferenceLogSettings()
 
 
+class HotTierSettings(_Section):
+    """Where users' recent events live while they are active."""
+
+    type: Literal["lmdb", "redis"] = "lmdb"
+    path: Path | None = None  # lmdb; default <data_dir>/interactions/hot
+    address: str | None = None  # redis: host:port or redis://...; needs appendfsync always
+    prefix: str = "ih:"
+    timeout: Seconds = 1.0
+
+
+class SweeperSettings(_Section):
+    enabled: bool = True  # every worker sweeps; claims keep them from flushing a user twice
+    interval: Seconds = 1.0  # between sweeps while no user is due
+    batch: int = Field(500, ge=1)  # users claimed per sweep
+    lease: Seconds = 30.0  # a claim not released by then is taken over by another sweeper
+
+
+class InteractionKafkaSettings(_Section):
+    bootstrap: str  # host:port[,host:port]
+    group: str = "inferstack-interactions"
+    topic_prefix: str = "interactions."  # one topic per interaction type: <prefix><type>
+
+
+class InteractionsSettings(_Section):
+    hot: HotTierSettings = HotTierSettings()  # the cold tier follows `storage`
+    sweeper: SweeperSettings = SweeperSettings()
+    kafka: InteractionKafkaSettings | None = None  # consume events from Kafka too
+
+
 class ServeSettings(_Section):
     data_dir: Path = Path(".inferstack")
     host: str = "127.0.0.1"
@@ -125,6 +154,7 @@ class ServeSettings(_Section):
         FileConfigSettings()
     )
     inferflow: InferflowSettings = InferflowSettings()
+    interactions: InteractionsSettings = InteractionsSettings()
 
     @property
     def local_cache_bytes(self) -> int:

@@ -21,8 +21,12 @@ from inferstack.featurestore.grpc_service import FeatureStoreServicer
 from inferstack.featurestore.http_gateway import make_app
 from inferstack.inferflow import http_gateway as inferflow_http
 from inferstack.inferflow.grpc_service import INFERFLOW_SERVICE, InferflowServicer
+from inferstack.interactions import http_gateway as interactions_http
+from inferstack.interactions.grpc_service import INTERACTIONS_SERVICE, InteractionsServicer
+from inferstack.interactions.service import run_sweeper
 from inferstack.proto.featurestore.v1 import featurestore_pb2, featurestore_pb2_grpc
 from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc
+from inferstack.proto.interactions.v1 import interactions_pb2_grpc
 from inferstack.server.components import build
 from inferstack.server.settings import ServeSettings
 
@@ -46,12 +50,16 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     inferflow_pb2_grpc.add_InferflowServicer_to_server(
         InferflowServicer(components.inferflow), server
     )
+    interactions_pb2_grpc.add_InteractionsServicer_to_server(
+        InteractionsServicer(components.interactions), server
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         [
             FEATURE_STORE_SERVICE,
             INFERFLOW_SERVICE,
+            INTERACTIONS_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
@@ -66,11 +74,13 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(FEATURE_STORE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await health.set(INFERFLOW_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await health.set(INTERACTIONS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     runner: web.AppRunner | None = None
     if settings.http_port >= 0:
         app = make_app(components.service)
         inferflow_http.add_routes(app, components.inferflow)
+        interactions_http.add_routes(app, components.interactions)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True)
@@ -85,6 +95,14 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    sweeping = settings.interactions.sweeper
+    sweeper = (
+        asyncio.create_task(
+            run_sweeper(components.interactions, stop, sweeping.interval, sweeping.batch)
+        )
+        if sweeping.enabled
+        else None
+    )
     # Start-up objects (modules, definitions, codecs) live for the whole process: move them
     # out of the collector's way so full collections stay short on the request path.
     gc.collect()
@@ -99,6 +117,8 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     if runner is not None:
         await runner.cleanup()
     await server.stop(settings.shutdown_grace)
+    if sweeper is not None:
+        await sweeper  # `stop` is set: it finishes the sweep it is in, then returns
     await components.close()
 
 

@@ -1,0 +1,356 @@
+"""`inferstack interactions`: read, ingest, hydrate and sweep users' events on a running server.
+
+`ingest` reads Parquet, CSV or JSON-lines files in batches of 10k events and sends each as one
+Ingest call; the server stores a batch whole or not at all, so a bad event rejects its batch,
+and the report names the file, the batch and the event's index in the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import pyarrow as pa
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from inferstack.cli.common import (
+    ConfigOption,
+    DataDirOption,
+    JsonOption,
+    console,
+    fail,
+    print_json,
+    settings_from,
+)
+from inferstack.cli.infer import cell
+from inferstack.client.interactions import (
+    DEFAULT_TARGET,
+    AsyncInteractionsClient,
+    EventHistory,
+    InteractionsClient,
+)
+from inferstack.core.errors import InferstackError
+from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP, InteractionType
+from inferstack.featurestore.http_gateway import json_values
+from inferstack.interactions.eventfiles import BadEventError, EventFile, to_batch
+from inferstack.interactions.events import InteractionCatalog
+from inferstack.interactions.wire import since_ms
+from inferstack.server.components import open_config_store
+
+app = typer.Typer(
+    help="The interaction store: users' recent events (clicks, orders...).", no_args_is_help=True
+)
+
+DEFAULT_LAST = 20
+BATCH_EVENTS = 10_000
+IN_FLIGHT = 4  # batches sent concurrently: the server's workers each take one
+SHOWN_REJECTIONS = 20
+SERVER_EVENT = re.compile(r"^batch \d+(?:, event (\d+))?: (.*)$", re.DOTALL)
+
+# -t is the interaction type here, so the target has no short flag (unlike `inferstack infer`).
+TargetOption = Annotated[
+    str, typer.Option("--target", envvar="INFERSTACK_TARGET", help="gRPC address of a server.")
+]
+UserArgument = Annotated[
+    str, typer.Argument(help="The user's id (parsed by each type's user key type).")
+]
+TypesOption = Annotated[
+    list[str] | None,
+    typer.Option("--type", "-t", help="Interaction type; repeatable [default: every type]."),
+]
+
+
+# ---- get, hydrate, sweep ---------------------------------------------------------------------
+
+
+@app.command("get")
+def get(
+    user: UserArgument,
+    types: TypesOption = None,
+    last: Annotated[
+        int | None, typer.Option("--last", "-n", min=1, help=f"Newest N per type [{DEFAULT_LAST}].")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only events since: unix ms, or ISO 8601 (UTC unless an offset)."),
+    ] = None,
+    target: TargetOption = DEFAULT_TARGET,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a user's events per type, newest first, hot and cold merged."""
+    limit, since_value = window(last, since)
+    try:
+        with InteractionsClient(target, connections=1) as client:
+            histories = client.get(user, types or [], limit, since_value)
+    except grpc.RpcError as exc:
+        fail(f"{exc.code().name}: {exc.details()}")
+    if as_json:
+        print_json(histories_json(histories))
+        return
+    for history in histories.values():
+        console.print(history_table(history, user))
+
+
+def window(last: int | None, since: str | None) -> tuple[int | None, int | None]:
+    """(limit, since in unix ms); neither given means the newest DEFAULT_LAST."""
+    if since is None:
+        return last or DEFAULT_LAST, None
+    try:
+        return last, since_ms(since)
+    except InferstackError as exc:
+        fail(str(exc))
+
+
+def history_table(history: EventHistory, user: str) -> Table:
+    shown = [name for name in history.columns if name not in (EVENT_ID, TIMESTAMP)]
+    title = f"{history.type}: {history.count} event(s) of user {user}, newest first"
+    table = Table("time (UTC)", EVENT_ID, *shown, title=title)
+    for row in range(history.count):
+        stamp = int(history.timestamps[row])
+        table.add_row(
+            format_ms(stamp),
+            str(history.event_ids[row]),
+            *(cell(history.columns[name][row]) for name in shown),
+        )
+    return table
+
+
+def format_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def histories_json(histories: dict[str, EventHistory]) -> dict[str, Any]:
+    return {
+        name: {
+            "count": history.count,
+            "columns": {key: json_values(v.tolist()) for key, v in history.columns.items()},
+        }
+        for name, history in histories.items()
+    }
+
+
+@app.command("hydrate")
+def hydrate(
+    user: UserArgument,
+    types: TypesOption = None,
+    target: TargetOption = DEFAULT_TARGET,
+    as_json: JsonOption = False,
+) -> None:
+    """Load a user's cold history into the hot tier (as on app open); safe to repeat."""
+    try:
+        with InteractionsClient(target, connections=1) as client:
+            loaded = client.hydrate(user, types or [])
+    except grpc.RpcError as exc:
+        fail(f"{exc.code().name}: {exc.details()}")
+    if as_json:
+        print_json({"loaded": loaded})
+        return
+    counts = ", ".join(f"{count:,} {name}" for name, count in loaded.items()) or "nothing"
+    console.print(f"Loaded {counts} event(s) of user {user} into the hot tier.", highlight=False)
+
+
+@app.command("sweep")
+def sweep(
+    limit: Annotated[
+        int, typer.Option(min=0, help="Most users to move; 0: the server's default.")
+    ] = 0,
+    target: TargetOption = DEFAULT_TARGET,
+    as_json: JsonOption = False,
+) -> None:
+    """Move the hot events of users past their inactivity deadline to the cold tier now."""
+    try:
+        with InteractionsClient(target, connections=1) as client:
+            swept = client.sweep(limit)
+    except grpc.RpcError as exc:
+        fail(f"{exc.code().name}: {exc.details()}")
+    if as_json:
+        print_json(asdict(swept))
+        return
+    console.print(
+        f"Moved {swept.events:,} event(s) of {swept.users:,} user(s) to the cold tier "
+        f"({swept.lost_claims:,} claim(s) lost to other sweepers).",
+        highlight=False,
+    )
+
+
+# ---- ingest ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RejectedBatch:
+    file: str
+    batch: int  # 0-based batch of the file
+    first_event: int  # 0-based index in the file of the batch's first event
+    events: int  # events in the batch (none of them stored)
+    event: int | None  # 0-based index in the file of the event at fault, when known
+    reason: str
+
+
+@dataclass
+class IngestSummary:
+    type: str
+    files: list[str]
+    events_read: int = 0
+    events_stored: int = 0
+    events_rejected: int = 0
+    rejected_batches: list[RejectedBatch] = field(default_factory=list)
+    ignored_columns: dict[str, list[str]] = field(default_factory=dict)  # per file
+    seconds: float = 0.0
+
+
+@app.command("ingest")
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help=".parquet, .csv or .jsonl files.")],
+    type_name: Annotated[str, typer.Option("--type", "-t", help="The interaction type.")],
+    target: TargetOption = DEFAULT_TARGET,
+    batch_events: Annotated[
+        int, typer.Option(min=1, help="Events per Ingest call.")
+    ] = BATCH_EVENTS,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send events from files to a server over gRPC.
+
+    Columns: event_id, the type's user and item key names (e.g. user_id, product_id), ts
+    (unix ms, or a timestamp column) and any of the type's attributes (missing or null ones
+    read as their defaults). The type's definition is read from the config store (--config,
+    --data-dir). Exits 1 if any batch was rejected.
+    """
+    settings = settings_from(config, data_dir=data_dir)
+    try:
+        store = open_config_store(settings)
+        catalog = InteractionCatalog(store.load())
+        store.close()
+        kind = catalog.type(type_name)
+        opened = [EventFile(path, kind) for path in files]  # every file checked before sending
+    except InferstackError as exc:
+        fail(str(exc))
+    summary = asyncio.run(send_files(kind, opened, target, batch_events, as_json))
+    if as_json:
+        print_json(asdict(summary))
+    else:
+        print_summary(summary)
+    if summary.rejected_batches:
+        raise typer.Exit(1)
+
+
+async def send_files(
+    kind: InteractionType, files: list[EventFile], target: str, size: int, quiet: bool
+) -> IngestSummary:
+    """Send every file's events in batches of `size`, IN_FLIGHT batches at a time."""
+    summary = IngestSummary(kind.name, [str(f.path) for f in files])
+    summary.ignored_columns = {str(f.path): f.ignored for f in files if f.ignored}
+    started = time.perf_counter()
+    slots = asyncio.Semaphore(IN_FLIGHT)
+    pending: set[asyncio.Task[None]] = set()
+    known = [f.events for f in files]
+    total = None if None in known else sum(n or 0 for n in known)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        TimeElapsedColumn(),
+    )
+    async with AsyncInteractionsClient(target, timeout=60.0) as client:
+        with Progress(*columns, console=console, disable=quiet) as progress:
+            task = progress.add_task(f"ingest {kind.name}", total=total)
+
+            async def send(file: EventFile, number: int, first: int, table: pa.Table) -> None:
+                try:
+                    stored = await _send(client, kind, table)
+                    summary.events_stored += stored
+                except BadEventError as bad:
+                    event = None if bad.index < 0 else first + bad.index
+                    summary.rejected_batches.append(
+                        RejectedBatch(
+                            str(file.path), number, first, table.num_rows, event, bad.reason
+                        )
+                    )
+                    summary.events_rejected += table.num_rows
+                finally:
+                    progress.advance(task, table.num_rows)
+                    slots.release()
+
+            try:
+                for file in files:
+                    for number, (first, table) in enumerate(file.tables(size)):
+                        summary.events_read += table.num_rows
+                        await slots.acquire()
+                        pending.add(asyncio.create_task(send(file, number, first, table)))
+                        pending = _reap(pending)
+                await asyncio.gather(*pending)
+            except (grpc.RpcError, InferstackError) as exc:
+                for running in pending:
+                    running.cancel()
+                fail(f"{_describe(exc)} ({summary.events_stored:,} events stored before)")
+    summary.rejected_batches.sort(key=lambda r: (summary.files.index(r.file), r.batch))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _reap(tasks: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+    """The tasks still running; a finished one that failed raises its error here."""
+    for task in tasks:
+        if task.done():
+            task.result()
+    return {task for task in tasks if not task.done()}
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.RpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
+
+
+async def _send(client: AsyncInteractionsClient, kind: InteractionType, table: pa.Table) -> int:
+    """One batch; an event refused here or by the server is BadEventError with its index in
+    the batch."""
+    try:
+        return await client.ingest_batches([to_batch(kind, table)])
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+        raise server_rejection(exc.details() or "rejected") from None
+
+
+def server_rejection(details: str) -> BadEventError:
+    """The server's "batch 0, event 17: reason" as the event's index in the batch + reason."""
+    match = SERVER_EVENT.match(details)
+    if match is None:
+        return BadEventError(-1, details)
+    index = int(match.group(1)) if match.group(1) is not None else -1
+    return BadEventError(index, match.group(2))
+
+
+def print_summary(summary: IngestSummary) -> None:
+    rate = summary.events_stored / summary.seconds if summary.seconds else 0.0
+    rejected = summary.events_rejected
+    console.print(
+        f"[green]{summary.events_stored:,}[/] {summary.type} events stored from "
+        f"{len(summary.files)} file(s) in {summary.seconds:.1f}s ({rate:,.0f} events/s); "
+        f"[{'red' if rejected else 'green'}]{rejected:,}[/] rejected in "
+        f"{len(summary.rejected_batches)} batch(es).",
+        highlight=False,
+    )
+    for path, names in summary.ignored_columns.items():
+        console.print(f"{path}: ignored column(s) {', '.join(names)}", highlight=False)
+    if summary.rejected_batches:
+        table = Table("file", "batch", "events", "event", "reason", title="Rejected batches")
+        for batch in summary.rejected_batches[:SHOWN_REJECTIONS]:
+            events = f"{batch.first_event}..{batch.first_event + batch.events - 1}"
+            event = "" if batch.event is None else str(batch.event)
+            table.add_row(batch.file, str(batch.batch), events, event, batch.reason)
+        console.print(table)
+        hidden = len(summary.rejected_batches) - SHOWN_REJECTIONS
+        if hidden > 0:
+            console.print(f"... and {hidden:,} more (use --json for all).")

@@ -1,0 +1,262 @@
+"""Ingest, Get, Hydrate and Sweep, independent of any transport.
+
+    ingest:  check every batch -> encode rows -> hot tier (one atomic, durable write) with
+             each user's inactivity deadline pushed forward
+    get:     hot tier newest first; if it holds fewer than asked, merged with the cold row
+    hydrate: the cold rows -> newest `hot_cap` per type -> hot tier (COLD members), scheduled
+    sweep:   claim users past their deadline -> their hot events -> merged into one cold row
+             per (user, type), written durably -> only then release: remove exactly the moved
+             members (events that arrived meanwhile stay hot)
+
+A sweeper that dies after writing cold rows but before releasing leaves the members hot and
+the claim to expire; the next sweep merges them again, and merging de-duplicates by event id,
+so nothing is lost and nothing doubles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.interactiontypes import TIMESTAMP
+from inferstack.core.registry import Registry
+from inferstack.interactions.cold.base import ColdStore
+from inferstack.interactions.coldrow import (
+    ColdRowError,
+    UnreadableEventError,
+    decode_history,
+    encode_history,
+    merge,
+)
+from inferstack.interactions.events import (
+    EventBatch,
+    History,
+    InteractionCatalog,
+    decode_rows,
+    encode_batch,
+)
+from inferstack.interactions.hot.base import COLD, NEW, HotEvent, HotTier
+
+log = logging.getLogger(__name__)
+DEFAULT_LEASE = 30.0  # seconds a sweeper may take to flush the users it claimed
+MAX_LIMIT = 10_000
+FAR_PAST = 0
+
+
+@dataclass
+class SweepResult:
+    users: int = 0  # users whose hot events moved to the cold tier
+    events: int = 0  # hot events moved
+    lost_claims: int = 0  # claims that expired before release (another sweeper took over)
+
+
+class InteractionService:
+    def __init__(
+        self,
+        hot: HotTier,
+        cold: ColdStore,
+        catalog: InteractionCatalog,
+        *,
+        lease: float = DEFAULT_LEASE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hot = hot
+        self.cold = cold
+        self.catalog = catalog
+        self.lease = lease
+        self.clock = clock
+
+    async def use_registry(self, registry: Registry) -> None:
+        if registry.revision <= self.catalog.revision:
+            return
+        await self.cold.prepare(registry)
+        self.catalog = InteractionCatalog(registry)  # one swap, like the feature store's
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def ingest(self, batches: Sequence[EventBatch]) -> int:
+        """Store every event of every batch, or none; returns how many were stored."""
+        catalog = self.catalog
+        now = self._now_ms()
+        encoded = [
+            encode_batch(catalog, batch, f"batch {i}", now) for i, batch in enumerate(batches)
+        ]
+        events: list[HotEvent] = []
+        deadlines: dict[bytes, int] = {}
+        caps: dict[str, int] = {}
+        for part in encoded:
+            kind = part.type
+            caps[kind.name] = kind.hot_cap
+            deadline = now + int(kind.inactivity * 1000)
+            for user, ts, row in zip(part.users, part.timestamps.tolist(), part.rows, strict=True):
+                events.append(HotEvent(kind.name, user, ts, NEW + row))
+                if deadlines.get(user, 0) < deadline:
+                    deadlines[user] = deadline
+        if events:
+            await self.hot.add(events, caps, deadlines)
+        return len(events)
+
+    async def get(
+        self,
+        user: Any,
+        types: Sequence[str],
+        limit: int | None = None,
+        since: int | None = None,
+    ) -> list[History]:
+        """Each type's events of `user`, newest first: the last `limit`, or since `since`."""
+        if limit is not None and not 1 <= limit <= MAX_LIMIT:
+            raise InvalidArgumentError(f"limit must be 1..{MAX_LIMIT}, got {limit}")
+        if limit is None and since is None:
+            raise InvalidArgumentError("give a limit (last N events) or since (unix ms)")
+        catalog = self.catalog
+        names = list(types) or sorted(catalog.types)
+        return [await self._history(catalog, name, user, limit, since) for name in names]
+
+    async def _history(
+        self,
+        catalog: InteractionCatalog,
+        name: str,
+        user: Any,
+        limit: int | None,
+        since: int | None,
+    ) -> History:
+        kind = catalog.type(name)
+        (encoded,) = catalog.encode_users(name, [user])
+        hot = await self.hot.read(encoded, name, limit, since)
+        rows = [member[1:] for _, member in hot]
+        # The newest `limit` are all hot when the hot tier holds that many; otherwise the
+        # cold history may hold some of them.
+        if limit is None or len(rows) < limit:
+            cold = await self._cold_rows(name, [encoded])
+            rows = merge(
+                cold[0],
+                rows,
+                catalog.codecs[name],
+                limit if limit is not None else max(kind.retention.count, len(rows) + len(cold[0])),
+                since if since is not None else FAR_PAST,
+            )
+        return decode_rows(catalog, name, rows)
+
+    async def hydrate(self, user: Any, types: Sequence[str] = ()) -> dict[str, int]:
+        """Load the user's cold history (newest `hot_cap` per type) into the hot tier."""
+        catalog = self.catalog
+        names = list(types) or sorted(catalog.types)
+        now = self._now_ms()
+        loaded: dict[str, int] = {}
+        by_user: dict[bytes, dict[str, list[tuple[int, bytes]]]] = {}
+        caps: dict[bytes, dict[str, int]] = {}
+        deadlines: dict[bytes, int] = {}
+        for name in names:
+            kind = catalog.type(name)
+            (encoded,) = catalog.encode_users(name, [user])
+            rows = (await self._cold_rows(name, [encoded], limit=kind.hot_cap))[0]
+            stamps = _timestamps(catalog, name, rows)
+            by_user.setdefault(encoded, {})[name] = [
+                (ts, COLD + row) for ts, row in zip(stamps, rows, strict=True)
+            ]
+            caps.setdefault(encoded, {})[name] = kind.hot_cap
+            deadline = now + int(kind.inactivity * 1000)
+            deadlines[encoded] = max(deadlines.get(encoded, 0), deadline)
+            loaded[name] = len(rows)
+        for encoded, events in by_user.items():
+            await self.hot.load(encoded, events, caps[encoded], deadlines[encoded])
+        return loaded
+
+    async def sweep(self, limit: int = 500) -> SweepResult:
+        """Move the hot events of up to `limit` users past their deadline to the cold tier."""
+        catalog = self.catalog
+        now = self._now_ms()
+        claims = await self.hot.claim(now, int(self.lease * 1000), limit)
+        result = SweepResult()
+        if not claims:
+            return result
+        names = sorted(catalog.types)
+        hot = [await self.hot.events_of(claim.user, names) for claim in claims]
+        moved: list[dict[str, list[bytes]]] = [{} for _ in claims]
+        for name in names:
+            kind = catalog.types[name]
+            users = [i for i, events in enumerate(hot) if events.get(name)]
+            if not users:
+                continue
+            cold = await self._cold_rows(name, [claims[i].user for i in users])
+            oldest = now - int(kind.retention.age * 1000) if kind.retention.age else FAR_PAST
+            rows: list[tuple[bytes, bytes]] = []
+            for position, index in enumerate(users):
+                members = [member for _, member in hot[index][name]]
+                try:
+                    merged = merge(
+                        cold[position],
+                        [member[1:] for member in members],
+                        catalog.codecs[name],
+                        kind.retention.count,
+                        oldest,
+                    )
+                except UnreadableEventError as exc:
+                    # Written under a schema this server does not know yet (an apply is
+                    # rolling out): leave these events hot for a sweeper that knows it.
+                    log.warning(
+                        "sweep of %s for user %s waits: %s", name, claims[index].user.hex(), exc
+                    )
+                    continue
+                rows.append((claims[index].user, encode_history(merged)))
+                moved[index][name] = members
+                result.events += sum(1 for member in members if member[:1] != COLD)
+            await self.cold.write(name, rows)  # durable before anything leaves the hot tier
+        for claim, released in zip(claims, moved, strict=True):
+            if await self.hot.release(claim, released):
+                result.users += 1
+            else:
+                result.lost_claims += 1
+        return result
+
+    async def _cold_rows(
+        self, name: str, users: list[bytes], limit: int | None = None
+    ) -> list[list[bytes]]:
+        blobs = await self.cold.read(name, users)
+        histories: list[list[bytes]] = []
+        for user, blob in zip(users, blobs, strict=True):
+            if blob is None:
+                histories.append([])
+                continue
+            try:
+                histories.append(decode_history(blob, limit))
+            except ColdRowError as exc:  # never fail a read for one damaged row
+                log.error("cold row of %s for user %s is damaged: %s", name, user.hex(), exc)
+                histories.append([])
+        return histories
+
+    async def close(self) -> None:
+        await self.hot.close()
+        await self.cold.close()
+
+
+def _timestamps(catalog: InteractionCatalog, name: str, rows: Sequence[bytes]) -> list[int]:
+    if not rows:
+        return []
+    stamps = catalog.codecs[name].decode(rows, [TIMESTAMP], time.time()).columns[TIMESTAMP]
+    assert isinstance(stamps, np.ndarray)
+    return [int(ts) for ts in stamps.tolist()]
+
+
+async def run_sweeper(
+    service: InteractionService, stop: asyncio.Event, interval: float = 1.0, limit: int = 500
+) -> None:
+    """Sweep until `stop` is set: at once again while users are due, else every interval."""
+    while not stop.is_set():
+        try:
+            swept = await service.sweep(limit)
+        except Exception:  # a sweep that fails (tier away) is retried; its users stay hot
+            log.exception("sweep failed; retrying")
+            swept = SweepResult()
+        if swept.users + swept.lost_claims < limit:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
