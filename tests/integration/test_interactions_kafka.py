@@ -1,10 +1,11 @@
-"""Interaction events from a real Kafka (scripts/services.py) into `ingest`: batches, commits
-only after ingest, a killed consumer replaced without loss, retries while the hot tier is away,
-and poison messages skipped and counted.
+"""Interaction events from a real Kafka (scripts/services.py) into the interaction store:
+batches, commits only after ingest, a killed consumer replaced without loss, retries while the
+hot tier is away, and poison messages skipped and counted.
 
-`ingest` here is `Recorder`: it checks every batch with the service's own `encode_batch`
-against a real catalog (all or nothing, like InteractionService.ingest) and records what it
-would store, so the tests can see exactly which events arrived and how often.
+`ingest` is `Recorder`: InteractionService.ingest on the embedded LMDB tiers, which also notes
+every batch it stored, so the tests see exactly which events arrived and how often; it can be
+told to fail first, as if the hot tier were away. What the store holds is read back with
+InteractionService.get.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,7 +36,10 @@ from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import NotFoundError, UnavailableError
 from inferstack.core.interactiontypes import InteractionType
 from inferstack.core.registry import Registry, plan
+from inferstack.core.rowformat import VarColumn
+from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.events import EventBatch, InteractionCatalog, encode_batch
+from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.kafka import (
     InteractionConsumer,
     Layout,
@@ -46,6 +50,7 @@ from inferstack.interactions.kafka import (
     event_batches,
     topics_for,
 )
+from inferstack.interactions.service import InteractionService
 
 pytestmark = pytest.mark.services
 
@@ -70,16 +75,51 @@ NOW_MS = int(time.time() * 1000)
 
 
 def catalog() -> InteractionCatalog:
+    return InteractionCatalog(registry())
+
+
+def registry() -> Registry:
     parsed = DefinitionsFile.model_validate(yaml.safe_load(TYPES))
-    return InteractionCatalog(plan(Registry(), [], [], [], parsed.interaction_types).registry)
+    return plan(Registry(), [], [], [], parsed.interaction_types).registry
+
+
+async def open_service(path: Path) -> InteractionService:
+    """The interaction store on the embedded tiers (LMDB) under `path`."""
+    stored = registry()
+    cold = LmdbColdStore(path / "cold")
+    await cold.prepare(stored)
+    return InteractionService(LmdbHotTier(path / "hot"), cold, InteractionCatalog(stored))
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[InteractionService]:
+    opened = await open_service(tmp_path / "store")
+    yield opened
+    await opened.close()
+
+
+async def stored_ids(
+    service: InteractionService, type_name: str, users: Iterable[int]
+) -> list[str]:
+    """Every event id the store holds for these users, as often as it holds it."""
+    ids: list[str] = []
+    for user in users:
+        (history,) = await service.get(user, [type_name], limit=10_000)
+        column = history.columns["event_id"]
+        assert isinstance(column, VarColumn)
+        ids.extend(value.decode() for value in column.to_list())
+    return ids
 
 
 class Recorder:
-    """An ingest callable: the service's checks, then the events recorded in arrival order."""
+    """InteractionService.ingest that notes the events of every batch it stored."""
 
-    def __init__(self, unavailable: int = 0) -> None:
-        self.catalog = catalog()
+    def __init__(
+        self, service: InteractionService, unavailable: int = 0, lost_acks: int = 0
+    ) -> None:
+        self.service = service
         self.unavailable = unavailable  # the first calls raise UnavailableError
+        self.lost_acks = lost_acks  # then calls store, and raise UnavailableError after
         self.calls = 0
         self.events: list[dict[str, Any]] = []
         self.before_call: Callable[[], Awaitable[None]] | None = None
@@ -91,9 +131,10 @@ class Recorder:
         if self.unavailable:
             self.unavailable -= 1
             raise UnavailableError("hot tier at 127.0.0.1:1 does not answer")
-        for index, batch in enumerate(batches):  # all checked before anything is kept
-            encode_batch(self.catalog, batch, f"batch {index}", int(time.time() * 1000))
-        stored = 0
+        stored = await self.service.ingest(batches)
+        if self.lost_acks:  # stored, but the answer never came back (a connection lost)
+            self.lost_acks -= 1
+            raise UnavailableError("hot tier at 127.0.0.1:1 went away while answering")
         for batch in batches:
             columns = cast(dict[str, list[Any]], batch.attributes)  # the consumer sends lists
             for i, event_id in enumerate(batch.event_ids):
@@ -106,7 +147,6 @@ class Recorder:
                 }
                 event.update({name: values[i] for name, values in columns.items()})
                 self.events.append(event)
-                stored += 1
         return stored
 
     @property
@@ -316,13 +356,13 @@ def test_malformed_messages_are_rejections_that_say_why(value: bytes, message: s
 
 
 async def test_events_of_two_types_are_ingested_and_committed(
-    kafka_endpoint: str, names: dict[str, str], group: str
+    kafka_endpoint: str, names: dict[str, str], group: str, service: InteractionService
 ) -> None:
     click_topic, order_topic = names
     clicks = [click(i) for i in range(600)]
     orders = [order(i) for i in range(400)]
     stored_before = counter("inferstack_interactions_kafka_stored_events_total", type="click")
-    recorder = Recorder()
+    recorder = Recorder(service)
     # The consumer creates its topics (3 partitions each) before it joins the group.
     async with running(make_consumer(kafka_endpoint, group, names, recorder)) as consumer:
         # Producers batch: the clicks travel as arrays of 3, the orders one per message.
@@ -349,6 +389,13 @@ async def test_events_of_two_types_are_ingested_and_committed(
     assert consumer.stats.messages == 200 + 400
     stored_after = counter("inferstack_interactions_kafka_stored_events_total", type="click")
     assert stored_after - stored_before == 600
+    # The store holds each event once.
+    assert sorted(await stored_ids(service, "click", range(37))) == sorted(
+        c["event_id"] for c in clicks
+    )
+    assert sorted(await stored_ids(service, "order", range(37))) == sorted(
+        o["event_id"] for o in orders
+    )
 
     for topic in names:  # every partition committed to its end
         assert len(ends(kafka_endpoint, topic)) == 3
@@ -357,37 +404,37 @@ async def test_events_of_two_types_are_ingested_and_committed(
         )
     # A new consumer of the group finds nothing left: the first thing it reads is new.
     await asyncio.to_thread(produce, kafka_endpoint, order_topic, [encode_events([order(999)])])
-    after = Recorder()
+    after = Recorder(service)
     async with running(make_consumer(kafka_endpoint, group, names, after)):
         await wait_until(lambda: len(after.events) >= 1, "the new order")
     assert after.ids == ["o-999"]
 
 
 CONSUMER_SCRIPT = """\
-import asyncio, json, sys, time
-import yaml
-from inferstack.core.documents import DefinitionsFile
-from inferstack.core.registry import Registry, plan
-from inferstack.interactions.events import InteractionCatalog
+import asyncio, json, sys
+from pathlib import Path
 from inferstack.interactions.kafka import InteractionConsumer
+from tests.integration.test_interactions_kafka import FAST_GROUP, definitions, open_service
 
-endpoint, group, topics, types, out_path = sys.argv[1:6]
-parsed = DefinitionsFile.model_validate(yaml.safe_load(types))
-catalog = InteractionCatalog(plan(Registry(), [], [], [], parsed.interaction_types).registry)
+endpoint, group, topics, store, out_path = sys.argv[1:6]
 out = open(out_path, "a")
 
-async def ingest(batches):
-    await asyncio.sleep(0.1)  # a slow hot tier: the test kills us mid-stream
-    for batch in batches:
-        out.write("".join(event_id + "\\n" for event_id in batch.event_ids))
-    out.flush()  # in the kernel before ingest returns: survives SIGKILL
-    return sum(len(batch.event_ids) for batch in batches)
-
 async def main():
+    service = await open_service(Path(store))
+
+    async def ingest(batches):
+        stored = await service.ingest(batches)
+        for batch in batches:
+            out.write("".join(event_id + "\\n" for event_id in batch.event_ids))
+        out.flush()  # in the kernel before ingest returns: survives SIGKILL
+        # Slow to return: the kill most likely lands on a batch stored but not committed,
+        # which the replacement then reads again.
+        await asyncio.sleep(0.1)
+        return stored
+
     consumer = InteractionConsumer(
-        endpoint, group, json.loads(topics), ingest, catalog.type, batch_size=20,
-        poll_timeout=0.1, consumer_config={"session.timeout.ms": 6000,
-                                           "heartbeat.interval.ms": 1000},
+        endpoint, group, json.loads(topics), ingest, definitions, batch_size=20,
+        poll_timeout=0.1, consumer_config=FAST_GROUP,
     )
     await consumer.start()
     await asyncio.Event().wait()
@@ -397,7 +444,11 @@ asyncio.run(main())
 
 
 async def test_a_killed_consumer_is_replaced_from_the_committed_offsets(
-    kafka_endpoint: str, names: dict[str, str], group: str, tmp_path: Path
+    kafka_endpoint: str,
+    names: dict[str, str],
+    group: str,
+    tmp_path: Path,
+    service: InteractionService,
 ) -> None:
     click_topic = next(iter(names))
     topics = {click_topic: "click"}
@@ -415,7 +466,7 @@ async def test_a_killed_consumer_is_replaced_from_the_committed_offsets(
     script, out = tmp_path / "consume.py", tmp_path / "ingested.txt"
     script.write_text(CONSUMER_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [kafka_endpoint, group, json.dumps(topics), TYPES, str(out)]
+    args = [kafka_endpoint, group, json.dumps(topics), str(tmp_path / "store"), str(out)]
     process = subprocess.Popen([sys.executable, str(script), *args], env=env, cwd=ROOT)
     try:
 
@@ -443,16 +494,18 @@ async def test_a_killed_consumer_is_replaced_from_the_committed_offsets(
     assert 0 < len(behind) < 2000, "killed before any commit, or after the last"
     assert behind <= set(first)  # every committed event had been ingested (at least once)
 
-    replacement = Recorder()
+    replacement = Recorder(service)
     async with running(make_consumer(kafka_endpoint, group, topics, replacement)):
         await wait_until(lambda: len(replacement.events) >= len(ahead), "the rest of the events")
     # It started exactly at the committed offsets: nothing before them, everything after.
     assert len(replacement.ids) == len(ahead) and set(replacement.ids) == ahead
     assert set(first) | set(replacement.ids) == {c["event_id"] for c in clicks}  # no loss
+    # Whatever was delivered twice, the store holds every event once.
+    assert sorted(await stored_ids(service, "click", range(37))) == sorted(at)
 
 
 async def test_ingest_unavailable_retries_the_same_events_and_commits_only_after(
-    kafka_endpoint: str, names: dict[str, str], group: str
+    kafka_endpoint: str, names: dict[str, str], group: str, service: InteractionService
 ) -> None:
     order_topic = list(names)[1]
     topics = {order_topic: "order"}
@@ -465,7 +518,9 @@ async def test_ingest_unavailable_retries_the_same_events_and_commits_only_after
         [encode_events([o]) for o in orders],
         [str(o["user_id"]) for o in orders],
     )
-    recorder = Recorder(unavailable=2)
+    # The first call fails before storing; the second stores and then fails (its answer lost),
+    # so the events it stored are delivered and ingested again.
+    recorder = Recorder(service, unavailable=1, lost_acks=1)
     seen_committed: list[dict[int, int]] = []
 
     async def note_committed() -> None:
@@ -481,7 +536,11 @@ async def test_ingest_unavailable_retries_the_same_events_and_commits_only_after
         await wait_until(lambda: consumer.stats.messages >= 300, "the commits")
 
     assert sorted(set(recorder.ids)) == sorted(o["event_id"] for o in orders)
-    assert recorder.unavailable == 0 and consumer.stats.retries == 2
+    assert recorder.unavailable == recorder.lost_acks == 0 and consumer.stats.retries == 2
+    # Stored once each, though some were ingested twice.
+    assert sorted(await stored_ids(service, "order", range(37))) == sorted(
+        o["event_id"] for o in orders
+    )
     assert counter("inferstack_interactions_kafka_retries_total") - retries_before == 2
     # Nothing was committed while ingest failed, nor before the first success returned.
     assert seen_committed == [{0: NO_OFFSET, 1: NO_OFFSET}] * 3
@@ -491,7 +550,7 @@ async def test_ingest_unavailable_retries_the_same_events_and_commits_only_after
 
 
 async def test_a_consumer_stopped_while_ingest_fails_commits_nothing(
-    kafka_endpoint: str, names: dict[str, str], group: str
+    kafka_endpoint: str, names: dict[str, str], group: str, service: InteractionService
 ) -> None:
     order_topic = list(names)[1]
     topics = {order_topic: "order"}
@@ -500,21 +559,26 @@ async def test_a_consumer_stopped_while_ingest_fails_commits_nothing(
     await asyncio.to_thread(
         produce, kafka_endpoint, order_topic, [encode_events([o]) for o in orders]
     )
-    failing = Recorder(unavailable=1_000_000)  # the hot tier never comes back
+    failing = Recorder(service, unavailable=1_000_000)  # the hot tier never comes back
     async with running(make_consumer(kafka_endpoint, group, topics, failing)) as consumer:
         await wait_until(lambda: failing.calls >= 3, "three attempts")
     assert not consumer.running and failing.events == []
     assert consumer.stats.messages == 0 and consumer.stats.commits == 0
     assert await asyncio.to_thread(committed, kafka_endpoint, group, order_topic) == {0: NO_OFFSET}
     # Nothing was lost: the next consumer of the group gets every event.
-    recorder = Recorder()
+    recorder = Recorder(service)
     async with running(make_consumer(kafka_endpoint, group, topics, recorder)):
         await wait_until(lambda: len(recorder.events) >= 50, "every order")
     assert recorder.ids == [o["event_id"] for o in orders]
+    assert sorted(await stored_ids(service, "order", range(37))) == sorted(recorder.ids)
 
 
 async def test_poison_messages_are_skipped_counted_and_committed_past(
-    kafka_endpoint: str, names: dict[str, str], group: str, caplog: pytest.LogCaptureFixture
+    kafka_endpoint: str,
+    names: dict[str, str],
+    group: str,
+    service: InteractionService,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     click_topic = next(iter(names))
     topics = {click_topic: "click"}
@@ -544,12 +608,13 @@ async def test_poison_messages_are_skipped_counted_and_committed_past(
 
     before = (rejected("malformed"), rejected("invalid"))
     consumed_before = counter("inferstack_interactions_kafka_messages_total", topic=click_topic)
-    recorder = Recorder()
+    recorder = Recorder(service)
     caplog.set_level(logging.WARNING, logger="inferstack.interactions.kafka")
     async with running(make_consumer(kafka_endpoint, group, topics, recorder)) as consumer:
         await wait_until(lambda: consumer.stats.messages >= len(values), "all messages settled")
 
     assert recorder.ids == [g["event_id"] for g in good]  # stored, in order, each once
+    assert sorted(await stored_ids(service, "click", range(37))) == sorted(recorder.ids)
     assert consumer.stats.rejected == 9 and consumer.stats.stored == 6
     assert (rejected("malformed") - before[0], rejected("invalid") - before[1]) == (4, 5)
     consumed = counter("inferstack_interactions_kafka_messages_total", topic=click_topic)
@@ -579,7 +644,7 @@ async def test_poison_messages_are_skipped_counted_and_committed_past(
 
 
 async def test_a_type_must_be_defined_and_events_of_a_removed_one_are_skipped(
-    kafka_endpoint: str, names: dict[str, str], group: str
+    kafka_endpoint: str, names: dict[str, str], group: str, service: InteractionService
 ) -> None:
     click_topic = next(iter(names))
     topics = {click_topic: "click"}
@@ -592,8 +657,10 @@ async def test_a_type_must_be_defined_and_events_of_a_removed_one_are_skipped(
         return defined[name]
 
     with pytest.raises(NotFoundError, match="'wishlist'"):
-        await make_consumer(kafka_endpoint, group, {"x.wishlist": "wishlist"}, Recorder()).start()
-    recorder = Recorder()
+        await make_consumer(
+            kafka_endpoint, group, {"x.wishlist": "wishlist"}, Recorder(service)
+        ).start()
+    recorder = Recorder(service)
     async with running(make_consumer(kafka_endpoint, group, topics, recorder, lookup=lookup)) as (
         consumer
     ):

@@ -111,7 +111,10 @@ def window(last: int | None, since: str | None) -> tuple[int | None, int | None]
 
 def history_table(history: EventHistory, user: str) -> Table:
     shown = [name for name in history.columns if name not in (EVENT_ID, TIMESTAMP)]
-    title = f"{history.type}: {history.count} event(s) of user {user}, newest first"
+    title = (
+        f"{history.type}: {history.count} event(s) of user {user}, newest first "
+        f"({history.hot} hot, {history.count - history.hot} cold)"
+    )
     table = Table("time (UTC)", EVENT_ID, *shown, title=title)
     for row in range(history.count):
         stamp = int(history.timestamps[row])
@@ -131,6 +134,7 @@ def histories_json(histories: dict[str, EventHistory]) -> dict[str, Any]:
     return {
         name: {
             "count": history.count,
+            "hot": history.hot,
             "columns": {key: json_values(v.tolist()) for key, v in history.columns.items()},
         }
         for name, history in histories.items()

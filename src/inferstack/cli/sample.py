@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -91,3 +92,33 @@ def train_command(
     for name, model in report["models"].items():
         console.print(f"{name} inputs: {', '.join(model['inputs'])}")
     console.print(f"Model config: {report['config']} (apply it with the sample definitions)")
+
+
+@app.command("events")
+def events_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write into.")] = Path(
+        "sample-data"
+    ),
+    scale: Annotated[float, typer.Option(help="The sample's scale (1.0 = 100k users).")] = 1.0,
+    clicks_per_user: Annotated[float, typer.Option(help="Clicks per user in the day.")] = 20.0,
+    seed: Annotated[int, typer.Option(help="Same seed, same events.")] = 13,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a day of shopper events (up to now) as one Parquet file per interaction type."""
+    from inferstack.sampledata.events import generate_events
+
+    with console.status("generating events", spinner="dots"):
+        events = generate_events(
+            out,
+            scale=scale,
+            clicks_per_user=clicks_per_user,
+            end_ms=int(time.time() * 1000),
+            seed=seed,
+        )
+    if as_json:
+        print_json({"counts": events.counts, "files": {k: str(v) for k, v in events.files.items()}})
+        return
+    table = Table("interaction type", "events", "file")
+    for name, path in events.files.items():
+        table.add_row(name, f"{events.counts[name]:,}", str(path))
+    console.print(table)

@@ -46,6 +46,7 @@ class EventHistory:
 
     type: str
     count: int
+    hot: int = 0  # how many of them came from the hot tier, the rest from the cold one
     # event_id (str objects), ts (int64 unix ms), the item key, then the type's attributes
     columns: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
@@ -100,7 +101,7 @@ def decode_histories(response: pb.GetResponse) -> dict[str, EventHistory]:
     """Columns as numpy views of the response's buffers (strings as str objects)."""
     histories: dict[str, EventHistory] = {}
     for message in response.histories:
-        history = EventHistory(message.type, message.count)
+        history = EventHistory(message.type, message.count, message.hot)
         for column in message.columns:
             feature_type, values = column_from_proto(column, message.count)
             history.columns[column.name] = to_numpy(feature_type, values)

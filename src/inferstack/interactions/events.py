@@ -59,6 +59,7 @@ class History:
     count: int
     columns: dict[str, Column]  # event_id, ts, the item key, attributes
     types: dict[str, FeatureType]
+    hot: int = 0  # how many came from the hot tier
 
 
 class InteractionCatalog:

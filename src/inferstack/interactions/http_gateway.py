@@ -216,6 +216,7 @@ def histories_to_json(histories: Sequence[History]) -> dict[str, Any]:
         "histories": {
             history.type: {
                 "count": history.count,
+                "hot": history.hot,
                 "columns": {
                     name: json_values(to_numpy(history.types[name], history.columns[name]).tolist())
                     for name in ordered_columns(history)

@@ -133,6 +133,7 @@ class InteractionService:
         (encoded,) = catalog.encode_users(name, [user])
         hot = await self.hot.read(encoded, name, limit, since)
         rows = [member[1:] for _, member in hot]
+        hot_rows = {row for row, (_, member) in zip(rows, hot, strict=True) if member[:1] != COLD}
         # The newest `limit` are all hot when the hot tier holds that many; otherwise the
         # cold history may hold some of them.
         if limit is None or len(rows) < limit:
@@ -144,7 +145,9 @@ class InteractionService:
                 limit if limit is not None else max(kind.retention.count, len(rows) + len(cold[0])),
                 since if since is not None else FAR_PAST,
             )
-        return decode_rows(catalog, name, rows)
+        history = decode_rows(catalog, name, rows)
+        history.hot = sum(1 for row in rows if row in hot_rows)
+        return history
 
     async def hydrate(self, user: Any, types: Sequence[str] = ()) -> dict[str, int]:
         """Load the user's cold history (newest `hot_cap` per type) into the hot tier."""
@@ -180,7 +183,8 @@ class InteractionService:
         if not claims:
             return result
         names = sorted(catalog.types)
-        hot = [await self.hot.events_of(claim.user, names) for claim in claims]
+        # Concurrent calls: pipelined to Redis, one group commit on LMDB.
+        hot = await asyncio.gather(*(self.hot.events_of(claim.user, names) for claim in claims))
         moved: list[dict[str, list[bytes]]] = [{} for _ in claims]
         for name in names:
             kind = catalog.types[name]
@@ -211,11 +215,14 @@ class InteractionService:
                 moved[index][name] = members
                 result.events += sum(1 for member in members if member[:1] != COLD)
             await self.cold.write(name, rows)  # durable before anything leaves the hot tier
-        for claim, released in zip(claims, moved, strict=True):
-            if await self.hot.release(claim, released):
-                result.users += 1
-            else:
-                result.lost_claims += 1
+        released = await asyncio.gather(
+            *(
+                self.hot.release(claim, members)
+                for claim, members in zip(claims, moved, strict=True)
+            )
+        )
+        result.users = sum(released)
+        result.lost_claims = len(released) - result.users
         return result
 
     async def _cold_rows(

@@ -207,7 +207,7 @@ def get_from_proto(
 def histories_to_proto(histories: Sequence[History]) -> pb.GetResponse:
     response = pb.GetResponse()
     for history in histories:
-        message = response.histories.add(type=history.type, count=history.count)
+        message = response.histories.add(type=history.type, count=history.count, hot=history.hot)
         message.columns.extend(
             column_to_proto(name, history.types[name], history.columns[name])
             for name in ordered_columns(history)

@@ -95,7 +95,7 @@ class _Environment:
         self.types = self.env.open_db(b"types")
         self.sched = self.env.open_db(b"sched")
         self.claims = self.env.open_db(b"claims")
-        self.users = 0
+        self.tiers = 0  # LmdbHotTier objects using it
 
 
 _environments: dict[str, _Environment] = {}
@@ -116,7 +116,7 @@ class LmdbHotTier:
             shared = _environments.get(self._key)
             if shared is None:
                 shared = _environments[self._key] = _Environment(path, map_size)
-            shared.users += 1
+            shared.tiers += 1
         self._shared: _Environment | None = shared
         self._env = shared.env
         self._events = shared.events
@@ -221,8 +221,8 @@ class LmdbHotTier:
         if shared is None:
             return
         with _environments_lock:
-            shared.users -= 1
-            if shared.users == 0:
+            shared.tiers -= 1
+            if shared.tiers == 0:
                 del _environments[self._key]
                 shared.env.close()
 

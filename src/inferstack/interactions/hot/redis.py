@@ -1,4 +1,4 @@
-"""The hot tier on a Redis-protocol server (Redis >= 7, Valkey, Dragonfly).
+"""The hot tier on a Redis-protocol server with Redis 7 scripting (Redis >= 7.0, Valkey).
 
 Keys (all binary; `prefix` is ours to choose, default "ih:"):
 
@@ -16,10 +16,10 @@ Every operation that touches more than one key (add and load, claim, release) is
 script, run with EVALSHA (redis-py loads it again after a server restart), so it is atomic:
 other clients see a batch entirely or not at all, and two sweepers' claims never overlap.
 Scripts declare every key they touch in KEYS and begin with a `#!lua` shebang: Redis 7 then
-refuses a script that writes before it starts when the server is out of memory, instead of
-failing at the first write with earlier writes applied (Redis never rolls a script back). All
-arguments are checked in Python first (`batches.py`), so nothing else can fail half-way, short
-of someone else writing other types of values under our prefix.
+checks for out-of-memory before the script starts rather than at its first write, so a script
+never stops half-way for lack of memory (Redis never rolls a script back). All arguments are
+checked in Python first (`batches.py`), so nothing else can fail half-way, short of someone
+else writing other types of values under our prefix.
 
 Durability: the hot tier is the system of record for recent events, so an acknowledged add
 must survive a crash. Run Redis with `appendonly yes` and `appendfsync always` (as
@@ -274,7 +274,7 @@ class RedisHotTier:
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # see the module docstring: no blind repeats
+            retry=Retry(NoBackoff(), 0),  # _run decides what is tried again
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
         self._add_script = self._client.register_script(_ADD)
