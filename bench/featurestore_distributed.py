@@ -142,6 +142,7 @@ def deployment_env(endpoints: Endpoints, scale: float) -> dict[str, str]:
         "INFERSTACK_STORAGE__CONTACT_POINTS": f"[{endpoints.cassandra}]",
         "INFERSTACK_STORAGE__KEYSPACE": keyspace_of(scale),
         "INFERSTACK_CACHE__SHARED__ADDRESS": f"redis://{endpoints.redis}/{REDIS_DB}",
+        "INFERSTACK_INTERACTIONS__HOT__ADDRESS": f"redis://{endpoints.redis}/{REDIS_DB}",
         "INFERSTACK_CONFIG__HOSTS": endpoints.zookeeper,
         "INFERSTACK_CONFIG__ROOT": f"/inferstack-bench-s{scale:g}",
     }

@@ -41,6 +41,8 @@ def env(cassandra_endpoint: str, redis_endpoint: str, zookeeper_endpoint: str) -
         "INFERSTACK_STORAGE__KEYSPACE": f"it_{run}",
         "INFERSTACK_CACHE__SHARED__ADDRESS": redis_endpoint,
         "INFERSTACK_CACHE__SHARED__PREFIX": f"it{run}:",
+        "INFERSTACK_INTERACTIONS__HOT__ADDRESS": redis_endpoint,
+        "INFERSTACK_INTERACTIONS__HOT__PREFIX": f"ih{run}:",
         "INFERSTACK_CONFIG__HOSTS": zookeeper_endpoint,
         "INFERSTACK_CONFIG__ROOT": f"/it-{run}",
     }
@@ -226,6 +228,7 @@ def test_unreachable_addresses_stop_start_up_naming_them(
     for variable, value, message in [
         ("INFERSTACK_STORAGE__CONTACT_POINTS", "[127.0.0.1:1]", "cassandra at 127.0.0.1:1"),
         ("INFERSTACK_CACHE__SHARED__ADDRESS", "127.0.0.1:1", "redis at 127.0.0.1:1"),
+        ("INFERSTACK_INTERACTIONS__HOT__ADDRESS", "127.0.0.1:1", "interactions.hot: redis"),
         ("INFERSTACK_CONFIG__HOSTS", "127.0.0.1:1", "127.0.0.1:1"),
     ]:
         result = subprocess.run(

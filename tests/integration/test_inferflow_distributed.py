@@ -65,6 +65,8 @@ def deployment(
         "INFERSTACK_STORAGE__KEYSPACE": keyspace,
         "INFERSTACK_CACHE__SHARED__ADDRESS": redis_endpoint,
         "INFERSTACK_CACHE__SHARED__PREFIX": f"itflow{run}:",
+        "INFERSTACK_INTERACTIONS__HOT__ADDRESS": redis_endpoint,
+        "INFERSTACK_INTERACTIONS__HOT__PREFIX": f"ihflow{run}:",
         "INFERSTACK_CONFIG__HOSTS": zookeeper_endpoint,
         "INFERSTACK_CONFIG__ROOT": root,
     }

@@ -41,6 +41,7 @@ from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.events import EventBatch, InteractionCatalog, encode_batch
 from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.kafka import (
+    Event,
     InteractionConsumer,
     Layout,
     Rejection,
@@ -343,13 +344,33 @@ def test_messages_decode_to_events_and_group_into_column_batches() -> None:
             json.dumps({**click(1), "price": {"eur": 1}}).encode(),
             "'price' must be one value, got an object",
         ),
-        (json.dumps({**click(1), "user_id": 2**70}).encode(), "outside every integer type"),
+        (json.dumps({**click(1), "price": 2**70}).encode(), "outside every integer type"),
     ],
 )
 def test_malformed_messages_are_rejections_that_say_why(value: bytes, message: str) -> None:
     (decoded,) = decode_message(value, Layout(definitions("click")), Source("t", 2, 9))
     assert isinstance(decoded, Rejection) and decoded.reason == "malformed"
     assert message in decoded.message and str(decoded.source) == "t[2]@9"
+
+
+def test_integers_are_checked_against_their_types_one_event_at_a_time() -> None:
+    # -1 and 2**64 - 1 in one int64 column would make numpy overflow rather than refuse.
+    body = [
+        {**click(1), "user_id": -1},
+        {**click(2), "user_id": 2**64 - 1},
+        {**click(3), "user_id": " 7 ", "ts": str(NOW_MS)},  # integers as decimal text
+    ]
+    first, second, third = decode_message(
+        json.dumps(body).encode(), Layout(definitions("click")), Source("t", 0, 1)
+    )
+    assert isinstance(first, Event) and first.user == -1
+    assert isinstance(second, Rejection) and second.reason == "invalid"
+    assert (
+        second.message == "field 'user_id' value 18446744073709551615 is outside the range of int64"
+    )
+    assert isinstance(third, Event) and (third.user, third.ts) == (7, NOW_MS)
+    for index, batch in enumerate(event_batches([first, third])):
+        encode_batch(catalog(), batch, f"batch {index}")
 
 
 # --- against the real Kafka ----------------------------------------------------------------

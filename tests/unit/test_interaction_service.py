@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from inferstack.interactions.hot.lmdb import LmdbHotTier
 
 from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.registry import Registry, plan
 from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.events import EventBatch, History, InteractionCatalog
+from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.service import InteractionService
 
 TYPES = """\

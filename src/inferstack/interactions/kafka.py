@@ -18,7 +18,7 @@ producers; `encode_events` writes either):
     <attribute>  optional, one of the type's attributes; absent or null reads its default.
                  A name the type does not declare refuses the event.
 
-Integer keys may also come as decimal strings; a bytes attribute comes as a UTF-8 string.
+Integers may also come as decimal strings; a bytes attribute comes as a UTF-8 string.
 The message key is not read: keying messages by user id keeps a user's events in order in
 one partition, which is what producers should do.
 
@@ -53,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
@@ -176,6 +177,16 @@ class Layout:
         self.item = kind.item.name
         self.required = (EVENT_ID, self.user, self.item, TIMESTAMP)
         self.bytes_attributes = {a.name for a in kind.attributes if a.type.base == "bytes"}
+        # Integer fields and their ranges: an event is checked on its own here, because a
+        # column mixing e.g. -1 and 2**64 - 1 makes numpy raise OverflowError, not a refusal.
+        typed = [(kind.user.name, kind.user.type), (kind.item.name, kind.item.type)]
+        typed += [(a.name, a.type) for a in kind.attributes]
+        self.integers: dict[str, tuple[str, int, int]] = {TIMESTAMP: ("int64", -(2**63), 2**63 - 1)}
+        for name, field_type in typed:
+            dtype = field_type.scalar_dtype
+            if field_type.base != "bool" and dtype.kind in "iu":
+                info = np.iinfo(dtype)
+                self.integers[name] = (str(field_type), int(info.min), int(info.max))
 
 
 def decode_message(value: bytes | None, layout: Layout, source: Source) -> list[Event | Rejection]:
@@ -203,8 +214,9 @@ def decode_event(body: Any, layout: Layout, source: Source) -> Event | Rejection
             "malformed",
             f"an event must be a JSON object, got {type(body).__name__}",
         )
-    attributes: dict[str, Any] = {}
     required = layout.required
+    fixed: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
     for name, value in body.items():
         kind = type(value)  # exact types: this runs for every field of every event
         if kind is dict or kind is list:
@@ -212,24 +224,53 @@ def decode_event(body: Any, layout: Layout, source: Source) -> Event | Rejection
             return Rejection(
                 layout.type, source, "malformed", f"field '{name}' must be one value, got {got}"
             )
-        if kind is int and not INT_MIN <= value <= INT_MAX:
+        limits = layout.integers.get(name)
+        if limits is not None and (kind is int or kind is str):
+            value = _integer(value)
+            if type(value) is int and not limits[1] <= value <= limits[2]:
+                return Rejection(
+                    layout.type,
+                    source,
+                    "invalid",
+                    f"field '{name}' value {value} is outside the range of {limits[0]}",
+                )
+        elif kind is int and not INT_MIN <= value <= INT_MAX:
             return Rejection(
                 layout.type,
                 source,
                 "malformed",
                 f"field '{name}' value {value} is outside every integer type",
             )
-        if value is None or name in required:
+        if value is None:  # an attribute left out: it reads its default
             continue
-        if kind is str and name in layout.bytes_attributes:
-            value = value.encode("utf-8")
-        attributes[name] = value
-    values = [body.get(name) for name in required]
-    if None in values:
-        missing = ", ".join(f"'{n}'" for n, v in zip(required, values, strict=True) if v is None)
+        if name in required:
+            fixed[name] = value
+        elif kind is str and name in layout.bytes_attributes:
+            attributes[name] = value.encode("utf-8")
+        else:
+            attributes[name] = value
+    if len(fixed) < len(required):
+        missing = ", ".join(f"'{name}'" for name in required if name not in fixed)
         return Rejection(layout.type, source, "malformed", f"missing field {missing}")
-    event_id, user, item, ts = values
-    return Event(layout.type, event_id, user, item, ts, attributes, source)
+    return Event(
+        layout.type,
+        fixed[EVENT_ID],
+        fixed[layout.user],
+        fixed[layout.item],
+        fixed[TIMESTAMP],
+        attributes,
+        source,
+    )
+
+
+def _integer(value: int | str) -> int | str:
+    """Integers may come as decimal text; what does not parse is left for ingest to refuse."""
+    if type(value) is str:
+        try:
+            return int(value.strip(), 10)
+        except ValueError:
+            return value
+    return value
 
 
 def event_batches(events: Sequence[Event]) -> list[EventBatch]:
