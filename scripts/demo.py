@@ -1,11 +1,15 @@
-"""`make demo`: the feature store and inferflow end to end on the embedded default.
+"""`make demo`: the feature store, inferflow and the interaction store end to end on the
+embedded default.
 
 Generates the sample data, trains the sample pCTR and pCVR models and exports them to ONNX,
 applies the definitions and the ranker's model config, ingests the data, starts
 `inferstack serve`, fetches one user, 100 products and their 100 user x category rows
 through the feature store client, ranks the same 100 products for the user with
 `inferstack infer ranker ...` (top 10, both scores, the final score, the time of each
-stage), and stops the server.
+stage), replays a day of synthetic events for the sample users and shows user 42's clicks
+and orders, lets them go idle (a 3-second inactivity for the demo) until the sweepers have
+moved them to the cold tier, hydrates the user back into the hot tier and reads again, and
+stops the server.
 """
 
 from __future__ import annotations
@@ -25,18 +29,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from inferstack.client import FeatureStoreClient, Query
+from inferstack.client import FeatureStoreClient, InteractionsClient, Query
 from inferstack.sampledata.generate import (
     FULL_SIZES,
     GROUP_FILES,
     candidate_products,
     category_of,
+    definitions_text,
     generate,
 )
 from inferstack.server.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_ID = 42
+DEMO_INACTIVITY = "3s"
+EVENT_TYPES = ("click", "add_to_cart", "order", "wishlist", "share")
 console = Console()
 
 
@@ -87,6 +94,10 @@ def main() -> None:
     if not (sample / "ranker.yaml").exists():
         run("sample", "train", "--data", str(sample), "--out", str(sample), data_dir=data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
+    # A user goes cold after 45 idle minutes; the demo waits DEMO_INACTIVITY instead.
+    (sample / "ecommerce.yaml").write_text(
+        definitions_text().replace("inactivity: 45m", f"inactivity: {DEMO_INACTIVITY}")
+    )
 
     # One apply: the feature definitions and the ranker's model config (with its ONNX files).
     run("apply", "-f", str(sample), data_dir=data_dir)
@@ -111,6 +122,7 @@ def main() -> None:
         )
         show_features(target, products)
         rank(target, products, data_dir)
+        interactions(target, sample, data_dir, args.scale)
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
@@ -168,6 +180,32 @@ def rank(target: str, products: list[int], data_dir: Path) -> None:
         "infer", "ranker", f"user_id={USER_ID}", f"product_ids={candidates}",
         "--target", target, "--top", "10", "--explain", data_dir=data_dir,
     )  # fmt: skip
+
+
+def interactions(target: str, sample: Path, data_dir: Path, scale: float) -> None:
+    """A day of events in, user 42's history out; the user goes idle, is swept to the cold
+    tier, comes back (hydrate) and reads the same history from the hot tier again."""
+    run("sample", "events", "--out", str(sample), "--scale", f"{scale:g}", data_dir=data_dir)
+    for kind in EVENT_TYPES:
+        events = str(sample / f"events-{kind}.parquet")
+        run("interactions", "ingest", "-t", kind, events, "--target", target, data_dir=data_dir)
+    user = str(USER_ID)
+    show = ["interactions", "get", user, "-t", "click", "-t", "order", "--last", "10"]
+    run(*show, "--target", target, data_dir=data_dir)
+    console.print(
+        f"[bold]Every user is idle now; after {DEMO_INACTIVITY} the sweepers move their "
+        "events to the cold tier.[/]"
+    )
+    with InteractionsClient(target) as client:
+        deadline = time.monotonic() + 60
+        while client.get(USER_ID, ["click"], limit=10)["click"].hot and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
+    run(*show, "--target", target, data_dir=data_dir)
+    console.print("[bold]User 42 opens the app: their history goes back to the hot tier.[/]")
+    run("interactions", "hydrate", user, "--target", target, data_dir=data_dir)
+    run(*show, "--target", target, data_dir=data_dir)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,13 @@ def _integer_array(label: str, values: Sequence[Any]) -> npt.NDArray[Any]:
     try:
         return np.asarray(values, dtype=np.int64) if values else np.zeros(0, dtype=np.int64)
     except OverflowError:
+        pass
+    try:
         return np.asarray(values, dtype=np.uint64)
+    except OverflowError:  # negative and >= 2**63 together: no integer type holds both
+        raise InvalidArgumentError(
+            f"{label} has values outside the range of every integer key type"
+        ) from None
 
 
 def encode_keys(entity: Entity, columns: dict[str, KeyValues]) -> list[bytes]:

@@ -133,7 +133,7 @@ class InteractionService:
         (encoded,) = catalog.encode_users(name, [user])
         hot = await self.hot.read(encoded, name, limit, since)
         rows = [member[1:] for _, member in hot]
-        hot_rows = {row for row, (_, member) in zip(rows, hot, strict=True) if member[:1] != COLD}
+        hot_rows = set(rows)  # served from the hot tier (hydrated events included)
         # The newest `limit` are all hot when the hot tier holds that many; otherwise the
         # cold history may hold some of them.
         if limit is None or len(rows) < limit:

@@ -129,6 +129,9 @@ class InteractionKafkaSettings(_Section):
     bootstrap: str  # host:port[,host:port]
     group: str = "inferstack-interactions"
     topic_prefix: str = "interactions."  # one topic per interaction type: <prefix><type>
+    types: list[str] | None = None  # default: every type defined when the worker starts
+    batch_size: int = Field(5000, ge=1)
+    consumer: dict[str, str | int | bool] = {}  # passed to librdkafka (security, timeouts)
 
 
 class InteractionsSettings(_Section):

@@ -10,6 +10,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
@@ -27,8 +28,11 @@ from inferstack.interactions.service import run_sweeper
 from inferstack.proto.featurestore.v1 import featurestore_pb2, featurestore_pb2_grpc
 from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc
 from inferstack.proto.interactions.v1 import interactions_pb2_grpc
-from inferstack.server.components import build
+from inferstack.server.components import Components, build
 from inferstack.server.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from inferstack.interactions.kafka import InteractionConsumer
 
 log = logging.getLogger(__name__)
 FEATURE_STORE_SERVICE = featurestore_pb2.DESCRIPTOR.services_by_name["FeatureStore"].full_name
@@ -95,6 +99,7 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    consumer = await _start_consumer(settings, components)
     sweeping = settings.interactions.sweeper
     sweeper = (
         asyncio.create_task(
@@ -116,10 +121,39 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     await health.enter_graceful_shutdown()
     if runner is not None:
         await runner.cleanup()
+    if consumer is not None:
+        await consumer.stop()  # commits what it ingested; the rest is redelivered
     await server.stop(settings.shutdown_grace)
     if sweeper is not None:
         await sweeper  # `stop` is set: it finishes the sweep it is in, then returns
     await components.close()
+
+
+async def _start_consumer(
+    settings: ServeSettings, components: Components
+) -> InteractionConsumer | None:
+    """Each worker joins the consumer group: Kafka spreads the partitions over them."""
+    kafka = settings.interactions.kafka
+    if kafka is None:
+        return None
+    from inferstack.interactions.kafka import InteractionConsumer, topics_for
+
+    service = components.interactions
+    types = kafka.types if kafka.types is not None else sorted(service.catalog.types)
+    if not types:
+        log.warning("interactions.kafka is set but no interaction type is defined: not consuming")
+        return None
+    consumer = InteractionConsumer(
+        kafka.bootstrap,
+        kafka.group,
+        topics_for(types, kafka.topic_prefix),
+        service.ingest,
+        lambda name: service.catalog.type(name),
+        batch_size=kafka.batch_size,
+        consumer_config=dict(kafka.consumer),
+    )
+    await consumer.start()
+    return consumer
 
 
 def run(settings: ServeSettings, on_ready: Callable[[], None] | None = None) -> None:
