@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -434,3 +435,99 @@ async def test_an_ab_split_scores_all_parts_of_a_request_with_one_arm(store: Any
         assert len(arms) == 1  # never a mix of arms within one response
         seen |= arms
     assert seen == {0.25, 0.75}
+
+
+RECENT_TYPES = """\
+interaction_types:
+  - name: click
+    user: {name: user_id, type: int64}
+    item: {name: product_id, type: int64}
+    attributes: [{name: category, type: string, default: none}]
+"""
+
+
+async def test_recent_interactions_become_per_candidate_features(
+    store: Any, tmp_path: Path
+) -> None:
+    import yaml
+
+    from inferstack.core.documents import DefinitionsFile
+    from inferstack.inferflow.recent import LocalInteractionSource
+    from inferstack.interactions.cold.lmdb import LmdbColdStore
+    from inferstack.interactions.events import EventBatch, InteractionCatalog
+    from inferstack.interactions.hot.lmdb import LmdbHotTier
+    from inferstack.interactions.service import InteractionService
+
+    _, service = store
+    parsed = DefinitionsFile.model_validate({**SPEC, **yaml.safe_load(RECENT_TYPES)})
+    model = changed(
+        expressions={"score": "first_out * second_out ** 0.5", "position": "rank(score)",
+                     "seen": "recent.clicked + recent.in_category"},
+        response={"outputs": ["score", "seen"],
+                  "features": ["recent.clicked", "recent.in_category", "recent.since_clicked",
+                               "recent.total"]},
+    )  # fmt: skip
+    model["interactions"] = [
+        {
+            "name": "recent",
+            "type": "click",
+            "user": "context.user_id",
+            "window": "1h",
+            "features": [
+                {"name": "clicked", "match": "product_id", "equals": "context.product_ids"},
+                {"name": "in_category", "match": "category", "equals": "item.category"},
+                {"name": "since_clicked", "aggregate": "recency", "match": "product_id",
+                 "equals": "context.product_ids"},
+                {"name": "total"},
+            ],
+        }
+    ]  # fmt: skip
+    parsed = DefinitionsFile.model_validate({**SPEC, **yaml.safe_load(RECENT_TYPES),
+                                             "models": [model]})  # fmt: skip
+    configs = [
+        c.model_copy(
+            update={"models": [m.model_copy(update={"artifact": m.name}) for m in c.models]}
+        )
+        for c in parsed.models
+    ]
+    registry = plan(
+        Registry(), parsed.entities, parsed.feature_groups, configs, parsed.interaction_types
+    ).registry
+    cold = LmdbColdStore(tmp_path / "cold")
+    await cold.prepare(registry)
+    interactions = InteractionService(
+        LmdbHotTier(tmp_path / "hot"), cold, InteractionCatalog(registry)
+    )
+    now = int(time.time() * 1000)
+    # User 7 clicked product 5 twice (categories: product p is in c{p % 4}), product 6 once,
+    # and product 9 two hours ago (outside the one-hour window).
+    await interactions.ingest(
+        [
+            EventBatch(
+                "click",
+                ["a", "b", "c", "d"],
+                [7, 7, 7, 7],
+                [5, 5, 6, 9],
+                [now - 60_000, now - 30_000, now - 10_000, now - 7_200_000],
+                {"category": ["c1", "c1", "c2", "c1"]},
+            )
+        ]
+    )
+    compiled = compile_plan(registry.models["ranker"].definition, Catalog(registry), 1)
+    runtimes = {"first": OnnxRuntime("first", FIRST), "second": OnnxRuntime("second", SECOND)}
+    result = await execute(
+        ReadyModel(compiled, runtimes),
+        LocalFeatureSource(service),
+        {"user_id": [7], "product_ids": [5, 6, 9, 13]},
+        recent=LocalInteractionSource(interactions),
+    )
+    features = {name: column.tolist() for name, (_, column) in result.features.items()}
+    assert features["recent.clicked"] == [2, 1, 0, 0]
+    assert features["recent.in_category"] == [2, 1, 2, 2]  # 5, 9 and 13 are all in c1
+    assert features["recent.total"] == [3, 3, 3, 3]
+    since = features["recent.since_clicked"]
+    assert 29 <= since[0] <= 40 and 9 <= since[1] <= 20 and since[2] == since[3] == 3600
+    assert result.outputs["seen"].tolist() == [4, 2, 2, 2]
+    stages = [name for name, _ in result.timings]
+    assert "interactions recent" in stages
+    await interactions.close()

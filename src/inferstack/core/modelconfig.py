@@ -110,6 +110,37 @@ class Model(FrozenModel):
         return [Output(name=o) if isinstance(o, str) else o for o in self.outputs]
 
 
+class InteractionFeature(FrozenModel):
+    """One number per candidate from the user's recent events of one type.
+
+    Without `match`: over all the events (the same for every candidate). With `match` and
+    `equals`: over the events whose field `match` (the item key or an attribute) equals the
+    candidate's value of `equals`, e.g. match: category_id, equals: product.category_id.
+    """
+
+    name: Name
+    aggregate: Literal["count", "recency"] = "count"  # recency: seconds since the newest one
+    match: Name | None = None
+    equals: Reference | None = None
+
+    @model_validator(mode="after")
+    def _match_needs_equals(self) -> InteractionFeature:
+        if (self.match is None) != (self.equals is None):
+            raise ValueError("`match` (an event field) and `equals` (a reference) go together")
+        return self
+
+
+class InteractionFetch(FrozenModel):
+    """The user's recent events of one interaction type, summarised into features."""
+
+    name: Name
+    type: Name  # an interaction type
+    user: Reference  # e.g. context.user_id
+    window: Seconds | None = None  # only events newer than this; default: all kept
+    last: int = Field(200, ge=1, le=10_000)  # at most the newest this many events
+    features: list[InteractionFeature] = Field(min_length=1)
+
+
 class Response(FrozenModel):
     outputs: list[Reference] = Field(min_length=1)  # model outputs and expressions
     features: list[Reference] = []  # fetch.feature, returned in their own types
@@ -124,6 +155,7 @@ class ModelConfig(FrozenModel):
     description: str = ""
     context: list[ContextInput] = Field(min_length=1)
     fetches: list[Fetch] = []
+    interactions: list[InteractionFetch] = []
     models: list[Model] = []
     expressions: dict[str, str] = {}  # name -> expression, e.g. score: pctr * pcvr ** 0.5
     response: Response

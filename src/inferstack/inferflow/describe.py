@@ -8,7 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from inferstack.core.modelconfig import Model
-from inferstack.inferflow.graph import ExecutionPlan, FetchNode, KeyPart, ModelStep
+from inferstack.inferflow.graph import (
+    ExecutionPlan,
+    FetchNode,
+    KeyPart,
+    ModelStep,
+    RecentFeature,
+)
 
 
 def key_recipe(node: FetchNode) -> str:
@@ -100,6 +106,17 @@ def describe(plan: ExecutionPlan) -> dict[str, Any]:
             ]
             for stage in plan.stages
         ],
+        "interactions": [
+            {
+                "name": node.name,
+                "type": node.type,
+                "user": f"context.{node.user}",
+                "window": node.window,
+                "last": node.last,
+                "features": {f.name: recent_recipe(f) for f in node.features},
+            }
+            for node in plan.interactions
+        ],
         "matrix_columns": plan.width,
         "steps": steps,
         "response": {
@@ -107,6 +124,18 @@ def describe(plan: ExecutionPlan) -> dict[str, Any]:
             "features": [ref.name for ref in plan.response_features],
         },
     }
+
+
+def recent_recipe(feature: RecentFeature) -> str:
+    if feature.match is None or feature.equals is None:
+        return f"{feature.aggregate} of all events"
+    equals = feature.equals
+    source = (
+        f"context.{equals.context}"
+        if equals.context
+        else (equals.feature.name if equals.feature else "?")
+    )
+    return f"{feature.aggregate} of events whose {feature.match} = {source} (per candidate)"
 
 
 def plan_text(plan: ExecutionPlan) -> str:
@@ -123,6 +152,14 @@ def plan_text(plan: ExecutionPlan) -> str:
             lines.append(f"  fetch {fetch['fetch']}: entity {fetch['entity']}")
             lines.append(f"    keys: {fetch['keys']}")
             lines.append(f"    features: {', '.join(fetch['features']) or '-'}")
+    for recent in graph["interactions"]:
+        window = f", last {recent['window']:g}s" if recent["window"] is not None else ""
+        lines.append(
+            f"interactions {recent['name']}: newest {recent['last']} {recent['type']} events of "
+            f"{recent['user']}{window}, after the fetches"
+        )
+        for name, recipe in recent["features"].items():
+            lines.append(f"    {name} = {recipe}")
     lines.append(f"matrix: {graph['matrix_columns']} float32 columns, one row per candidate")
     lines.append("steps, in order")
     for number, step in enumerate(graph["steps"], start=1):

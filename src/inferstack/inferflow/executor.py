@@ -30,14 +30,17 @@ from inferstack.core.keys import KeyValues, coerce_values
 from inferstack.core.rowformat import RowStatus, VarColumn
 from inferstack.inferflow.features import FeatureSource, FetchedColumn, FetchQuery
 from inferstack.inferflow.graph import (
+    Equals,
     ExecutionPlan,
     ExpressionStep,
     FeatureRef,
     FetchNode,
+    InteractionNode,
     KeyPart,
     ModelStep,
     group_refs,
 )
+from inferstack.inferflow.recent import InteractionSource, NoInteractionSource, aggregate
 from inferstack.inferflow.runtimes.base import ModelRuntime
 
 KeyArray = npt.NDArray[Any]  # integers, or str objects
@@ -88,6 +91,7 @@ async def execute(
     source: FeatureSource,
     context: Mapping[str, KeyValues],
     return_features: Sequence[str] = (),
+    recent: InteractionSource | None = None,
 ) -> InferResult:
     plan = ready.plan
     clock = _Clock()
@@ -100,6 +104,12 @@ async def execute(
     for number, stage in enumerate(plan.stages, start=1):
         await _fetch_stage(stage, source, values, fetched, rows, extra)
         clock.lap(f"fetch {number}: {', '.join(node.name for node in stage)}")
+
+    for node in plan.interactions:
+        fetched[node.name] = await _recent(
+            node, recent or NoInteractionSource(), values, fetched, rows
+        )
+        clock.lap(f"interactions {node.name}")
 
     matrix = np.empty((rows, plan.width), dtype=np.float32)
     for placed in plan.feature_columns:
@@ -277,6 +287,40 @@ def _factorize(column: KeyArray) -> tuple[KeyArray, npt.NDArray[np.intp]]:
     index: dict[Any, int] = {}
     codes = [index.setdefault(value, len(index)) for value in column.tolist()]
     return np.fromiter(index, dtype=object, count=len(index)), np.asarray(codes, dtype=np.intp)
+
+
+async def _recent(
+    node: InteractionNode,
+    source: InteractionSource,
+    context: Mapping[str, KeyArray],
+    fetched: Mapping[str, _Fetch],
+    rows: int,
+) -> _Fetch:
+    """The user's recent events of one type as float32 columns, one row per candidate."""
+    now_ms = int(time.time() * 1000)
+    since = now_ms - int(node.window * 1000) if node.window is not None else None
+    user = context[node.user].tolist()[0]
+    events = await source.recent(node.type, user, node.last, since)
+    columns: dict[str, FetchedColumn] = {}
+    for feature in node.features:
+        per_row = _equals_values(feature.equals, context, fetched, rows) if feature.equals else None
+        columns[f"{node.name}.{feature.name}"] = aggregate(
+            events, feature.aggregate, feature.match, per_row, rows, node.never, now_ms
+        )
+    status = {node.name: np.zeros(rows, dtype=np.uint8)}  # computed, never missing
+    return _Fetch(columns, status, np.arange(rows, dtype=np.intp))
+
+
+def _equals_values(
+    equals: Equals, context: Mapping[str, KeyArray], fetched: Mapping[str, _Fetch], rows: int
+) -> KeyArray:
+    if equals.context is not None:
+        values = context[equals.context]
+        return values if len(values) == rows else np.repeat(values, rows)
+    assert equals.feature is not None
+    parent = fetched[equals.feature.fetch]
+    values = _as_keys(parent.values[equals.feature.selector])
+    return values[parent.inverse] if parent.inverse is not None else np.repeat(values, rows)
 
 
 def _scatter(fetch: _Fetch, ref: FeatureRef, out: npt.NDArray[np.float32]) -> None:

@@ -119,6 +119,39 @@ Step = ModelStep | ExpressionStep
 
 
 @dataclass(frozen=True)
+class Equals:
+    """Where a per-candidate match value comes from: a context input or a fetched feature."""
+
+    context: str | None = None
+    feature: FeatureRef | None = None
+
+
+@dataclass(frozen=True)
+class RecentFeature:
+    name: str
+    aggregate: str  # count | recency
+    match: str | None  # the event field compared
+    equals: Equals | None
+
+
+@dataclass(frozen=True)
+class InteractionNode:
+    """The user's recent events of one type, read after the fetches, summarised per row."""
+
+    name: str
+    type: str
+    user: str  # the context input holding the user
+    window: float | None  # seconds
+    last: int
+    features: tuple[RecentFeature, ...]
+
+    @property
+    def never(self) -> float:
+        """Recency when nothing matched: the window, or a year without one."""
+        return self.window if self.window is not None else 365 * 86_400.0
+
+
+@dataclass(frozen=True)
 class ExecutionPlan:
     model: str
     version: int
@@ -134,6 +167,7 @@ class ExecutionPlan:
     response_outputs: tuple[str, ...]
     response_features: tuple[FeatureRef, ...]
     available: Mapping[str, Mapping[str, FeatureRef]]  # what `return_features` may name
+    interactions: tuple[InteractionNode, ...] = ()
 
     @property
     def width(self) -> int:
@@ -163,6 +197,7 @@ class _Builder:
     offered: dict[str, dict[str, tuple[str, str, FeatureType]]] = field(default_factory=dict)
     used: dict[str, dict[str, FeatureRef]] = field(default_factory=dict)
     values: dict[str, Location] = field(default_factory=dict)  # model output/expression -> where
+    interaction_names: set[str] = field(default_factory=set)
     model_locations: dict[str, Location] = field(default_factory=dict)
 
 
@@ -172,6 +207,7 @@ def compile_plan(config: ModelConfig, catalog: Catalog, version: int = 0) -> Exe
     builder.context = {c.name: c for c in config.context}
     _check_unique_names(config)
     _collect_fetches(builder)
+    interaction_nodes = _collect_interactions(builder)
     fetch_nodes = _resolve_fetches(builder)
     order = _order_steps(builder)
     expressions = _parse_expressions(config)
@@ -238,7 +274,88 @@ def compile_plan(config: ModelConfig, catalog: Catalog, version: int = 0) -> Exe
             }
             for fetch, offered in builder.offered.items()
         },
+        interactions=tuple(interaction_nodes),
     )
+
+
+def _collect_interactions(builder: _Builder) -> list[InteractionNode]:
+    """Offer each interaction fetch's features like a fetch's (`recent.clicked`); the values
+    they are matched against come from the context or from fetched features."""
+    kinds = builder.catalog.registry.interaction_types
+    nodes: list[InteractionNode] = []
+    for index, fetch in enumerate(builder.config.interactions):
+        where: Location = ("interactions", index)
+        if fetch.name in builder.offered or fetch.name == "context":
+            raise GraphError((*where, "name"), f"'{fetch.name}' is already a fetch name")
+        stored = kinds.get(fetch.type)
+        if stored is None:
+            known = ", ".join(sorted(kinds)) or "none defined"
+            raise GraphError((*where, "type"), f"unknown interaction type '{fetch.type}' ({known})")
+        kind = stored.definition
+        head, _, user = fetch.user.partition(".")
+        context = builder.context.get(user) if head == "context" else None
+        if context is None or context.candidates:
+            raise GraphError(
+                (*where, "user"), f"'{fetch.user}' must be a single context input (the user)"
+            )
+        _check_key_type(
+            (*where, "user"), fetch.user, context.type, kind.user.type, kind.name, "user"
+        )
+        fields = {kind.item.name: kind.item.type, **{a.name: a.type for a in kind.attributes}}
+        offered: dict[str, tuple[str, str, FeatureType]] = {}
+        features: list[RecentFeature] = []
+        for position, feature in enumerate(fetch.features):
+            at: Location = (*where, "features", position)
+            if feature.name in offered:
+                raise GraphError(at, f"'{feature.name}' is listed twice")
+            equals = None
+            if feature.match is not None and feature.equals is not None:
+                field_type = fields.get(feature.match)
+                if field_type is None:
+                    raise GraphError(
+                        (*at, "match"),
+                        f"interaction type '{kind.name}' has no field '{feature.match}' "
+                        f"(fields: {', '.join(fields)})",
+                    )
+                equals = _equals(builder, feature.equals, (*at, "equals"), field_type)
+            offered[feature.name] = (
+                f"{fetch.name}.{feature.name}",
+                fetch.name,
+                FeatureType("float32"),
+            )
+            features.append(RecentFeature(feature.name, feature.aggregate, feature.match, equals))
+        builder.offered[fetch.name] = offered
+        builder.used[fetch.name] = {}
+        builder.interaction_names.add(fetch.name)
+        nodes.append(
+            InteractionNode(fetch.name, fetch.type, user, fetch.window, fetch.last, tuple(features))
+        )
+    return nodes
+
+
+def _equals(builder: _Builder, reference: str, where: Location, field: FeatureType) -> Equals:
+    head, _, name = reference.partition(".")
+    if head == "context":
+        context = builder.context.get(name)
+        if context is None:
+            raise GraphError(where, f"no context input named '{name}'")
+        _check_same_kind(where, reference, context.type, field)
+        return Equals(context=name)
+    if head in builder.interaction_names:
+        raise GraphError(where, f"'{reference}' is an interaction feature; compare a fetched one")
+    ref = _feature_ref(builder, reference, where, numeric=False)
+    _check_same_kind(where, reference, ref.type, field)
+    return Equals(feature=ref)
+
+
+def _check_same_kind(
+    where: Location, reference: str, given: FeatureType, field: FeatureType
+) -> None:
+    def kind(t: FeatureType) -> str:
+        return "text" if t.is_variable else "integer" if t.base in INTEGER_BASES else t.base
+
+    if given.length or kind(given) != kind(field):
+        raise GraphError(where, f"'{reference}' is {given}; the event field is {field}")
 
 
 def group_refs(refs: list[FeatureRef]) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
@@ -352,6 +469,8 @@ def _resolve_fetches(builder: _Builder) -> dict[str, FetchNode]:
                 )
             if head == fetch.name:
                 raise GraphError(where, f"fetch '{fetch.name}' cannot key itself: a cycle")
+            if head in builder.interaction_names:
+                raise GraphError(where, f"'{reference}' is an interaction feature, not a key")
             ref = _feature_ref(builder, reference, where, numeric=False)
             _check_key_type(where, reference, ref.type, key.type, entity.name, key.name)
             parts.append(KeyPart(key.name, "feature", feature=ref))

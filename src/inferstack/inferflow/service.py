@@ -25,6 +25,7 @@ from inferstack.inferflow.executor import InferResult, ReadyModel, execute
 from inferstack.inferflow.features import FeatureSource
 from inferstack.inferflow.graph import ExecutionPlan, ModelStep, compile_plan
 from inferstack.inferflow.inferencelog.base import InferenceLogger, InferenceRecord, Sampler
+from inferstack.inferflow.recent import InteractionSource
 from inferstack.inferflow.runtimes.base import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,10 @@ class InferflowService:
         source: FeatureSource,
         loader: RuntimeLoader,
         inference_log: InferenceLogger | None = None,
+        recent: InteractionSource | None = None,
     ) -> None:
         self.source = source
+        self.recent = recent
         self.loader = loader
         self.inference_log = inference_log
         self.models: dict[str, ReadyModel | BrokenModel] = {}
@@ -194,7 +197,7 @@ class InferflowService:
     ) -> tuple[str, InferResult]:
         """Score the candidates; returns the request id (generated if not given) and the result."""
         ready = self.ready(model)
-        result = await execute(ready, self.source, context, return_features)
+        result = await execute(ready, self.source, context, return_features, self.recent)
         request_id = request_id or uuid.uuid4().hex
         _observe(result)
         self._log(ready, request_id, result)

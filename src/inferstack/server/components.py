@@ -19,6 +19,11 @@ from inferstack.featurestore.service import FeatureService
 from inferstack.featurestore.storage.base import FeatureStorage
 from inferstack.inferflow.features import FeatureSource, LocalFeatureSource, RemoteFeatureSource
 from inferstack.inferflow.inferencelog.base import InferenceLogger, LogSink
+from inferstack.inferflow.recent import (
+    InteractionSource,
+    LocalInteractionSource,
+    RemoteInteractionSource,
+)
 from inferstack.inferflow.service import InferflowService, RuntimeLoader
 from inferstack.interactions.cold.base import ColdStore
 from inferstack.interactions.events import InteractionCatalog
@@ -158,16 +163,23 @@ def open_inference_log(settings: ServeSettings) -> InferenceLogger:
 
 
 def open_inferflow(
-    settings: ServeSettings, config: ConfigStore, service: FeatureService
+    settings: ServeSettings,
+    config: ConfigStore,
+    service: FeatureService,
+    interactions: InteractionService,
 ) -> InferflowService:
     source: FeatureSource
-    if settings.inferflow.feature_store:
-        source = RemoteFeatureSource(
-            settings.inferflow.feature_store, settings.inferflow.feature_store_timeout
-        )
+    recent: InteractionSource
+    remote = settings.inferflow.feature_store
+    if remote:  # the interaction store is served next to the remote feature store
+        source = RemoteFeatureSource(remote, settings.inferflow.feature_store_timeout)
+        recent = RemoteInteractionSource(remote, settings.inferflow.feature_store_timeout)
     else:
         source = LocalFeatureSource(service)
-    return InferflowService(source, RuntimeLoader(config.get_blob), open_inference_log(settings))
+        recent = LocalInteractionSource(interactions)
+    return InferflowService(
+        source, RuntimeLoader(config.get_blob), open_inference_log(settings), recent
+    )
 
 
 def open_hot_tier(settings: ServeSettings) -> HotTier:
@@ -243,9 +255,9 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
     shared = open_shared_cache(settings.cache.shared) if settings.cache.shared else None
     rows = RowSource(storage, local, shared)
     service = FeatureService(rows, Catalog(registry), settings.max_keys)
-    inferflow = open_inferflow(settings, config, service)
-    await inferflow.use_registry(registry, service.catalog)
     interactions = await open_interactions(settings, registry)
+    inferflow = open_inferflow(settings, config, service, interactions)
+    await inferflow.use_registry(registry, service.catalog)
     components = Components(config, service, inferflow, interactions)
     if watch:
         loop = asyncio.get_running_loop()
