@@ -151,3 +151,29 @@ def test_a_crashed_worker_is_replaced_and_serving_goes_on(tmp_path: Path) -> Non
         assert json.loads(got.stdout)[0]["profile:status"] == "missing"
     finally:
         assert server.stop() == 0
+
+
+def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "d", workers=2)
+    children = [
+        int(pid)
+        for pid in Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+        .read_text()
+        .split()
+    ]
+    assert len(children) >= 2  # the workers (and the multiprocessing resource tracker)
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(10)
+    deadline = time.monotonic() + 15
+    alive = children
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        time.sleep(0.2)
+    assert not alive, f"workers {alive} outlived the supervisor"
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return False

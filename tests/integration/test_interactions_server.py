@@ -71,11 +71,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def events(
-    type_name: str, user: int, count: int, tag: str = "", newest: int | None = None
-) -> EventBatch:
-    """`count` events of one user, one second apart, oldest first, ending at `newest`."""
-    newest = now_ms() - 1000 if newest is None else newest
+def events(type_name: str, user: int, count: int, tag: str = "") -> EventBatch:
+    """`count` events of one user, one second apart, oldest first, the newest 1 s ago."""
+    newest = now_ms() - 1000
     attributes: dict[str, Any] = {
         "price": np.arange(count, dtype=np.float32) + np.float32(0.25),
         "source": ["app" if i % 2 else "web" for i in range(count)],
@@ -122,8 +120,8 @@ def wait_until_cold(
 
 def check_round_trip(ingest_to: InteractionsClient, read_from: InteractionsClient) -> None:
     """Ingest -> idle -> everything cold (same ids) -> hydrate -> the newest `cap` hot again;
-    hydrate twice changes nothing. One user under the cap (swept by inactivity), one over it
-    (swept at once, as NEW events beyond the cap never stay hot)."""
+    hydrate twice changes nothing. One user under the cap (swept after 2 s idle), one over it
+    (due at once: new events beyond the cap are moved to the cold tier, never dropped)."""
     for count in (3, CLICK_CAP + 3):
         user = next(USERS)
         batch = events("click", user, count)

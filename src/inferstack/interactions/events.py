@@ -246,9 +246,21 @@ def _attribute(
             raise InvalidArgumentError(f"{where}: field '{name}' is bool, got {array.dtype}")
         return array.astype(target)
     if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and target.kind in "iu"):
-        bad = next((i for i, v in enumerate(array.tolist()) if not isinstance(v, int | float)), 0)
+        # Name the first value at fault as it was given (numpy has converted them all).
+        given_values = given.tolist() if isinstance(given, np.ndarray) else list(given)
+        whole = target.kind in "iu"
+        bad = next(
+            (
+                i
+                for i, v in enumerate(given_values)
+                if isinstance(v, bool)
+                or not isinstance(v, int | float)
+                or (whole and isinstance(v, float) and not v.is_integer())
+            ),
+            0,
+        )
         raise InvalidArgumentError(
-            f"{where}, event {bad}: field '{name}' is {feature_type}, got {array.tolist()[bad]!r}"
+            f"{where}, event {bad}: field '{name}' is {feature_type}, got {given_values[bad]!r}"
         )
     if target.kind in "iu" and len(array):
         info = np.iinfo(target)

@@ -134,8 +134,13 @@ class InteractionService:
         hot = await self.hot.read(encoded, name, limit, since)
         rows = [member[1:] for _, member in hot]
         hot_rows = set(rows)  # served from the hot tier (hydrated events included)
-        # The newest `limit` are all hot when the hot tier holds that many; otherwise the
-        # cold history may hold some of them.
+        codec = catalog.codecs[name]
+        if limit is not None and len(rows) >= limit:
+            # A hydrated event delivered again is in the hot tier twice (the two copies
+            # differ in their origin byte): one merge de-duplicates by event id.
+            rows = merge([], rows, codec, limit, since if since is not None else FAR_PAST)
+        # The newest `limit` are all hot when the hot tier holds that many distinct ones;
+        # otherwise the cold history may hold some of them.
         if limit is None or len(rows) < limit:
             cold = await self._cold_rows(name, [encoded])
             rows = merge(

@@ -43,7 +43,22 @@ def with_ports(settings: ServeSettings) -> ServeSettings:
     return settings.model_copy(update=update)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the supervisor dies, even by SIGKILL, so no orphan
+    keeps serving, holding LMDB or sweeping."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_main(settings: ServeSettings, ready: Any, level: int) -> None:
+    _die_with_parent()
     logging.basicConfig(
         level=level, format=f"%(asctime)s worker-{os.getpid()} %(levelname)s %(name)s: %(message)s"
     )
