@@ -8,7 +8,7 @@ PROTO_STAMP := src/inferstack/proto/.generated
 PROTOS := $(shell find proto -name '*.proto')
 SERVICES := $(BIN)/python scripts/services.py
 
-.PHONY: install demo test lint check unit services-up services-down bench bench-inferflow clean
+.PHONY: install demo test lint check unit services-up services-down bench bench-inferflow bench-interactions clean
 
 install: $(INSTALLED) $(PROTO_STAMP)
 
@@ -58,6 +58,10 @@ bench: install
 ## The inferflow benchmark on the full sample data (see bench/README.md).
 bench-inferflow: install
 	$(BIN)/python bench/inferflow.py $(BENCH_ARGS)
+
+## The interaction store benchmark, embedded and Redis + Cassandra (needs `make services-up`).
+bench-interactions: install
+	$(BIN)/python bench/interactions.py --distributed $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .inferstack .demo .services src/inferstack/proto/featurestore $(PROTO_STAMP)

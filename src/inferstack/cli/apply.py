@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,7 @@ from inferstack.core.errors import DefinitionError, InferstackError
 from inferstack.core.loading import load_definitions
 from inferstack.core.registry import plan
 from inferstack.inferflow.validation import check_models, read_artifacts
-from inferstack.server.components import open_config_store
+from inferstack.server.components import open_config_store, prepare_storage
 
 COLOURS = {"create": "green", "update": "yellow", "delete": "red"}
 
@@ -40,8 +41,9 @@ def apply(
     as_json: JsonOption = False,
 ) -> None:
     """Validate definitions and model configs, print what changes, and store them."""
+    settings = settings_from(config, data_dir=data_dir)
     try:
-        store = open_config_store(settings_from(config, data_dir=data_dir))
+        store = open_config_store(settings)
         current = store.load()
     except InferstackError as exc:
         fail(str(exc))
@@ -71,6 +73,8 @@ def apply(
             for data in artifacts.values():
                 store.put_blob(data)
             store.save(result.registry, expected_revision=current.revision)
+            # Tables for new groups and interaction types now, not raced by server workers.
+            asyncio.run(prepare_storage(settings, result.registry))
         except ConfigConflictError as exc:
             fail(str(exc))
         except InferstackError as exc:

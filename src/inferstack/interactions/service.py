@@ -19,9 +19,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -46,8 +46,10 @@ from inferstack.interactions.events import (
 from inferstack.interactions.hot.base import COLD, NEW, HotEvent, HotTier
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 DEFAULT_LEASE = 30.0  # seconds a sweeper may take to flush the users it claimed
 MAX_LIMIT = 10_000
+MAX_CONCURRENT = 32  # hot-tier calls of one sweep in flight at once
 FAR_PAST = 0
 
 
@@ -188,8 +190,9 @@ class InteractionService:
         if not claims:
             return result
         names = sorted(catalog.types)
-        # Concurrent calls: pipelined to Redis, one group commit on LMDB.
-        hot = await asyncio.gather(*(self.hot.events_of(claim.user, names) for claim in claims))
+        # Concurrent calls (pipelined to Redis, one group commit on LMDB), but no more at once
+        # than a connection pool serves without queueing past the tier's timeout.
+        hot = await _bounded(self.hot.events_of(claim.user, names) for claim in claims)
         moved: list[dict[str, list[bytes]]] = [{} for _ in claims]
         for name in names:
             kind = catalog.types[name]
@@ -220,11 +223,8 @@ class InteractionService:
                 moved[index][name] = members
                 result.events += sum(1 for member in members if member[:1] != COLD)
             await self.cold.write(name, rows)  # durable before anything leaves the hot tier
-        released = await asyncio.gather(
-            *(
-                self.hot.release(claim, members)
-                for claim, members in zip(claims, moved, strict=True)
-            )
+        released = await _bounded(
+            self.hot.release(claim, members) for claim, members in zip(claims, moved, strict=True)
         )
         result.users = sum(released)
         result.lost_claims = len(released) - result.users
@@ -257,6 +257,16 @@ def _timestamps(catalog: InteractionCatalog, name: str, rows: Sequence[bytes]) -
     stamps = catalog.codecs[name].decode(rows, [TIMESTAMP], time.time()).columns[TIMESTAMP]
     assert isinstance(stamps, np.ndarray)
     return [int(ts) for ts in stamps.tolist()]
+
+
+async def _bounded(calls: Iterable[Awaitable[T]], limit: int = MAX_CONCURRENT) -> list[T]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Awaitable[T]) -> T:
+        async with gate:
+            return await call
+
+    return list(await asyncio.gather(*(one(call) for call in calls)))
 
 
 async def run_sweeper(

@@ -91,6 +91,29 @@ def open_shared_cache(settings: RedisCacheSettings) -> RowCache:
     )
 
 
+async def prepare_storage(settings: ServeSettings, registry: Registry | None = None) -> None:
+    """Create the tables (named databases) the registry needs, once, from one process.
+
+    Run by the supervisor before it starts workers and by `apply` after it stores new
+    definitions, so workers never race each other's CREATE TABLE (Cassandra answers such
+    races with "Unknown CF" while its schema settles).
+    """
+    if registry is None:
+        config = open_config_store(settings)
+        try:
+            registry = config.load()
+        finally:
+            config.close()
+    storage = open_storage(settings)
+    cold = open_cold_store(settings)
+    try:
+        await storage.prepare(registry)
+        await cold.prepare(registry)
+    finally:
+        await storage.close()
+        await cold.close()
+
+
 async def check_reachable(settings: ServeSettings) -> None:
     """Fail at start-up, naming the address, if a configured system does not answer.
 

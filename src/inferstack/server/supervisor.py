@@ -20,7 +20,7 @@ from typing import Any
 from inferstack import metrics
 from inferstack.core.errors import InferstackError
 from inferstack.server import worker
-from inferstack.server.components import check_reachable
+from inferstack.server.components import check_reachable, prepare_storage
 from inferstack.server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def serve(settings: ServeSettings, announce: Any = print) -> int:
 def _serve(settings: ServeSettings, announce: Any) -> int:
     try:
         asyncio.run(check_reachable(settings))
+        asyncio.run(prepare_storage(settings))
     except InferstackError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
