@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 
@@ -82,3 +82,49 @@ class AsyncChannelPool(Generic[StubT]):
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close(grace=None)
+
+
+class PooledClient(Generic[StubT]):
+    """Base of the sync clients: their own connections, closed by `close()` or `with`."""
+
+    def __init__(
+        self,
+        target: str,
+        make_stub: Callable[[grpc.Channel], StubT],
+        timeout: float,
+        connections: int,
+    ) -> None:
+        self.timeout = timeout
+        self._pool = ChannelPool(target, make_stub, connections)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncPooledClient(Generic[StubT]):
+    """Base of the asyncio clients: their own connections, closed by `close()` or `async with`."""
+
+    def __init__(
+        self,
+        target: str,
+        make_stub: Callable[[grpc.aio.Channel], StubT],
+        timeout: float,
+        connections: int,
+    ) -> None:
+        self.timeout = timeout
+        self._pool = AsyncChannelPool(target, make_stub, connections)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from inferstack.client.channels import AsyncChannelPool, ChannelPool
+from inferstack.client.channels import AsyncPooledClient, PooledClient
 from inferstack.featurestore.wire import column_from_proto, to_numpy
 from inferstack.inferflow.wire import ContextValue, request_to_proto
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
@@ -88,12 +87,11 @@ def decode_response(response: pb.InferResponse) -> Scores:
     return scores
 
 
-class InferflowClient:
+class InferflowClient(PooledClient[pb_grpc.InferflowStub]):
     def __init__(
         self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
     ) -> None:
-        self.timeout = timeout
-        self._pool = ChannelPool(target, pb_grpc.InferflowStub, connections)
+        super().__init__(target, pb_grpc.InferflowStub, timeout, connections)
 
     def infer(
         self,
@@ -106,22 +104,12 @@ class InferflowClient:
         request = request_to_proto(model, context, return_features, explain, request_id)
         return decode_response(self._pool.stub().Infer(request, timeout=self.timeout))
 
-    def close(self) -> None:
-        self._pool.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncInferflowClient:
+class AsyncInferflowClient(AsyncPooledClient[pb_grpc.InferflowStub]):
     def __init__(
         self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
     ) -> None:
-        self.timeout = timeout
-        self._pool = AsyncChannelPool(target, pb_grpc.InferflowStub, connections)
+        super().__init__(target, pb_grpc.InferflowStub, timeout, connections)
 
     async def infer(
         self,
@@ -133,14 +121,3 @@ class AsyncInferflowClient:
     ) -> Scores:
         request = request_to_proto(model, context, return_features, explain, request_id)
         return decode_response(await self._pool.stub().Infer(request, timeout=self.timeout))
-
-    async def close(self) -> None:
-        await self._pool.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()

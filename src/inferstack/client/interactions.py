@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from inferstack.client.channels import AsyncChannelPool, ChannelPool
+from inferstack.client.channels import AsyncPooledClient, PooledClient
 from inferstack.client.featurestore import column_of
 from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP
 from inferstack.core.rowformat import VarColumn
@@ -120,12 +119,11 @@ def _batch(
     return EventBatch(type, list(event_ids), users, items, timestamps, dict(attributes))
 
 
-class InteractionsClient:
+class InteractionsClient(PooledClient[pb_grpc.InteractionsStub]):
     def __init__(
         self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
     ) -> None:
-        self.timeout = timeout
-        self._pool = ChannelPool(target, pb_grpc.InteractionsStub, connections)
+        super().__init__(target, pb_grpc.InteractionsStub, timeout, connections)
 
     def ingest(
         self,
@@ -166,22 +164,12 @@ class InteractionsClient:
         response = self._pool.stub().Sweep(pb.SweepRequest(limit=limit), timeout=self.timeout)
         return SweepCounts(response.users, response.events, response.lost_claims)
 
-    def close(self) -> None:
-        self._pool.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncInteractionsClient:
+class AsyncInteractionsClient(AsyncPooledClient[pb_grpc.InteractionsStub]):
     def __init__(
         self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
     ) -> None:
-        self.timeout = timeout
-        self._pool = AsyncChannelPool(target, pb_grpc.InteractionsStub, connections)
+        super().__init__(target, pb_grpc.InteractionsStub, timeout, connections)
 
     async def ingest(
         self,
@@ -217,14 +205,3 @@ class AsyncInteractionsClient:
     async def sweep(self, limit: int = 0) -> SweepCounts:
         response = await self._pool.stub().Sweep(pb.SweepRequest(limit=limit), timeout=self.timeout)
         return SweepCounts(response.users, response.events, response.lost_claims)
-
-    async def close(self) -> None:
-        await self._pool.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from inferstack.configstore.base import ConfigStore, Watch
 from inferstack.core.errors import UnavailableError
@@ -61,20 +62,24 @@ def open_storage(settings: ServeSettings) -> FeatureStorage:
     if isinstance(storage, CassandraStorageSettings):
         from inferstack.featurestore.storage.cassandra import CassandraStorage
 
-        return CassandraStorage(
-            storage.contact_points,
-            keyspace=storage.keyspace,
-            replication=storage.replication,
-            local_dc=storage.local_dc,
-            read_consistency=storage.read_consistency,
-            write_consistency=storage.write_consistency,
-            request_timeout=storage.request_timeout,
-            connect_timeout=storage.connect_timeout,
-            max_in_flight=storage.max_in_flight,
-        )
+        return CassandraStorage(storage.contact_points, **_cassandra_options(storage))
     from inferstack.featurestore.storage.lmdb import LmdbStorage
 
     return LmdbStorage(storage.path or settings.data_dir / "lmdb")
+
+
+def _cassandra_options(storage: CassandraStorageSettings) -> dict[str, Any]:
+    """The same cluster settings for the feature rows and the interactions' cold rows."""
+    return {
+        "keyspace": storage.keyspace,
+        "replication": storage.replication,
+        "local_dc": storage.local_dc,
+        "read_consistency": storage.read_consistency,
+        "write_consistency": storage.write_consistency,
+        "request_timeout": storage.request_timeout,
+        "connect_timeout": storage.connect_timeout,
+        "max_in_flight": storage.max_in_flight,
+    }
 
 
 def open_shared_cache(settings: RedisCacheSettings) -> RowCache:
@@ -224,17 +229,7 @@ def open_cold_store(settings: ServeSettings) -> ColdStore:
     if isinstance(storage, CassandraStorageSettings):
         from inferstack.interactions.cold.cassandra import CassandraColdStore
 
-        return CassandraColdStore(
-            storage.contact_points,
-            keyspace=storage.keyspace,
-            replication=storage.replication,
-            local_dc=storage.local_dc,
-            read_consistency=storage.read_consistency,
-            write_consistency=storage.write_consistency,
-            request_timeout=storage.request_timeout,
-            connect_timeout=storage.connect_timeout,
-            max_in_flight=storage.max_in_flight,
-        )
+        return CassandraColdStore(storage.contact_points, **_cassandra_options(storage))
     from inferstack.interactions.cold.lmdb import LmdbColdStore
 
     return LmdbColdStore(settings.data_dir / "interactions" / "cold")
