@@ -23,6 +23,7 @@ from inferstack.interactions.coldrow import (
     decode_history,
     encode_history,
     merge,
+    merge_many,
 )
 
 CLICK: dict[str, Any] = {
@@ -297,3 +298,32 @@ def ids_of_bytes(row: bytes) -> bytes:
     column = CODEC.decode([row], ["event_id"], 0.0).columns["event_id"]
     assert isinstance(column, VarColumn)
     return column.data
+
+
+user_events = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+        st.integers(0, 5),
+        st.integers(1, 3),  # product: copies of one id may differ in content
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(user_events, user_events), min_size=1, max_size=5),
+    st.integers(1, 6),
+    st.one_of(st.none(), st.integers(0, 4)),
+)
+def test_merge_many_equals_merge_user_by_user(
+    users: list[tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]],
+    retention: int,
+    oldest: int | None,
+) -> None:
+    def rows(specs: list[tuple[str, int, int]]) -> list[bytes]:
+        return [event(name, ts, product=product) for name, ts, product in specs]
+
+    pairs = [(rows(existing), rows(new)) for existing, new in users]
+    expected = [merge(existing, new, CODEC, retention, oldest) for existing, new in pairs]
+    assert merge_many(pairs, CODEC, retention, oldest) == expected

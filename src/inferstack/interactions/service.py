@@ -35,6 +35,7 @@ from inferstack.interactions.coldrow import (
     decode_history,
     encode_history,
     merge,
+    merge_many,
 )
 from inferstack.interactions.events import (
     EventBatch,
@@ -201,27 +202,35 @@ class InteractionService:
                 continue
             cold = await self._cold_rows(name, [claims[i].user for i in users])
             oldest = now - int(kind.retention.age * 1000) if kind.retention.age else FAR_PAST
+            members = [[member for _, member in hot[index][name]] for index in users]
+            pairs = [
+                (cold[position], [member[1:] for member in members[position]])
+                for position in range(len(users))
+            ]
+            histories: list[list[bytes] | None]
+            try:
+                histories = list(
+                    merge_many(pairs, catalog.codecs[name], kind.retention.count, oldest)
+                )
+            except UnreadableEventError:
+                histories = [None] * len(users)  # find the user(s) at fault, one by one
             rows: list[tuple[bytes, bytes]] = []
             for position, index in enumerate(users):
-                members = [member for _, member in hot[index][name]]
-                try:
-                    merged = merge(
-                        cold[position],
-                        [member[1:] for member in members],
-                        catalog.codecs[name],
-                        kind.retention.count,
-                        oldest,
-                    )
-                except UnreadableEventError as exc:
-                    # Written under a schema this server does not know yet (an apply is
-                    # rolling out): leave these events hot for a sweeper that knows it.
-                    log.warning(
-                        "sweep of %s for user %s waits: %s", name, claims[index].user.hex(), exc
-                    )
-                    continue
+                merged = histories[position]
+                if merged is None:
+                    try:
+                        merged = merge(*pairs[position], catalog.codecs[name],
+                                       kind.retention.count, oldest)  # fmt: skip
+                    except UnreadableEventError as exc:
+                        # Written under a schema this server does not know yet (an apply is
+                        # rolling out): leave these events hot for a sweeper that knows it.
+                        log.warning(
+                            "sweep of %s for user %s waits: %s", name, claims[index].user.hex(), exc
+                        )
+                        continue
                 rows.append((claims[index].user, encode_history(merged)))
-                moved[index][name] = members
-                result.events += sum(1 for member in members if member[:1] != COLD)
+                moved[index][name] = members[position]
+                result.events += sum(1 for m in members[position] if m[:1] != COLD)
             await self.cold.write(name, rows)  # durable before anything leaves the hot tier
         released = await _bounded(
             self.hot.release(claim, members) for claim, members in zip(claims, moved, strict=True)
