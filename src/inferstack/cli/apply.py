@@ -69,12 +69,12 @@ def apply(
         raise typer.Exit(1)
     if not result.empty and not dry_run:
         try:
-            # Model files first: a registry never names a file servers cannot fetch.
+            # Model files and tables first: a registry never names a file servers cannot
+            # fetch, and servers never race each other to create a table it needs.
             for data in artifacts.values():
                 store.put_blob(data)
-            store.save(result.registry, expected_revision=current.revision)
-            # Tables for new groups and interaction types now, not raced by server workers.
             asyncio.run(prepare_storage(settings, result.registry))
+            store.save(result.registry, expected_revision=current.revision)
         except ConfigConflictError as exc:
             fail(str(exc))
         except InferstackError as exc:

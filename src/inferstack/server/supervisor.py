@@ -77,10 +77,13 @@ def serve(settings: ServeSettings, announce: Any = print) -> int:
 def _serve(settings: ServeSettings, announce: Any) -> int:
     try:
         asyncio.run(check_reachable(settings))
-        asyncio.run(prepare_storage(settings))
     except InferstackError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
+    try:  # tables once, before workers would race to create them
+        asyncio.run(prepare_storage(settings))
+    except Exception as exc:  # workers create what is missing themselves
+        log.warning("could not create tables before starting workers: %s", exc)
     settings = with_ports(settings)
     context = multiprocessing.get_context("spawn")  # no gRPC state may cross a fork
     ready = context.Queue()
