@@ -99,7 +99,7 @@ def start_server(
                 status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                 if (
                     status == health_pb2.HealthCheckResponse.SERVING
-                    and "serving gRPC" in log.read_text()
+                    and "inferstack serving gRPC" in log.read_text()  # all workers up
                 ):
                     return server
             except grpc.RpcError:
