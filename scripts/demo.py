@@ -7,7 +7,7 @@ applies the definitions and the ranker's model config, ingests the data, starts
 through the feature store client, ranks the same 100 products for the user with
 `inferstack infer ranker ...` (top 10, both scores, the final score, the time of each
 stage), replays a day of synthetic events for the sample users and shows user 42's clicks
-and orders, lets them go idle (a 3-second inactivity for the demo) until the sweepers have
+and orders, lets them go idle (a 15-second inactivity for the demo) until the sweepers have
 moved them to the cold tier, hydrates the user back into the hot tier and reads again, and
 stops the server.
 """
@@ -42,7 +42,7 @@ from inferstack.server.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_ID = 42
-DEMO_INACTIVITY = "3s"
+DEMO_INACTIVITY = "15s"  # long enough to see the user hot first
 EVENT_TYPES = ("click", "add_to_cart", "order", "wishlist", "share")
 console = Console()
 

@@ -20,7 +20,7 @@ from inferstack.sampledata.generate import CATEGORIES, FULL_SIZES
 
 DAY_MS = 86_400_000
 #: Events of each type per click, on average.
-FOLLOW_UPS = {"add_to_cart": 0.12, "order": 0.04, "wishlist": 0.05, "share": 0.02}
+FOLLOW_UPS = {"add_to_cart": 0.2, "order": 0.1, "wishlist": 0.05, "share": 0.02}
 SOURCES = np.array(["home", "search", "category", "recommendation"], dtype=object)
 CHANNELS = np.array(["link", "whatsapp", "email"], dtype=object)
 
