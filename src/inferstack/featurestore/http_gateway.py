@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -55,29 +56,29 @@ async def metrics_page(request: web.Request) -> web.Response:
     return response
 
 
-async def retrieve(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    response = await _retrieve(request)
-    code = "OK" if response.status == 200 else CODE_OF_STATUS.get(response.status, "INTERNAL")
-    metrics.REQUESTS.labels("http_retrieve", code).inc()
-    metrics.LATENCY.labels("http_retrieve").observe(time.perf_counter() - started)
-    return response
+JsonWork = Callable[[web.Request, dict[str, Any]], Awaitable[Any]]
+Route = Callable[[web.Request], Awaitable[web.Response]]
 
 
-async def _retrieve(request: web.Request) -> web.Response:
-    service = request.app[SERVICE_KEY]
+def json_route(method: str, work: JsonWork) -> Route:
+    """A POST handler for every part's gateway: the JSON body in, `work`'s payload out as
+    JSON; user errors become their HTTP status, anything else 500; calls and latency counted
+    under `method`."""
+
+    async def route(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        response = await _respond(request, work)
+        code = "OK" if response.status == 200 else CODE_OF_STATUS.get(response.status, "INTERNAL")
+        metrics.REQUESTS.labels(method, code).inc()
+        metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
+        return response
+
+    return route
+
+
+async def _respond(request: web.Request, work: JsonWork) -> web.Response:
     try:
-        body = await json_body(request)
-        entity = body.get("entity")
-        keys = body.get("keys")
-        features = body.get("features", [])
-        if not isinstance(entity, str):
-            raise InvalidArgumentError("'entity' must be a string")
-        if not isinstance(keys, dict) or not all(isinstance(v, list) for v in keys.values()):
-            raise InvalidArgumentError("'keys' must map each key name to a list of values")
-        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-            raise InvalidArgumentError("'features' must be a list of strings")
-        result = await service.retrieve(entity, keys, features)
+        payload = await work(request, await json_body(request))
     except InferstackError as exc:
         error = {"code": exc.status, "message": str(exc)}
         return web.json_response({"error": error}, status=HTTP_STATUS.get(exc.status, 400))
@@ -85,7 +86,24 @@ async def _retrieve(request: web.Request) -> web.Response:
         log.exception("internal error")
         error = {"code": "INTERNAL", "message": "internal error; see the server log"}
         return web.json_response({"error": error}, status=500)
-    return web.json_response(result_to_json(result), dumps=dumps)
+    return web.json_response(payload, dumps=dumps)
+
+
+async def _retrieve(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    service = request.app[SERVICE_KEY]
+    entity = body.get("entity")
+    keys = body.get("keys")
+    features = body.get("features", [])
+    if not isinstance(entity, str):
+        raise InvalidArgumentError("'entity' must be a string")
+    if not isinstance(keys, dict) or not all(isinstance(v, list) for v in keys.values()):
+        raise InvalidArgumentError("'keys' must map each key name to a list of values")
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise InvalidArgumentError("'features' must be a list of strings")
+    return result_to_json(await service.retrieve(entity, keys, features))
+
+
+retrieve = json_route("http_retrieve", _retrieve)
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

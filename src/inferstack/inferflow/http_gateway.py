@@ -15,14 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
-from inferstack import metrics
-from inferstack.core.errors import InferstackError, InvalidArgumentError
+from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.keys import KeyValues
 from inferstack.featurestore.http_gateway import (
-    CODE_OF_STATUS,
-    HTTP_STATUS,
-    dumps,
-    json_body,
+    json_route,
     json_values,
 )
 from inferstack.featurestore.wire import to_numpy
@@ -39,30 +35,14 @@ def add_routes(app: web.Application, service: InferflowService) -> None:
     app.router.add_post("/v1/infer", infer)
 
 
-async def infer(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    response = await _infer(request)
-    code = "OK" if response.status == 200 else CODE_OF_STATUS.get(response.status, "INTERNAL")
-    metrics.REQUESTS.labels("http_infer", code).inc()
-    metrics.LATENCY.labels("http_infer").observe(time.perf_counter() - started)
-    return response
-
-
-async def _infer(request: web.Request) -> web.Response:
+async def _infer(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    model, context, return_features, explain, request_id = parse_request(body)
     service = request.app[INFERFLOW_KEY]
-    try:
-        body = await json_body(request)
-        model, context, return_features, explain, request_id = parse_request(body)
-        request_id, result = await service.infer(model, context, return_features, request_id)
-        payload = result_to_json(request_id, result, explain)
-    except InferstackError as exc:
-        error = {"code": exc.status, "message": str(exc)}
-        return web.json_response({"error": error}, status=HTTP_STATUS.get(exc.status, 400))
-    except Exception:
-        log.exception("internal error")
-        error = {"code": "INTERNAL", "message": "internal error; see the server log"}
-        return web.json_response({"error": error}, status=500)
-    return web.json_response(payload, dumps=dumps)
+    request_id, result = await service.infer(model, context, return_features, request_id)
+    return result_to_json(request_id, result, explain)
+
+
+infer = json_route("http_infer", _infer)
 
 
 def parse_request(body: dict[str, Any]) -> tuple[str, dict[str, KeyValues], list[str], bool, str]:

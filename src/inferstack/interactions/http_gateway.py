@@ -15,19 +15,15 @@ store's gateway.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from inferstack import metrics
-from inferstack.core.errors import InferstackError, InvalidArgumentError
+from inferstack.core.errors import InvalidArgumentError
 from inferstack.featurestore.http_gateway import (
-    CODE_OF_STATUS,
-    HTTP_STATUS,
-    dumps,
-    json_body,
+    Route,
+    json_route,
     json_values,
 )
 from inferstack.featurestore.wire import to_numpy
@@ -60,29 +56,11 @@ def add_routes(app: web.Application, service: InteractionService) -> None:
         app.router.add_post(f"/v1/interactions/{name}", _route(method, handler))
 
 
-def _route(method: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def route(request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        response = await _respond(request, handler)
-        code = "OK" if response.status == 200 else CODE_OF_STATUS.get(response.status, "INTERNAL")
-        metrics.REQUESTS.labels(method, code).inc()
-        metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
-        return response
+def _route(method: str, handler: Handler) -> Route:
+    async def work(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        return await handler(request.app[INTERACTIONS_KEY], body)
 
-    return route
-
-
-async def _respond(request: web.Request, handler: Handler) -> web.Response:
-    try:
-        payload = await handler(request.app[INTERACTIONS_KEY], await json_body(request))
-    except InferstackError as exc:
-        error = {"code": exc.status, "message": str(exc)}
-        return web.json_response({"error": error}, status=HTTP_STATUS.get(exc.status, 400))
-    except Exception:
-        log.exception("internal error")
-        error = {"code": "INTERNAL", "message": "internal error; see the server log"}
-        return web.json_response({"error": error}, status=500)
-    return web.json_response(payload, dumps=dumps)
+    return json_route(method, work)
 
 
 async def ingest(service: InteractionService, body: dict[str, Any]) -> dict[str, Any]:
