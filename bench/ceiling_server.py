@@ -1,11 +1,13 @@
 """The "empty call" ceiling: the same gRPC stack as `inferstack serve` (grpc.aio, uvloop,
-the generated FeatureStore messages, N workers sharing one port) answering RetrieveBatch
-with a prebuilt response of the real size for the request's shape.
+the generated FeatureStore messages, N workers sharing one port) answering Retrieve and
+RetrieveBatch with a recorded answer of the real size for the request's shape.
 
 gRPC still parses each request and serialises each response, exactly as for the real
 server; the only thing missing is the feature store's own work, so it is what the feature
 store could reach at best.
-Usage: python bench/ceiling_server.py CANNED_FILE PORT WORKERS
+Usage: python bench/ceiling_server.py ANSWERS_FILE PORT WORKERS
+ANSWERS_FILE: a pickled {"batch": {request: response}, "single": {request: response}} of
+serialised messages, recorded from the real server.
 """
 
 from __future__ import annotations
@@ -24,35 +26,53 @@ import uvloop
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
 
+Shape = tuple[int, int]
 
-def shape_of(request: pb.RetrieveBatchRequest) -> tuple[int, int]:
+
+def keys_of(request: pb.RetrieveRequest) -> int:
+    return sum(
+        len(k.int64_values) + len(k.uint64_values) + len(k.string_values) for k in request.keys
+    )
+
+
+def shape_of(request: pb.RetrieveBatchRequest) -> Shape:
     """Requests of one benchmark shape have the same number of queries and keys."""
-    last = request.requests[-1]
-    keys = sum(len(k.int64_values) + len(k.string_values) for k in last.keys)
-    return len(request.requests), keys
+    return len(request.requests), keys_of(request.requests[-1])
 
 
 class EmptyFeatureStore(pb_grpc.FeatureStoreServicer):  # type: ignore[misc]  # generated
-    def __init__(self, canned: dict[tuple[int, int], pb.RetrieveBatchResponse]) -> None:
-        self.canned = canned
+    def __init__(
+        self,
+        batches: dict[Shape, pb.RetrieveBatchResponse],
+        singles: dict[int, pb.RetrieveResponse],
+    ) -> None:
+        self.batches = batches
+        self.singles = singles
 
     async def RetrieveBatch(  # noqa: N802 (gRPC method name)
         self, request: pb.RetrieveBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RetrieveBatchResponse:
-        return self.canned[shape_of(request)]
+        return self.batches[shape_of(request)]
+
+    async def Retrieve(  # noqa: N802
+        self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RetrieveResponse:
+        return self.singles[keys_of(request)]
 
 
-async def serve(canned_bytes: dict[bytes, bytes], port: int) -> None:
-    canned = {
-        shape_of(pb.RetrieveBatchRequest.FromString(request)): pb.RetrieveBatchResponse.FromString(
-            response
-        )
-        for request, response in canned_bytes.items()
+async def serve(answers: dict[str, dict[bytes, bytes]], port: int) -> None:
+    batches = {
+        shape_of(pb.RetrieveBatchRequest.FromString(q)): pb.RetrieveBatchResponse.FromString(a)
+        for q, a in answers["batch"].items()
+    }
+    singles = {
+        keys_of(pb.RetrieveRequest.FromString(q)): pb.RetrieveResponse.FromString(a)
+        for q, a in answers["single"].items()
     }
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 1), ("grpc.max_send_message_length", 64 << 20)]
     )
-    pb_grpc.add_FeatureStoreServicer_to_server(EmptyFeatureStore(canned), server)
+    pb_grpc.add_FeatureStoreServicer_to_server(EmptyFeatureStore(batches, singles), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -61,15 +81,15 @@ async def serve(canned_bytes: dict[bytes, bytes], port: int) -> None:
     await server.stop(1)
 
 
-def worker(canned_file: str, port: int) -> None:
-    canned = pickle.loads(Path(canned_file).read_bytes())
-    uvloop.run(serve(canned, port))
+def worker(answers_file: str, port: int) -> None:
+    answers = pickle.loads(Path(answers_file).read_bytes())
+    uvloop.run(serve(answers, port))
 
 
 def main() -> None:
-    canned_file, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    answers_file, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     processes = [
-        multiprocessing.Process(target=worker, args=(canned_file, port)) for _ in range(workers)
+        multiprocessing.Process(target=worker, args=(answers_file, port)) for _ in range(workers)
     ]
     for process in processes:
         process.start()
