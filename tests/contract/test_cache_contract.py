@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 
 from inferstack.featurestore.cache.base import MISS, CachedRow, RowCache
 from inferstack.featurestore.cache.memory import MemoryCache
-from inferstack.featurestore.cache.redis import NEGATIVE, RedisCache
+from inferstack.featurestore.cache.redis import NEGATIVE, TOMBSTONE, RedisCache
 
 LONG = 60.0  # a TTL no test outlives
 SHORT = 0.2  # a TTL tests wait out; RedisCache jitters it by at most 10 % (0.22 s)
@@ -167,6 +168,30 @@ async def test_many_keys_in_one_batch(cache: RowCache) -> None:
     assert await cache.get_many("users", [key for key, _ in items]) == [v for _, v in items]
 
 
+async def test_invalidate_reports_success(cache: RowCache) -> None:
+    await cache.set_many("users", [(b"a", row(1))], LONG, LONG)
+    assert await cache.invalidate("users", [b"a"]) is True
+    assert await cache.get_many("users", [b"a"]) == [MISS]
+
+
+async def test_reads_at_a_newer_generation_miss_older_entries(cache: RowCache) -> None:
+    await cache.set_many("users", [(b"a", row("g1")), (b"b", None)], LONG, LONG, 1)
+    await cache.set_many("others", [(b"a", row("other"))], LONG, LONG, 1)
+    assert await cache.get_many("users", [b"a", b"b"], 1) == [row("g1"), None]
+    assert await cache.get_many("users", [b"a", b"b"], 2) == [MISS, MISS]
+    await cache.set_many("users", [(b"a", row("g2"))], LONG, LONG, 2)
+    assert await cache.get_many("users", [b"a", b"b"], 2) == [row("g2"), MISS]
+    assert await cache.get_many("others", [b"a"], 1) == [row("other")]  # groups apart
+
+
+async def test_writes_at_an_older_generation_never_come_back(cache: RowCache) -> None:
+    """A worker still on the old generation (or a read that began before the bump) fills
+    late: what it stores must not be served at the new generation."""
+    await cache.set_many("users", [(b"a", row("new"))], LONG, LONG, 5)
+    await cache.set_many("users", [(b"a", row("old")), (b"b", row("old"))], LONG, LONG, 4)
+    assert await cache.get_many("users", [b"a", b"b"], 5) == [row("new"), MISS]
+
+
 # -- RedisCache specifics --------------------------------------------------------------------
 
 
@@ -186,13 +211,53 @@ async def redis_cache(redis_endpoint: str, prefix: str) -> AsyncIterator[RedisCa
 
 
 @pytest.mark.services
-async def test_redis_key_layout_and_negative_marker(
+async def test_redis_key_layout_generation_prefix_and_negative_marker(
     redis_cache: RedisCache, raw_redis: aioredis.Redis, prefix: str
 ) -> None:
-    await redis_cache.set_many("users", [(b"\x00k", row(1)), (b"gone", None)], LONG, LONG)
-    head = prefix.encode() + b"users:"
-    assert await raw_redis.get(head + b"\x00k") == row(1)
-    assert await raw_redis.get(head + b"gone") == NEGATIVE == b""
+    await redis_cache.set_many("users", [(b"\x00k", row(1)), (b"gone", None)], LONG, LONG, 7)
+    head = prefix.encode() + b"users/"
+    tag = (7).to_bytes(8, "big")
+    assert await raw_redis.get(head + b"\x00k") == tag + row(1)
+    assert await raw_redis.get(head + b"gone") == tag + NEGATIVE == tag
+    # Values of the layout before generations (group + ":") are never read.
+    await raw_redis.set(prefix.encode() + b"users:old", row(2))
+    assert await redis_cache.get_many("users", [b"old"]) == [MISS]
+
+
+@pytest.mark.services
+async def test_redis_invalidation_leaves_a_tombstone_that_back_fills_cannot_replace(
+    redis_endpoint: str, raw_redis: aioredis.Redis, prefix: str
+) -> None:
+    shared = RedisCache(redis_endpoint, prefix=prefix, timeout=1.0, invalidation_hold=0.3)
+    try:
+        await shared.set_many("users", [(b"k", row("old"))], LONG, LONG, 1)
+        assert await shared.invalidate("users", [b"k"]) is True
+        # A read that fetched the old row before the write must not put it back...
+        await shared.set_many("users", [(b"k", row("old"))], LONG, LONG, 1)
+        await shared.set_many("users", [(b"k", row("old"))], LONG, LONG, 2)
+        assert await shared.get_many("users", [b"k"], 1) == [MISS]
+        assert await raw_redis.get(prefix.encode() + b"users/k") == TOMBSTONE
+        # ... and once the hold is over, back-fills work again.
+        await asyncio.sleep(0.5)
+        await shared.set_many("users", [(b"k", row("new"))], LONG, LONG, 1)
+        assert await shared.get_many("users", [b"k"], 1) == [row("new")]
+    finally:
+        await shared.close()
+        await delete_prefixed(redis_endpoint, prefix)
+
+
+async def test_redis_invalidation_reports_failure_when_redis_is_unreachable() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    shared = RedisCache(f"127.0.0.1:{port}", timeout=0.2, breaker_failures=1)
+    try:
+        assert await shared.invalidate("users", [b"k"]) is False  # refused
+        assert await shared.invalidate("users", [b"k"]) is False  # breaker open: not tried
+        assert shared.rejected == 1
+        assert await shared.invalidate("users", []) is True  # nothing to do is done
+    finally:
+        await shared.close()
 
 
 @pytest.mark.services
@@ -204,9 +269,9 @@ async def test_redis_ttls_are_jittered(
     await redis_cache.set_many("neg", [(key, None) for key in keys], LONG, 10.0)
     async with raw_redis.pipeline(transaction=False) as pipe:
         for key in keys:
-            pipe.pttl(prefix.encode() + b"users:" + key)
+            pipe.pttl(prefix.encode() + b"users/" + key)
         for key in keys:
-            pipe.pttl(prefix.encode() + b"neg:" + key)
+            pipe.pttl(prefix.encode() + b"neg/" + key)
         ttls = await pipe.execute()
     rows, negatives = ttls[: len(keys)], ttls[len(keys) :]
     assert all(89_000 <= ms <= 110_000 for ms in rows)  # 100 s +- 10 %, a little already gone

@@ -10,13 +10,14 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 from kazoo.client import KazooClient
 
 from inferstack.configstore.base import ConfigConflictError, ConfigStore
+from inferstack.configstore.cachefeed import SLOTS
 from inferstack.configstore.files import FileConfigStore
 from inferstack.configstore.zookeeper import ZooKeeperConfigStore
 from inferstack.core.definitions import Entity, FeatureGroup
@@ -286,3 +287,143 @@ def test_stopped_watch_gets_no_more_changes(open_store: OpenStore) -> None:
         assert seen.registries == [first]
     finally:
         control_watch.stop()
+
+
+# -- the cache feed: generations and invalidated keys (configstore/cachefeed.py) ------------
+
+
+class FeedRecorder:
+    """A CacheListener that keeps what it was told (it runs on the watch's thread)."""
+
+    def __init__(self) -> None:
+        self.generations: list[dict[str, int]] = []
+        self.batches: list[dict[str, list[bytes]]] = []
+        self.lost = 0
+        self.connection: list[bool] = []
+
+    def generations_changed(self, generations: Mapping[str, int]) -> None:
+        self.generations.append(dict(generations))
+
+    def keys_invalidated(self, batch: Mapping[str, Sequence[bytes]]) -> None:
+        self.batches.append({group: list(keys) for group, keys in batch.items()})
+
+    def messages_lost(self) -> None:
+        self.lost += 1
+
+    def connection_changed(self, live: bool) -> None:
+        self.connection.append(live)
+
+    def keys(self, group: str) -> list[bytes]:
+        return [key for batch in list(self.batches) for key in batch.get(group, [])]
+
+    def generation(self, group: str) -> int:
+        return self.generations[-1].get(group, 0) if self.generations else 0
+
+
+def test_cache_state_starts_empty(open_store: OpenStore) -> None:
+    state = open_store().load_cache_state()
+    assert state.generations == {} and state.sequence == 0
+
+
+def test_generation_bumps_only_move_forward_and_every_store_sees_them(
+    open_store: OpenStore,
+) -> None:
+    first, second = open_store(), open_store()
+    bumped = first.bump_generations(["user_profile"])
+    assert bumped["user_profile"] >= int(time.time() * 1000) - 60_000  # not reused after a wipe
+    again = second.bump_generations(["user_profile", "product_stats"])
+    assert again["user_profile"] > bumped["user_profile"]
+    assert first.load_cache_state().generations == again
+
+
+def test_concurrent_bumps_from_many_stores_each_get_their_own_generation(
+    open_store: OpenStore,
+) -> None:
+    stores = [open_store() for _ in range(4)]
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def bump(store: ConfigStore) -> None:
+        for _ in range(10):
+            generation = store.bump_generations(["g"])["g"]
+            with lock:
+                results.append(generation)
+
+    threads = [threading.Thread(target=bump, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(results)) == 40, "two bumps handed out the same generation"
+    assert stores[0].load_cache_state().generations["g"] == max(results)
+
+
+def test_watch_delivers_generations_and_keys_within_a_second(open_store: OpenStore) -> None:
+    writer, reader = open_store(), open_store()
+    reader.load_cache_state()
+    recorder = FeedRecorder()
+    watch = reader.watch_cache(recorder)
+    try:
+        keys = [b"\x00", b"", b"user:\xff\xfe", secrets.token_bytes(300)]
+        writer.invalidate_keys({"user_profile": keys, "product_stats": [b"p1"]})
+        wait_until(lambda: recorder.keys("user_profile") == keys, WATCH_LATENCY, "keys")
+        assert recorder.keys("product_stats") == [b"p1"]
+        generation = writer.bump_generations(["product_stats"])["product_stats"]
+        wait_until(
+            lambda: recorder.generation("product_stats") == generation, WATCH_LATENCY, "bump"
+        )
+        assert recorder.lost == 0
+    finally:
+        watch.stop()
+
+
+def test_concurrent_publishers_lose_no_batch(open_store: OpenStore) -> None:
+    writers = [open_store() for _ in range(3)]
+    reader = open_store()
+    reader.load_cache_state()
+    recorder = FeedRecorder()
+    watch = reader.watch_cache(recorder)
+
+    def publish(index: int, store: ConfigStore) -> None:
+        for n in range(15):
+            store.invalidate_keys({"g": [f"{index}-{n}".encode()]})
+
+    threads = [threading.Thread(target=publish, args=(i, s)) for i, s in enumerate(writers)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        expected = {f"{i}-{n}".encode() for i in range(3) for n in range(15)}
+        wait_until(lambda: set(recorder.keys("g")) == expected, 5.0, "every published key")
+        assert len(recorder.keys("g")) == 45 and recorder.lost == 0
+    finally:
+        watch.stop()
+
+
+def test_a_batch_too_large_for_the_feed_bumps_its_groups_instead(open_store: OpenStore) -> None:
+    store = open_store()
+    before = store.load_cache_state()
+    huge = [secrets.token_bytes(64) for _ in range(3000)]  # ~190 KiB, incompressible
+    bumped = store.invalidate_keys({"user_profile": huge})
+    after = store.load_cache_state()
+    assert set(bumped) == {"user_profile"}
+    assert after.generations["user_profile"] == bumped["user_profile"]
+    assert after.sequence == before.sequence  # nothing went into the ring
+
+
+def test_a_reader_that_fell_behind_the_ring_is_told_it_lost_messages(
+    open_store: OpenStore,
+) -> None:
+    writer, reader = open_store(), open_store()
+    reader.load_cache_state()
+    for n in range(SLOTS + 3):  # more than the ring holds, before the reader watches
+        writer.invalidate_keys({"g": [str(n).encode()]})
+    recorder = FeedRecorder()
+    watch = reader.watch_cache(recorder)
+    try:
+        wait_until(lambda: recorder.lost > 0, WATCH_LATENCY, "messages lost")
+        writer.invalidate_keys({"g": [b"after"]})  # and it follows the feed again
+        wait_until(lambda: b"after" in recorder.keys("g"), WATCH_LATENCY, "the next batch")
+    finally:
+        watch.stop()

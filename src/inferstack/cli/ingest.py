@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -16,10 +17,12 @@ from inferstack.cli.common import (
     DataDirOption,
     JsonOption,
     console,
+    errors,
     fail,
     print_json,
     settings_from,
 )
+from inferstack.configstore.base import ConfigStore
 from inferstack.core.errors import InferstackError
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.ingest import (
@@ -32,6 +35,7 @@ from inferstack.server.components import open_config_store, open_storage
 from inferstack.server.settings import ServeSettings
 
 SHOWN_REJECTIONS = 20
+BUMP_INTERVAL = 5.0  # seconds between cache generation bumps during a long ingest
 
 
 def ingest(
@@ -58,16 +62,59 @@ def ingest(
     try:
         store = open_config_store(settings)
         catalog = Catalog(store.load())
-        store.close()
     except InferstackError as exc:
         fail(str(exc))
-    report = asyncio.run(_run(settings, catalog, feature_group, files, strict, chunk_rows, as_json))
+    follower = _CacheBump(store, feature_group)
+    try:
+        report = asyncio.run(
+            _run(settings, catalog, feature_group, files, strict, chunk_rows, as_json, follower)
+        )
+        if report.rows_written:
+            follower.bump()  # the last rows are in: every server's caches move on
+    except BaseException:
+        follower.bump()  # stopped halfway: the rows written so far must be seen too
+        raise
+    finally:
+        store.close()
     if as_json:
         print_json(asdict(report))
     else:
         _print_report(report)
-    if report.rows_rejected:
+    if follower.failure:
+        errors.print(
+            f"[red]error:[/red] rows were written, but servers could not be told to drop "
+            f"cached rows of {feature_group} (config store: {follower.failure}); they may "
+            "serve old values until the group's cache ttl",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if report.rows_rejected or follower.failure:
         raise typer.Exit(1)
+
+
+class _CacheBump:
+    """Moves the group to a new cache generation (configstore/cachefeed.py): at the end of
+    an ingest, and every BUMP_INTERVAL seconds while a long one writes, so servers never
+    serve rows older than that from their caches."""
+
+    def __init__(self, store: ConfigStore, group: str) -> None:
+        self.store = store
+        self.group = group
+        self.failure: str | None = None
+        self._last = time.monotonic()
+
+    def bump(self) -> None:
+        try:
+            self.store.bump_generations([self.group])
+            self.failure = None
+        except Exception as exc:  # unreachable config store, disk errors: reported, not fatal
+            self.failure = str(exc)
+        self._last = time.monotonic()
+
+    def written(self) -> None:
+        """Called after each chunk is written."""
+        if time.monotonic() - self._last >= BUMP_INTERVAL:
+            self.bump()
 
 
 async def _run(
@@ -78,6 +125,7 @@ async def _run(
     strict: bool,
     chunk_rows: int,
     quiet: bool,
+    follower: _CacheBump,
 ) -> IngestReport:
     storage = open_storage(settings)
     try:
@@ -95,6 +143,11 @@ async def _run(
         )
         with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
             task = progress.add_task(f"ingest {group}", total=total)
+
+            def advance(_file: str, rows: int) -> None:
+                progress.advance(task, rows)
+                follower.written()
+
             return await ingest_files(
                 catalog,
                 storage,
@@ -102,7 +155,7 @@ async def _run(
                 files,
                 strict=strict,
                 chunk_rows=chunk_rows,
-                progress=lambda _file, rows: progress.advance(task, rows),
+                progress=advance,
             )
     except InferstackError as exc:
         fail(str(exc))

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
+from inferstack.configstore.cachefeed import CacheListener, CacheState, KeyBatch
 from inferstack.core.errors import InferstackError, InvalidArgumentError, NotFoundError
 from inferstack.core.registry import Registry
 
@@ -78,6 +79,25 @@ class ConfigStore(Protocol):
 
     def has_blob(self, digest: str) -> bool:
         """Whether a complete blob is stored under `digest` (its bytes are not re-checked)."""
+        ...
+
+    # The cache feed (cachefeed.py): how every worker's caches follow writes.
+
+    def load_cache_state(self) -> CacheState:
+        """Current cache generations and feed position; where a later watch_cache starts."""
+        ...
+
+    def bump_generations(self, groups: Collection[str]) -> dict[str, int]:
+        """Move each group to a new cache generation (atomically); returns the new ones."""
+        ...
+
+    def invalidate_keys(self, batch: KeyBatch) -> dict[str, int]:
+        """Publish keys written per group. A batch too large for the feed bumps its groups'
+        generations instead: those are returned (empty when published as keys)."""
+        ...
+
+    def watch_cache(self, listener: CacheListener) -> Watch:
+        """Deliver generation changes and invalidated keys to `listener` until stopped."""
         ...
 
     def close(self) -> None: ...

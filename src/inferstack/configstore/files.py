@@ -4,6 +4,8 @@ Blobs (model files) live next to it, one file per blob named by its sha256::
 
     <data_dir>/config/registry.json
     <data_dir>/config/blobs/<sha256>
+    <data_dir>/config/cache/state.json    the cache feed (see cachefeed.py): generations and
+    <data_dir>/config/cache/slots/<i>     the ring of invalidated-key batches
 
 Each blob is written to a temporary file in the same directory, synced and renamed into
 place, so a reader sees the whole blob or none; concurrent writers of the same blob each
@@ -19,7 +21,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,22 +32,44 @@ from inferstack.configstore.base import (
     blob_digest,
     check_digest,
 )
+from inferstack.configstore.cachefeed import (
+    CacheListener,
+    CacheState,
+    CorruptCacheFeedError,
+    FeedFollower,
+    KeyBatch,
+    encode_slot,
+    slot_index,
+)
 from inferstack.core.registry import Registry
 
 log = logging.getLogger(__name__)
 REGISTRY_FILE = "registry.json"
 BLOBS_DIRECTORY = "blobs"
 FileIdentity = tuple[int, int] | None  # (inode, mtime): a rename always changes it
+CACHE_DIRECTORY = "cache"
+CACHE_STATE_FILE = "state.json"
+# Workers on one machine hear of writes this often; reading a small file costs microseconds.
+CACHE_POLL_INTERVAL = 0.05
 
 
 class FileConfigStore:
-    def __init__(self, data_dir: Path, poll_interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        poll_interval: float = 0.25,
+        cache_poll_interval: float = CACHE_POLL_INTERVAL,
+    ) -> None:
         self.directory = data_dir / "config"
         self.path = self.directory / REGISTRY_FILE
         self.blobs_directory = self.directory / BLOBS_DIRECTORY
+        self.cache_directory = self.directory / CACHE_DIRECTORY
+        self.cache_state_path = self.cache_directory / CACHE_STATE_FILE
         self.poll_interval = poll_interval
+        self.cache_poll_interval = cache_poll_interval
         # What the last load() read, so a watch started later misses no change in between.
         self._loaded: FileIdentity | None = None
+        self._cache_loaded: CacheState | None = None  # the same for the cache feed
 
     def identity(self) -> FileIdentity:
         try:
@@ -127,12 +151,77 @@ class FileConfigStore:
     def close(self) -> None:
         pass
 
+    # -- the cache feed ---------------------------------------------------------------------
+
+    def load_cache_state(self) -> CacheState:
+        state = self._read_cache_state()
+        self._cache_loaded = state
+        return state
+
+    def bump_generations(self, groups: Collection[str]) -> dict[str, int]:
+        with self._locked(self.cache_directory):
+            state = self._read_cache_state().bumped(groups)
+            self._replace(self.cache_state_path, state.encode())
+        return {group: state.generations[group] for group in groups}
+
+    def invalidate_keys(self, batch: KeyBatch) -> dict[str, int]:
+        with self._locked(self.cache_directory):
+            state = self._read_cache_state()
+            sequence = state.sequence + 1
+            slot = encode_slot(sequence, batch)
+            if slot is None:  # too large for the ring: forget the groups instead
+                state = state.bumped(batch)
+                self._replace(self.cache_state_path, state.encode())
+                return {group: state.generations[group] for group in batch}
+            slots = self.cache_directory / "slots"
+            slots.mkdir(exist_ok=True)
+            # The slot before the state that names it: a reader never finds a slot missing.
+            self._replace(slots / str(slot_index(sequence)), slot)
+            self._replace(self.cache_state_path, CacheState(state.generations, sequence).encode())
+        return {}
+
+    def watch_cache(self, listener: CacheListener) -> _CacheFileWatch:
+        start = self._cache_loaded if self._cache_loaded is not None else self._read_cache_state()
+        return _CacheFileWatch(self, FeedFollower(listener, start))
+
+    def _read_cache_state(self) -> CacheState:
+        try:
+            data = self.cache_state_path.read_bytes()
+        except FileNotFoundError:
+            return CacheState()
+        return CacheState.decode(data, str(self.cache_state_path))
+
+    def _read_slots(self, indexes: list[int]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for index in indexes:
+            try:
+                out.append((self.cache_directory / "slots" / str(index)).read_bytes())
+            except FileNotFoundError:
+                out.append(None)
+        return out
+
+    @staticmethod
+    def _replace(path: Path, data: bytes) -> None:
+        """Readers see the old or the new content. Not synced: the feed only matters to
+        running processes, and a lost state restarts generations above the clock anyway."""
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+
     def _blob_path(self, digest: str) -> Path:
         return self.blobs_directory / digest
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.directory / ".lock", "w") as lock:
+    def _locked(self, directory: Path | None = None) -> Iterator[None]:
+        directory = directory or self.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -175,3 +264,31 @@ class _PollingWatch:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join(timeout=2)
+
+
+class _CacheFileWatch:
+    """Reads the cache state file every `cache_poll_interval` and delivers what changed."""
+
+    def __init__(self, store: FileConfigStore, follower: FeedFollower) -> None:
+        self._store = store
+        self._follower = follower
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cache-feed-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        store = self._store
+        while not self._stopped.wait(store.cache_poll_interval):
+            try:
+                state = store._read_cache_state()
+                self._follower.update(state, store._read_slots, str(store.cache_directory))
+            except CorruptCacheFeedError:
+                log.exception("cache feed unreadable; dropping in-process caches")
+                self._follower.listener.messages_lost()
+            except Exception:  # the watch must outlive any surprise
+                log.exception("cache feed watch failed; retrying")
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)

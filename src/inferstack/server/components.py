@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from inferstack.configstore.base import ConfigStore, Watch
 from inferstack.core.errors import UnavailableError
 from inferstack.core.registry import Registry
 from inferstack.featurestore.cache.base import RowCache
+from inferstack.featurestore.cache.coherence import CacheCoherence
 from inferstack.featurestore.cache.memory import MemoryCache
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.rows import RowSource
@@ -32,6 +34,7 @@ from inferstack.interactions.hot.base import HotTier
 from inferstack.interactions.service import InteractionService
 from inferstack.server.settings import (
     CassandraStorageSettings,
+    CompactionSettings,
     RedisCacheSettings,
     ServeSettings,
     ZooKeeperConfigSettings,
@@ -253,10 +256,18 @@ class Components:
     inferflow: InferflowService
     interactions: InteractionService
     watch: Watch | None = None
+    coherence: CacheCoherence | None = None  # caches following writes (cache feed)
+    compaction: asyncio.Task[None] | None = None  # expired rows, embedded storage
 
     async def close(self) -> None:
         if self.watch is not None:
             self.watch.stop()
+        if self.coherence is not None:
+            self.coherence.stop()
+        if self.compaction is not None:
+            self.compaction.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.compaction
         await self.interactions.close()
         await self.inferflow.close()
         self.config.close()
@@ -294,4 +305,31 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
             asyncio.run_coroutine_threadsafe(switch(registry), loop)
 
         components.watch = config.watch(on_change)
+        # Caches follow writes made anywhere: ingest, other workers' Persists.
+        components.coherence = CacheCoherence(config, rows, loop)
+        components.coherence.start()
+        components.compaction = start_compaction(settings.compaction, storage, service)
     return components
+
+
+def start_compaction(
+    settings: CompactionSettings, storage: FeatureStorage, service: FeatureService
+) -> asyncio.Task[None] | None:
+    """Slow background deletion of expired rows, where storage does not expire rows itself
+    (LMDB; Cassandra drops them by TTL)."""
+    from inferstack.featurestore.storage.lmdb import LmdbStorage
+
+    if not settings.enabled or not isinstance(storage, LmdbStorage):
+        return None
+    from inferstack.featurestore.compaction import run_background
+
+    return asyncio.create_task(
+        run_background(
+            storage,
+            lambda: sorted(service.catalog.registry.feature_groups),
+            rows_per_second=settings.rows_per_second,
+            batch=settings.batch,
+            pause=settings.pause,
+        ),
+        name="compaction",
+    )

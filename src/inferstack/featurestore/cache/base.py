@@ -22,11 +22,19 @@ CachedRow = bytes | None | _Miss
 class RowCache(Protocol):
     """Caches encoded rows by (feature group, key), including negative entries (None).
 
+    Every entry carries the cache generation of its group it was stored under (see
+    configstore/cachefeed.py). A read at generation G answers MISS for entries of an older
+    generation, and a write at generation G never replaces an entry of a newer one, so once
+    a group's generation moves on, nothing cached before is served again, whichever worker
+    (still on the old generation or not) writes or reads.
+
     A cache is an optimisation: implementations never raise on reads or writes; a failing
     cache answers MISS and the read goes on to storage.
     """
 
-    async def get_many(self, group: str, keys: Sequence[bytes]) -> list[CachedRow]: ...
+    async def get_many(
+        self, group: str, keys: Sequence[bytes], generation: int = 0
+    ) -> list[CachedRow]: ...
 
     async def set_many(
         self,
@@ -34,8 +42,13 @@ class RowCache(Protocol):
         items: Sequence[tuple[bytes, bytes | None]],
         ttl: float,
         negative_ttl: float,
-    ) -> None: ...
+        generation: int = 0,
+    ) -> None:
+        """Cache rows read from storage; a key invalidated a moment ago may be skipped."""
+        ...
 
-    async def invalidate(self, group: str, keys: Sequence[bytes]) -> None: ...
+    async def invalidate(self, group: str, keys: Sequence[bytes]) -> bool:
+        """Forget the keys (they were just written); False if that could not be done."""
+        ...
 
     async def close(self) -> None: ...

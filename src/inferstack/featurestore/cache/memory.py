@@ -7,6 +7,11 @@ keys with one deadline, and batches with the same lifetime sit in one queue in d
 order, so expired batches are dropped from the queue heads and a lookup never has to
 check a deadline. Over budget, the oldest batch goes first (FIFO): with entries that
 expire anyway, that costs little hit rate and keeps hits to one dict lookup.
+
+Each group's dict belongs to one cache generation: the first read or write at a newer
+generation drops the group's entries at once (their batches, tagged with the old
+generation, then expire without touching the new entries), and writes at an older one are
+ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ _ABSENT = object()  # stored for negative entries; one shared object, no memory 
 @dataclass
 class _Batch:
     group: str
+    generation: int
     keys: list[bytes]
     deadline: float
     born: float = field(default_factory=time.monotonic)
@@ -38,17 +44,26 @@ class MemoryCache:
         self.hits = 0
         self.misses = 0
         self._groups: dict[str, dict[bytes, object]] = {}
+        self._generations: dict[str, int] = {}
         self._queues: dict[float, deque[_Batch]] = {}  # lifetime -> batches, oldest first
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self._groups.values())
 
-    async def get_many(self, group: str, keys: Sequence[bytes]) -> list[CachedRow]:
-        return self.get_many_sync(group, keys)
+    async def get_many(
+        self, group: str, keys: Sequence[bytes], generation: int = 0
+    ) -> list[CachedRow]:
+        return self.get_many_sync(group, keys, generation)
 
-    def get_many_sync(self, group: str, keys: Sequence[bytes]) -> list[CachedRow]:
+    def get_many_sync(
+        self, group: str, keys: Sequence[bytes], generation: int = 0
+    ) -> list[CachedRow]:
         self._expire(time.monotonic())
         rows = self._groups.get(group)
+        if generation != self._generations.get(group, 0):
+            if generation > self._generations.get(group, 0):
+                self._advance(group, generation)
+            rows = None
         if rows is None:
             self.misses += len(keys)
             return [MISS] * len(keys)
@@ -65,7 +80,13 @@ class MemoryCache:
         items: Sequence[tuple[bytes, bytes | None]],
         ttl: float,
         negative_ttl: float,
+        generation: int = 0,
     ) -> None:
+        current = self._generations.get(group, 0)
+        if generation < current:
+            return  # read before the group moved on: must not come back
+        if generation > current:
+            self._advance(group, generation)
         now = time.monotonic()
         self._expire(now)
         rows = self._groups.setdefault(group, {})
@@ -88,11 +109,15 @@ class MemoryCache:
                 self.used_bytes += size
             if keys:
                 queue = self._queues.setdefault(lifetime, deque())
-                queue.append(_Batch(group, keys, now + lifetime, now))
+                queue.append(_Batch(group, generation, keys, now + lifetime, now))
         while self.used_bytes > self.max_bytes and self._evict_oldest():
             pass
 
-    async def invalidate(self, group: str, keys: Sequence[bytes]) -> None:
+    async def invalidate(self, group: str, keys: Sequence[bytes]) -> bool:
+        self.invalidate_sync(group, keys)
+        return True
+
+    def invalidate_sync(self, group: str, keys: Sequence[bytes]) -> None:
         rows = self._groups.get(group)
         if rows is None:
             return
@@ -101,10 +126,20 @@ class MemoryCache:
             if old is not None:
                 self.used_bytes -= _size(key, old)
 
-    async def close(self) -> None:
+    def clear(self) -> None:
+        """Forget every entry (generations are kept: they only ever move forward)."""
         self._groups.clear()
         self._queues.clear()
         self.used_bytes = 0
+
+    async def close(self) -> None:
+        self.clear()
+
+    def _advance(self, group: str, generation: int) -> None:
+        rows = self._groups.pop(group, None)
+        if rows:
+            self.used_bytes -= sum(_size(key, row) for key, row in rows.items())
+        self._generations[group] = generation
 
     def _expire(self, now: float) -> None:
         for queue in self._queues.values():
@@ -122,15 +157,18 @@ class MemoryCache:
         batch.evicted += 1
         if batch.evicted == len(batch.keys):
             queue.popleft()
-        self._forget(batch.group, key)
+        self._forget(batch, key)
         return True
 
     def _drop(self, batch: _Batch) -> None:
         for key in batch.keys[batch.evicted :]:
-            self._forget(batch.group, key)
+            self._forget(batch, key)
 
-    def _forget(self, group: str, key: bytes) -> None:
-        old = self._groups[group].pop(key, None)
+    def _forget(self, batch: _Batch, key: bytes) -> None:
+        if batch.generation != self._generations.get(batch.group, 0):
+            return  # its group moved on: the entries it stood for are gone already
+        rows = self._groups.get(batch.group)
+        old = rows.pop(key, None) if rows is not None else None
         if old is not None:
             self.used_bytes -= _size(key, old)
 

@@ -1,11 +1,22 @@
 """Shared row cache on any Redis-protocol server (Redis, Dragonfly, Valkey, KeyDB).
 
-Layout: key = prefix + group + ":" + raw entity key (all bytes, binary-safe; group names
-never contain ":", so keys of different groups cannot collide). Value = the encoded row, or
-NEGATIVE (b"") for "known to be absent". Every encoded row starts with an 8-byte header
-(see core/rowformat.py), so a zero-length value can never be a row: the marker is both
-unambiguous and the cheapest value Redis can store. Redis answers a missing key with nil
-(None), which is distinct from an empty string, so MISS and "absent" stay apart.
+Layout: key = prefix + group + "/" + raw entity key (all bytes, binary-safe; group names
+never contain "/", so keys of different groups cannot collide). Value = the cache
+generation it was stored under (8 bytes, big-endian) followed by the encoded row, or by
+nothing (NEGATIVE) for "known to be absent". Redis answers a missing key with nil (None),
+so MISS and "absent" stay apart. (Before generations, values were bare rows under
+group + ":"; those keys are never read again and expire by themselves.)
+
+Generations (configstore/cachefeed.py): a read at generation G takes entries of G or newer
+and answers MISS for older ones; a back-fill replaces an entry only if that entry is not of
+a newer generation (a Lua script compares the 8-byte prefixes on the server), so a worker
+still on an old generation can never put back what a newer one forgot.
+
+Invalidation (after a Persist) replaces each key by a TOMBSTONE for `invalidation_hold`
+seconds rather than deleting it: a back-fill never replaces a tombstone, so a read that
+fetched the old row from storage just before the write cannot put it back afterwards.
+Readers stop back-filling once their read is older than rows.FILL_WINDOW (less than the
+hold), so no such read outlives the tombstone.
 
 A cache is an optimisation: no method here ever raises (cancellation aside). Every call is
 bounded by `timeout`, a failure answers MISS / gives up quietly, and a circuit breaker stops
@@ -31,8 +42,28 @@ from inferstack.featurestore.cache.breaker import BreakerState, CircuitBreaker
 
 log = logging.getLogger(__name__)
 
-NEGATIVE = b""  # stored for a None row; never a valid row (rows have an 8-byte header)
+NEGATIVE = b""  # after the generation: a None row; never a valid row (rows have a header)
+TOMBSTONE = b"!"  # shorter than a generation: never taken for an entry, never overwritten
+GENERATION_BYTES = 8
+DEFAULT_INVALIDATION_HOLD = 3.0
 WARNING_INTERVAL = 10.0  # seconds between repeated warnings about a failing Redis
+FILL_CHUNK = 1000  # keys per script call, so one back-fill never holds Redis for long
+
+# KEYS: names; ARGV: value, milliseconds, value, milliseconds, ... Sets each key unless it
+# holds a tombstone or an entry of a newer generation (same-length big-endian prefixes
+# compare as numbers).
+_FILL_SCRIPT = """
+local stored = 0
+for i, name in ipairs(KEYS) do
+  local value = ARGV[2 * i - 1]
+  local old = redis.call('GET', name)
+  if (not old) or (string.len(old) >= 8 and string.sub(old, 1, 8) <= string.sub(value, 1, 8)) then
+    redis.call('SET', name, value, 'PX', ARGV[2 * i])
+    stored = stored + 1
+  end
+end
+return stored
+"""
 
 T = TypeVar("T")
 
@@ -49,6 +80,7 @@ class RedisCache:
     max_connections  pool size per process; callers beyond it wait (within `timeout`)
     breaker_failures consecutive failed operations that open the circuit breaker
     breaker_cooldown seconds the breaker stays open before one probe is let through
+    invalidation_hold  seconds an invalidated key stays a tombstone (no back-fill)
     """
 
     def __init__(
@@ -61,7 +93,10 @@ class RedisCache:
         max_connections: int = 64,
         breaker_failures: int = 5,
         breaker_cooldown: float = 1.0,
+        invalidation_hold: float = DEFAULT_INVALIDATION_HOLD,
     ) -> None:
+        if invalidation_hold <= 0:
+            raise ValueError("invalidation_hold must be positive")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if not 0 <= ttl_jitter < 1:
@@ -73,6 +108,7 @@ class RedisCache:
         self.prefix = prefix.encode()
         self.timeout = timeout
         self.ttl_jitter = ttl_jitter
+        self.invalidation_hold_ms = max(1, round(invalidation_hold * 1000))
         self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown)
         # Counters for tests and metrics. hits/misses count keys as answered to the caller
         # (a failed read answers MISS for all its keys); errors count failed operations;
@@ -92,6 +128,7 @@ class RedisCache:
             retry=Retry(NoBackoff(), 0),
         )
         self._client = aioredis.Redis(connection_pool=self._pool)
+        self._fill_script = self._client.register_script(_FILL_SCRIPT)
         self._group_prefixes: dict[str, bytes] = {}
         self._random = random.Random()
         self._warnings = _Throttle(WARNING_INTERVAL)
@@ -102,7 +139,9 @@ class RedisCache:
 
     # -- RowCache ---------------------------------------------------------------------------
 
-    async def get_many(self, group: str, keys: Sequence[bytes]) -> list[CachedRow]:
+    async def get_many(
+        self, group: str, keys: Sequence[bytes], generation: int = 0
+    ) -> list[CachedRow]:
         if not keys:
             return []
         names = self._names(group, keys)
@@ -111,7 +150,8 @@ class RedisCache:
         if values is None:
             self.misses += len(keys)
             return [MISS] * len(keys)
-        out = [_from_stored(value) for value in values]
+        oldest = generation.to_bytes(GENERATION_BYTES, "big")
+        out = [_from_stored(value, oldest) for value in values]
         found = sum(1 for value in out if value is not MISS)
         self.hits += found
         self.misses += len(keys) - found
@@ -123,21 +163,23 @@ class RedisCache:
         items: Sequence[tuple[bytes, bytes | None]],
         ttl: float,
         negative_ttl: float,
+        generation: int = 0,
     ) -> None:
         entries: list[tuple[bytes, bytes, int]] = []
         head = self._group_prefix(group)
+        tag = generation.to_bytes(GENERATION_BYTES, "big")
         for key, row in items:
             millis = self._ttl_millis(negative_ttl if row is None else ttl)
             if millis > 0:
-                entries.append((head + key, NEGATIVE if row is None else row, millis))
+                entries.append((head + key, tag if row is None else tag + row, millis))
         if entries:
-            await self._guarded("write", lambda: self._set_pipelined(entries))
+            await self._guarded("write", lambda: self._fill_pipelined(entries))
 
-    async def invalidate(self, group: str, keys: Sequence[bytes]) -> None:
-        if keys:
-            names = self._names(group, keys)
-            # UNLINK frees large values off the server's main thread; one command, one trip.
-            await self._guarded("invalidate", lambda: self._client.unlink(*names))
+    async def invalidate(self, group: str, keys: Sequence[bytes]) -> bool:
+        if not keys:
+            return True
+        names = self._names(group, keys)
+        return await self._guarded("invalidate", lambda: self._tombstone(names)) is not None
 
     async def close(self) -> None:
         try:
@@ -154,7 +196,7 @@ class RedisCache:
     def _group_prefix(self, group: str) -> bytes:
         head = self._group_prefixes.get(group)
         if head is None:
-            head = self._group_prefixes[group] = self.prefix + group.encode() + b":"
+            head = self._group_prefixes[group] = self.prefix + group.encode() + b"/"
         return head
 
     def _ttl_millis(self, seconds: float) -> int:
@@ -167,12 +209,23 @@ class RedisCache:
     async def _mget(self, names: list[bytes]) -> list[bytes | None]:
         return cast(list[bytes | None], await self._client.mget(names))
 
-    async def _set_pipelined(self, entries: list[tuple[bytes, bytes, int]]) -> None:
+    async def _fill_pipelined(self, entries: list[tuple[bytes, bytes, int]]) -> None:
         # Not a transaction: entries are independent, and MULTI/EXEC would only add work.
         async with self._client.pipeline(transaction=False) as pipe:
-            for name, value, millis in entries:
-                pipe.set(name, value, px=millis)
+            for start in range(0, len(entries), FILL_CHUNK):
+                chunk = entries[start : start + FILL_CHUNK]
+                args: list[bytes | int] = []
+                for _, value, millis in chunk:
+                    args += [value, millis]
+                await self._fill_script(keys=[name for name, _, _ in chunk], args=args, client=pipe)
             await pipe.execute()
+
+    async def _tombstone(self, names: list[bytes]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.set(name, TOMBSTONE, px=self.invalidation_hold_ms)
+            result: list[Any] = await pipe.execute()
+            return result
 
     async def _guarded(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
         """Run one Redis operation within the timeout, under the breaker; None if it failed."""
@@ -201,10 +254,11 @@ class RedisCache:
             self._warnings.warning(message, self.where, operation, detail)
 
 
-def _from_stored(value: bytes | None) -> CachedRow:
-    if value is None:
-        return MISS
-    return None if value == NEGATIVE else value
+def _from_stored(value: bytes | None, oldest: bytes) -> CachedRow:
+    """An entry of generation `oldest` (8 bytes, big-endian) or newer; MISS otherwise."""
+    if value is None or len(value) < GENERATION_BYTES or value[:GENERATION_BYTES] < oldest:
+        return MISS  # absent, a tombstone, or stored before the group moved on
+    return value[GENERATION_BYTES:] or None
 
 
 def _url(address: str) -> str:

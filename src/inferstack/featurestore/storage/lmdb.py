@@ -4,13 +4,18 @@ LMDB lets many processes read through one memory map while one writes at a time,
 is exactly the embedded server's shape (several worker processes, occasional writers).
 Reads are a few microseconds from the page cache, so they run inline on the event loop;
 writes go to a thread so a large Persist never stalls reads.
+
+LMDB never drops a row by itself, so expired rows are reclaimed by compaction
+(featurestore/compaction.py) through `scan` and `delete_if`: short read transactions to
+find candidates, then one short write transaction per batch that re-checks each row, so
+neither readers nor writers wait long and a row rewritten meanwhile is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,5 +84,51 @@ class LmdbStorage:
         with self._env.begin(db=database, write=True) as txn, txn.cursor() as cursor:
             cursor.putmulti(rows)
 
+    def entry_count(self, group: str) -> int:
+        database = self._database(group, create=False)
+        if database is None:
+            return 0
+        with self._env.begin() as txn:
+            return int(txn.stat(database)["entries"])
+
+    def scan(
+        self, group: str, after: bytes | None, limit: int, head: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (key, first `head` bytes of the row) in key order, starting after
+        key `after` (None: from the first key). Fewer than `limit`: the end was reached."""
+        database = self._database(group, create=False)
+        if database is None:
+            return []
+        out: list[tuple[bytes, bytes]] = []
+        with self._env.begin(db=database, buffers=True) as txn, txn.cursor() as cursor:
+            found = cursor.first() if after is None else cursor.set_range(after)
+            while found and len(out) < limit:
+                key = bytes(cursor.key())
+                if key != after:
+                    out.append((key, bytes(cursor.value()[:head])))
+                found = cursor.next()
+        return out
+
+    def delete_if(
+        self, group: str, keys: Sequence[bytes], condition: Callable[[bytes], bool]
+    ) -> tuple[int, int]:
+        """Delete each key whose current row meets `condition`, in one write transaction;
+        returns (rows deleted, bytes of keys and rows freed for reuse)."""
+        database = self._database(group, create=False)
+        if database is None or not keys:
+            return 0, 0
+        deleted = freed = 0
+        with self._env.begin(db=database, write=True) as txn:
+            for key in keys:
+                row = txn.get(key)
+                if row is not None and condition(row):
+                    txn.delete(key)
+                    deleted += 1
+                    freed += len(key) + len(row)
+        return deleted, freed
+
     async def close(self) -> None:
+        self.close_sync()
+
+    def close_sync(self) -> None:
         self._env.close()

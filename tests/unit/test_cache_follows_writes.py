@@ -1,0 +1,224 @@
+"""The read path follows writes: generations, forgotten keys, the races around back-fills,
+and the coalescing publisher over a real file config store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from inferstack.configstore.files import FileConfigStore
+from inferstack.core.definitions import CachePolicy
+from inferstack.core.errors import UnavailableError
+from inferstack.core.registry import Registry
+from inferstack.featurestore.cache.base import MISS
+from inferstack.featurestore.cache.coherence import CacheCoherence
+from inferstack.featurestore.cache.memory import MemoryCache
+from inferstack.featurestore.rows import RowSource
+from inferstack.featurestore.storage.lmdb import LmdbStorage
+
+POLICY = CachePolicy(ttl=600, negative_ttl=600)
+
+
+class SlowStorage(LmdbStorage):
+    """Real LMDB whose reads take a while, so a write can land while a read is in flight."""
+
+    reads_inline = False
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads = 0
+
+    async def read(self, group: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        self.reads += 1
+        rows = self.read_sync(group, keys)  # what storage held when the read began
+        await asyncio.sleep(0.05)
+        return rows
+
+    async def prepare(self, registry: Registry) -> None:
+        pass
+
+
+class Published:
+    """Records what RowSource.invalidate asks a publisher for (pure logic)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[bytes], bool]] = []
+
+    async def publish(self, group: str, keys: Sequence[bytes], *, bump: bool) -> None:
+        self.calls.append((group, list(keys), bump))
+
+
+class FailingSharedCache(MemoryCache):
+    async def invalidate(self, group: str, keys: Sequence[bytes]) -> bool:
+        return False  # what RedisCache answers with its breaker open
+
+
+async def started(coroutine_task: asyncio.Task[list[bytes | None]]) -> None:
+    await asyncio.sleep(0.01)  # the read is now waiting on storage
+    assert not coroutine_task.done()
+
+
+async def test_a_read_that_began_before_a_bump_does_not_back_fill(tmp_path: Path) -> None:
+    storage = SlowStorage(tmp_path)
+    storage.write_sync("g", [(b"k", b"old")])
+    source = RowSource(storage, MemoryCache())
+    reading = asyncio.create_task(source.read("g", [b"k"], POLICY))
+    await started(reading)
+    storage.write_sync("g", [(b"k", b"new")])
+    source.set_generations({"g": 5})
+    assert await reading == [b"old"]  # it began before the write
+    assert await source.read("g", [b"k"], POLICY) == [b"new"]
+    assert await source.read("g", [b"k"], POLICY) == [b"new"]  # now cached, at generation 5
+    assert storage.reads == 2
+
+
+async def test_keys_forgotten_during_a_read_are_not_back_filled_but_others_are(
+    tmp_path: Path,
+) -> None:
+    storage = SlowStorage(tmp_path)
+    storage.write_sync("g", [(b"k1", b"old"), (b"k2", b"two")])
+    local = MemoryCache()
+    source = RowSource(storage, local)
+    reading = asyncio.create_task(source.read("g", [b"k1", b"k2"], POLICY))
+    await started(reading)
+    storage.write_sync("g", [(b"k1", b"new")])
+    source.forget("g", [b"k1"])  # another worker's Persist, heard through the feed
+    assert await reading == [b"old", b"two"]
+    assert local.get_many_sync("g", [b"k1", b"k2"]) == [MISS, b"two"]
+    assert await source.read("g", [b"k1"], POLICY) == [b"new"]
+
+
+async def test_a_read_after_forget_does_not_join_an_older_storage_read(tmp_path: Path) -> None:
+    storage = SlowStorage(tmp_path)
+    storage.write_sync("g", [(b"k", b"old")])
+    source = RowSource(storage, MemoryCache())
+    first = asyncio.create_task(source.read("g", [b"k"], POLICY))
+    await started(first)
+    storage.write_sync("g", [(b"k", b"new")])
+    source.forget("g", [b"k"])
+    second = await source.read("g", [b"k"], POLICY)
+    assert second == [b"new"], "a read that began after the write got the old row"
+    assert await first == [b"old"]
+    assert await source.read("g", [b"k"], POLICY) == [b"new"]
+
+
+async def test_forget_everything_empties_the_local_cache_and_stops_fills_in_flight(
+    tmp_path: Path,
+) -> None:
+    storage = SlowStorage(tmp_path)
+    storage.write_sync("g", [(b"a", b"old"), (b"b", b"old")])
+    local = MemoryCache()
+    source = RowSource(storage, local)
+    await source.read("g", [b"a"], POLICY)
+    reading = asyncio.create_task(source.read("g", [b"b"], POLICY))
+    await started(reading)
+    storage.write_sync("g", [(b"a", b"new"), (b"b", b"new")])
+    source.forget_everything()
+    await reading
+    assert len(local) == 0
+    assert await source.read("g", [b"a", b"b"], POLICY) == [b"new", b"new"]
+
+
+async def test_while_the_feed_is_down_caches_are_bypassed(tmp_path: Path) -> None:
+    storage = SlowStorage(tmp_path)
+    storage.write_sync("g", [(b"k", b"v1")])
+    local = MemoryCache()
+    source = RowSource(storage, local)
+    await source.read("g", [b"k"], POLICY)
+    source.set_caching(False)
+    storage.write_sync("g", [(b"k", b"v2")])
+    assert await source.read("g", [b"k"], POLICY) == [b"v2"]
+    assert await source.read("g", [b"k"], POLICY) == [b"v2"]
+    assert storage.reads == 3  # every read went to storage
+    source.set_caching(True)  # whatever was missed meanwhile: the local cache starts empty
+    assert len(local) == 0
+    assert await source.read("g", [b"k"], POLICY) == [b"v2"]
+
+
+async def test_generations_only_move_forward(tmp_path: Path) -> None:
+    source = RowSource(LmdbStorage(tmp_path))
+    source.set_generations({"g": 10, "h": 3})
+    source.set_generations({"g": 7})  # a late echo of an older bump
+    assert source.generations == {"g": 10, "h": 3}
+
+
+async def test_invalidate_publishes_keys_or_a_bump_when_the_shared_cache_failed(
+    tmp_path: Path,
+) -> None:
+    storage = LmdbStorage(tmp_path)
+    published = Published()
+    working = RowSource(storage, MemoryCache(), MemoryCache(), published)
+    await working.invalidate("g", [b"a", b"b"])
+    failing = RowSource(storage, MemoryCache(), FailingSharedCache(), published)
+    await failing.invalidate("g", [b"c"])
+    assert published.calls == [("g", [b"a", b"b"], False), ("g", [b"c"], True)]
+
+
+# -- CacheCoherence over a real FileConfigStore ----------------------------------------------
+
+
+async def wait_for(condition: object, what: str, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_keys_written_by_one_worker_leave_every_other_workers_cache(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    storage = LmdbStorage(tmp_path / "lmdb")
+    storage.write_sync("g", [(b"k", b"old")])
+    workers = []
+    for _ in range(2):
+        source = RowSource(storage, MemoryCache())
+        coherence = CacheCoherence(FileConfigStore(tmp_path), source, loop)
+        coherence.start()
+        workers.append((source, coherence))
+    try:
+        for source, _ in workers:
+            assert await source.read("g", [b"k"], POLICY) == [b"old"]
+        storage.write_sync("g", [(b"k", b"new")])
+        await workers[0][0].invalidate("g", [b"k"])  # what Persist does after writing
+        other = workers[1][0]
+        assert other.local is not None
+        await wait_for(lambda: other.local.get_many_sync("g", [b"k"]) != [b"old"], "the feed")
+        assert await other.read("g", [b"k"], POLICY) == [b"new"]
+        # A bump (ingest) moves every worker to a new generation.
+        generation = FileConfigStore(tmp_path).bump_generations(["g"])["g"]
+        await wait_for(lambda: other.generations.get("g") == generation, "the bump")
+    finally:
+        for _, coherence in workers:
+            coherence.stop()
+
+
+async def test_concurrent_persists_are_coalesced_into_fewer_publishes(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    source = RowSource(LmdbStorage(tmp_path / "lmdb"), MemoryCache())
+    coherence = CacheCoherence(FileConfigStore(tmp_path), source, loop)
+    coherence.start()
+    try:
+        await asyncio.gather(*(source.invalidate("g", [str(i).encode()]) for i in range(50)))
+        assert 1 <= coherence.published < 50
+        assert FileConfigStore(tmp_path).load_cache_state().sequence == coherence.published
+    finally:
+        coherence.stop()
+
+
+async def test_a_publish_that_cannot_reach_the_config_store_fails_the_persist(
+    tmp_path: Path,
+) -> None:
+    loop = asyncio.get_running_loop()
+    store = FileConfigStore(tmp_path)
+    source = RowSource(LmdbStorage(tmp_path / "lmdb"), MemoryCache())
+    coherence = CacheCoherence(store, source, loop)
+    coherence.start()
+    coherence.stop()  # (its watch would only log the breakage below every 50 ms)
+    # Nothing can be written: where the feed's directory should be is a plain file.
+    (tmp_path / "config").mkdir(exist_ok=True)
+    (tmp_path / "config" / "cache").write_text("not a directory")
+    with pytest.raises(UnavailableError, match="rows of g were written"):
+        await source.invalidate("g", [b"k"])
