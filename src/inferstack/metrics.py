@@ -18,6 +18,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -57,6 +58,35 @@ STORAGE_KEYS = Counter(
     "inferstack_storage_keys_total", "Keys read from storage (cache misses, coalesced)."
 )
 
+# Admission control (server/admission.py). The gauges are written when a call queues or is
+# shed and once a second otherwise; "livesum" adds up the workers that are alive.
+IN_FLIGHT = Gauge(
+    "inferstack_calls_in_flight",
+    "Calls executing (admitted by admission control), summed over live workers.",
+    multiprocess_mode="livesum",
+)
+QUEUED = Gauge(
+    "inferstack_calls_queued",
+    "Calls waiting for an execution slot, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+QUEUE_WAIT = Histogram(
+    "inferstack_queue_wait_seconds",
+    "Time calls that found every slot taken waited for one (admitted or not).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+SHED = Counter(
+    "inferstack_shed_total",
+    "Calls refused by admission control, by method and reason "
+    "(queue_full, deadline, queue_timeout).",
+    ["method", "reason"],
+)
+WORKER_CALLS = Counter(
+    "inferstack_worker_calls_total",
+    "Calls admitted, by worker process id: how evenly the kernel spreads connections.",
+    ["worker"],
+)
+
 
 def render() -> bytes:
     """The exposition text: every worker's numbers when running under the supervisor."""
@@ -65,6 +95,12 @@ def render() -> bytes:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges (in-flight, queued) from the shared directory."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 @contextmanager

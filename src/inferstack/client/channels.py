@@ -97,6 +97,10 @@ class PooledClient(Generic[StubT]):
         self.timeout = timeout
         self._pool = ChannelPool(target, make_stub, connections)
 
+    def deadline(self, timeout: float | None) -> float:
+        """A call's deadline in seconds: its own, else the client's."""
+        return self.timeout if timeout is None else timeout
+
     def close(self) -> None:
         self._pool.close()
 
@@ -119,6 +123,10 @@ class AsyncPooledClient(Generic[StubT]):
     ) -> None:
         self.timeout = timeout
         self._pool = AsyncChannelPool(target, make_stub, connections)
+
+    def deadline(self, timeout: float | None) -> float:
+        """A call's deadline in seconds: its own, else the client's."""
+        return self.timeout if timeout is None else timeout
 
     async def close(self) -> None:
         await self._pool.close()

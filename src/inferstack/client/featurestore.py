@@ -3,22 +3,28 @@
 with FeatureStoreClient("127.0.0.1:6566") as client:
     frame = client.retrieve("user", {"user_id": [1, 2]}, ["user_profile"])
     frame["user_profile.age"], frame.found(), frame.to_pandas()
+
+Calls go round-robin over `connections` channels of their own (see `channels.py`), so one
+client reaches several server workers. Every call carries a deadline (`timeout`, seconds;
+per client, or per call), which the server uses to refuse at once what it cannot serve in
+time (DEADLINE_EXCEEDED) rather than answer late. Fixed-width features come back as numpy
+views of the response's buffers; strings are decoded when first read (`client/columns.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 
+from inferstack.client.channels import AsyncPooledClient, PooledClient
+from inferstack.client.columns import Columns, decode_columns
 from inferstack.core.rowformat import Column, RowStatus, var_column
 from inferstack.core.types import NUMERIC_DTYPES, FeatureType
-from inferstack.featurestore.wire import column_from_proto, column_to_proto, keys_to_proto, to_numpy
+from inferstack.featurestore.wire import column_to_proto, fill_keys, keys_to_proto
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
 
@@ -26,10 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_TARGET = "127.0.0.1:6566"
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
-]
+FOUND = int(RowStatus.FOUND)  # a plain int: numpy compares it faster than the enum
+Keys = Mapping[str, Sequence[Any] | npt.NDArray[Any]]
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ class FeatureFrame:
 
     entity: str
     count: int
-    columns: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
+    # feature name ("group.feature") -> values; strings are decoded when first read
+    columns: MutableMapping[str, npt.NDArray[Any]] = field(default_factory=Columns)
     status: dict[str, npt.NDArray[np.uint8]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> npt.NDArray[Any]:
@@ -56,9 +61,11 @@ class FeatureFrame:
     def found(self, group: str | None = None) -> npt.NDArray[np.bool_]:
         """True where the row was found: of one feature group, or of every group asked."""
         groups = [group] if group is not None else list(self.status)
-        found = np.ones(self.count, dtype=np.bool_)
-        for name in groups:
-            found &= self.status[name] == RowStatus.FOUND
+        if not groups:
+            return np.ones(self.count, dtype=np.bool_)
+        found: npt.NDArray[np.bool_] = self.status[groups[0]] == FOUND
+        for name in groups[1:]:
+            found &= self.status[name] == FOUND
         return found
 
     def to_pandas(self) -> pd.DataFrame:
@@ -71,19 +78,24 @@ class FeatureFrame:
 
 
 def build_request(query: Query) -> pb.RetrieveRequest:
-    return pb.RetrieveRequest(
-        entity=query.entity, keys=keys_to_proto(query.keys), features=list(query.features)
-    )
+    request = pb.RetrieveRequest(entity=query.entity, features=query.features)
+    fill_keys(request.keys, query.keys)
+    return request
+
+
+def build_batch(queries: Sequence[Query]) -> pb.RetrieveBatchRequest:
+    """Built in place: copying finished sub-messages in would cost as much again."""
+    batch = pb.RetrieveBatchRequest()
+    add = batch.requests.add
+    for query in queries:
+        fill_keys(add(entity=query.entity, features=query.features).keys, query.keys)
+    return batch
 
 
 def decode_response(response: pb.RetrieveResponse) -> FeatureFrame:
-    frame = FeatureFrame(response.entity, response.count)
-    for column in response.columns:
-        feature_type, values = column_from_proto(column, response.count)
-        frame.columns[column.name] = to_numpy(feature_type, values)
-    for group in response.groups:
-        frame.status[group.feature_group] = np.frombuffer(group.status, dtype=np.uint8)
-    return frame
+    count = response.count
+    status = {g.feature_group: np.frombuffer(g.status, dtype=np.uint8) for g in response.groups}
+    return FeatureFrame(response.entity, count, decode_columns(response.columns, count), status)
 
 
 def build_persist(
@@ -113,81 +125,78 @@ def column_of(values: Sequence[Any] | npt.NDArray[Any]) -> tuple[FeatureType, Co
     return FeatureType(base, length), array.astype(array.dtype.newbyteorder("<"), copy=False)
 
 
-class FeatureStoreClient:
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = 10.0) -> None:
-        self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.FeatureStoreStub(self._channel)
+class FeatureStoreClient(PooledClient[pb_grpc.FeatureStoreStub]):
+    """Blocking client; thread-safe. `timeout` is every call's deadline unless a call gives
+    its own; `connections` channels of its own, used in turn."""
+
+    def __init__(
+        self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
+    ) -> None:
+        super().__init__(target, pb_grpc.FeatureStoreStub, timeout, connections)
 
     def retrieve(
         self,
         entity: str,
-        keys: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+        keys: Keys,
         features: Sequence[str] = (),
+        timeout: float | None = None,
     ) -> FeatureFrame:
         request = build_request(Query(entity, keys, features))
-        return decode_response(self._stub.Retrieve(request, timeout=self.timeout))
+        response = self._pool.stub().Retrieve(request, timeout=self.deadline(timeout))
+        return decode_response(response)
 
-    def retrieve_batch(self, queries: Sequence[Query]) -> list[FeatureFrame]:
-        request = pb.RetrieveBatchRequest(requests=[build_request(q) for q in queries])
-        response = self._stub.RetrieveBatch(request, timeout=self.timeout)
+    def retrieve_batch(
+        self, queries: Sequence[Query], timeout: float | None = None
+    ) -> list[FeatureFrame]:
+        request = build_batch(queries)
+        response = self._pool.stub().RetrieveBatch(request, timeout=self.deadline(timeout))
         return [decode_response(r) for r in response.responses]
 
     def persist(
         self,
         feature_group: str,
-        keys: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+        keys: Keys,
         features: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+        timeout: float | None = None,
     ) -> int:
         request = build_persist(feature_group, keys, features)
-        return int(self._stub.Persist(request, timeout=self.timeout).written)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return int(self._pool.stub().Persist(request, timeout=self.deadline(timeout)).written)
 
 
-class AsyncFeatureStoreClient:
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = 10.0) -> None:
-        self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.FeatureStoreStub(self._channel)
+class AsyncFeatureStoreClient(AsyncPooledClient[pb_grpc.FeatureStoreStub]):
+    """asyncio client; `timeout` is every call's deadline unless a call gives its own;
+    `connections` channels of its own, used in turn."""
+
+    def __init__(
+        self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
+    ) -> None:
+        super().__init__(target, pb_grpc.FeatureStoreStub, timeout, connections)
 
     async def retrieve(
         self,
         entity: str,
-        keys: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+        keys: Keys,
         features: Sequence[str] = (),
+        timeout: float | None = None,
     ) -> FeatureFrame:
         request = build_request(Query(entity, keys, features))
-        return decode_response(await self._stub.Retrieve(request, timeout=self.timeout))
+        response = await self._pool.stub().Retrieve(request, timeout=self.deadline(timeout))
+        return decode_response(response)
 
-    async def retrieve_batch(self, queries: Sequence[Query]) -> list[FeatureFrame]:
-        request = pb.RetrieveBatchRequest(requests=[build_request(q) for q in queries])
-        response = await self._stub.RetrieveBatch(request, timeout=self.timeout)
-        return [decode_response(r) for r in response.responses]
+    async def retrieve_batch(
+        self, queries: Sequence[Query], timeout: float | None = None
+    ) -> list[FeatureFrame]:
+        request = build_batch(queries)
+        call = self._pool.stub().RetrieveBatch(request, timeout=self.deadline(timeout))
+        return [decode_response(r) for r in (await call).responses]
 
     async def persist(
         self,
         feature_group: str,
-        keys: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+        keys: Keys,
         features: Mapping[str, Sequence[Any] | npt.NDArray[Any]],
+        timeout: float | None = None,
     ) -> int:
         request = build_persist(feature_group, keys, features)
-        return int((await self._stub.Persist(request, timeout=self.timeout)).written)
-
-    async def close(self) -> None:
-        await self._channel.close(grace=None)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+        call = self._pool.stub().Persist(request, timeout=self.deadline(timeout))
+        return int((await call).written)

@@ -100,9 +100,11 @@ class InferflowClient(PooledClient[pb_grpc.InferflowStub]):
         return_features: Sequence[str] = (),
         explain: bool = False,
         request_id: str = "",
+        timeout: float | None = None,
     ) -> Scores:
+        """`timeout`: this call's deadline in seconds (default: the client's)."""
         request = request_to_proto(model, context, return_features, explain, request_id)
-        return decode_response(self._pool.stub().Infer(request, timeout=self.timeout))
+        return decode_response(self._pool.stub().Infer(request, timeout=self.deadline(timeout)))
 
 
 class AsyncInferflowClient(AsyncPooledClient[pb_grpc.InferflowStub]):
@@ -118,6 +120,8 @@ class AsyncInferflowClient(AsyncPooledClient[pb_grpc.InferflowStub]):
         return_features: Sequence[str] = (),
         explain: bool = False,
         request_id: str = "",
+        timeout: float | None = None,
     ) -> Scores:
         request = request_to_proto(model, context, return_features, explain, request_id)
-        return decode_response(await self._pool.stub().Infer(request, timeout=self.timeout))
+        call = self._pool.stub().Infer(request, timeout=self.deadline(timeout))
+        return decode_response(await call)

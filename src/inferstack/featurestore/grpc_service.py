@@ -22,6 +22,7 @@ from inferstack.featurestore.service import FeatureService, RetrieveResult
 from inferstack.featurestore.wire import column_from_proto, keys_from_proto
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
+from inferstack.server import admission
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,14 +35,24 @@ def status_of(error: InferstackError) -> grpc.StatusCode:
 async def answer(
     method: str, context: grpc.aio.ServicerContext[Any, Any], work: Callable[[], Awaitable[T]]
 ) -> T:
-    """Run one call; user errors become their status, anything else INTERNAL without a trace."""
+    """Run one call once admission control lets it in (server/admission.py: a refusal is
+    RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED at once); user errors become their status,
+    anything else INTERNAL without a trace."""
     started = time.perf_counter()
     code = "OK"
+    gate = admission.current()
     try:
-        return await work()
+        admitted = started if gate.try_enter() else await gate.wait(method, context.time_remaining)
+        try:
+            return await work()
+        finally:
+            gate.leave(method, time.perf_counter() - admitted)
     except InferstackError as exc:
         code = exc.status
         await context.abort(status_of(exc), str(exc))
+    except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
+        code = "CANCELLED"
+        raise
     except Exception:
         code = "INTERNAL"
         log.exception("internal error")

@@ -24,6 +24,7 @@ from inferstack.core.errors import InferstackError, InvalidArgumentError
 from inferstack.core.rowformat import RowStatus
 from inferstack.featurestore.service import FeatureService, RetrieveResult
 from inferstack.featurestore.wire import to_numpy
+from inferstack.server import admission
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
     "RESOURCE_EXHAUSTED": 429,
     "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
 }
 CODE_OF_STATUS = {status: code for code, status in HTTP_STATUS.items()}
 SERVICE_KEY = web.AppKey("feature_service", FeatureService)
@@ -63,11 +65,21 @@ Route = Callable[[web.Request], Awaitable[web.Response]]
 def json_route(method: str, work: JsonWork) -> Route:
     """A POST handler for every part's gateway: the JSON body in, `work`'s payload out as
     JSON; user errors become their HTTP status, anything else 500; calls and latency counted
-    under `method`."""
+    under `method`. Calls pass the worker's admission gate (server/admission.py) like gRPC
+    calls: a refusal is 429 or 504 at once."""
 
     async def route(request: web.Request) -> web.Response:
         started = time.perf_counter()
-        response = await _respond(request, work)
+        gate = admission.current()
+        try:
+            admitted = started if gate.try_enter() else await gate.wait(method)
+        except InferstackError as exc:
+            response = error_response(exc)
+        else:
+            try:
+                response = await _respond(request, work)
+            finally:
+                gate.leave(method, time.perf_counter() - admitted)
         code = "OK" if response.status == 200 else CODE_OF_STATUS.get(response.status, "INTERNAL")
         metrics.REQUESTS.labels(method, code).inc()
         metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
@@ -76,12 +88,16 @@ def json_route(method: str, work: JsonWork) -> Route:
     return route
 
 
+def error_response(error: InferstackError) -> web.Response:
+    body = {"error": {"code": error.status, "message": str(error)}}
+    return web.json_response(body, status=HTTP_STATUS.get(error.status, 400))
+
+
 async def _respond(request: web.Request, work: JsonWork) -> web.Response:
     try:
         payload = await work(request, await json_body(request))
     except InferstackError as exc:
-        error = {"code": exc.status, "message": str(exc)}
-        return web.json_response({"error": error}, status=HTTP_STATUS.get(exc.status, 400))
+        return error_response(exc)
     except Exception:
         log.exception("internal error")
         error = {"code": "INTERNAL", "message": "internal error; see the server log"}

@@ -20,6 +20,11 @@ from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, Va
 from inferstack.core.durations import parse_duration
 from inferstack.core.errors import DefinitionError, located
 from inferstack.core.yamlsource import load_yaml
+from inferstack.server.admission import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_WAIT,
+)
 
 DEFAULT_GRPC_PORT = 6566
 DEFAULT_HTTP_PORT = 6567
@@ -140,6 +145,25 @@ class InteractionsSettings(_Section):
     kafka: InteractionKafkaSettings | None = None  # consume events from Kafka too
 
 
+class CompactionSettings(_Section):
+    """Background removal of expired rows from embedded (LMDB) storage; one worker at a
+    time does it (featurestore/compaction.py). `inferstack compact` does it at once."""
+
+    enabled: bool = True
+    rows_per_second: int = Field(2000, ge=1)  # rows examined per second
+    batch: int = Field(500, ge=1)  # rows examined per write transaction
+    pause: Seconds = 60.0  # between passes over every feature group
+
+
+class AdmissionSettings(_Section):
+    """Overload protection, per worker (server/admission.py): calls beyond these limits are
+    refused at once (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED) instead of answered late."""
+
+    max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1)  # calls executing at once
+    max_queue: int = Field(DEFAULT_MAX_QUEUE, ge=0)  # calls waiting for a slot; more: refused
+    max_queue_wait: Seconds = Field(DEFAULT_MAX_QUEUE_WAIT, gt=0)  # for calls without deadline
+
+
 class ServeSettings(_Section):
     data_dir: Path = Path(".inferstack")
     host: str = "127.0.0.1"
@@ -149,6 +173,7 @@ class ServeSettings(_Section):
     max_keys: int = Field(10_000, ge=1)
     max_message_bytes: int = Field(64 << 20, ge=1 << 20)
     shutdown_grace: Seconds = 5.0
+    admission: AdmissionSettings = AdmissionSettings()
     storage: Annotated[
         LmdbStorageSettings | CassandraStorageSettings, Field(discriminator="type")
     ] = LmdbStorageSettings()
@@ -158,6 +183,7 @@ class ServeSettings(_Section):
     )
     inferflow: InferflowSettings = InferflowSettings()
     interactions: InteractionsSettings = InteractionsSettings()
+    compaction: CompactionSettings = CompactionSettings()
 
     @property
     def local_cache_bytes(self) -> int:

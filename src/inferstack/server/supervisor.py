@@ -130,6 +130,8 @@ def _serve(settings: ServeSettings, announce: Any) -> int:
         for process in [p for p in workers if not p.is_alive()]:
             workers.remove(process)
             process.join()
+            if process.pid is not None:
+                metrics.worker_exited(process.pid)  # its in-flight gauges would stay summed
             if not stopping:
                 log.error("worker %s exited with %s; restarting", process.pid, process.exitcode)
                 time.sleep(RESTART_BACKOFF)

@@ -1,6 +1,8 @@
 """One serving process: gRPC (with health and reflection) and HTTP on one event loop.
 
 Several workers share one port through SO_REUSEPORT; the kernel spreads connections.
+Each worker admits calls through one admission gate (server/admission.py) built from
+`settings.admission`; health checks, reflection and /metrics bypass it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from inferstack.console import add_console
 from inferstack.featurestore.grpc_service import FeatureStoreServicer
 from inferstack.featurestore.http_gateway import make_app
 from inferstack.inferflow import http_gateway as inferflow_http
@@ -28,6 +31,7 @@ from inferstack.interactions.service import run_sweeper
 from inferstack.proto.featurestore.v1 import featurestore_pb2, featurestore_pb2_grpc
 from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc
 from inferstack.proto.interactions.v1 import interactions_pb2_grpc
+from inferstack.server import admission
 from inferstack.server.components import Components, build
 from inferstack.server.settings import ServeSettings
 
@@ -41,6 +45,9 @@ FEATURE_STORE_SERVICE = featurestore_pb2.DESCRIPTOR.services_by_name["FeatureSto
 async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain calls in flight and stop."""
     components = await build(settings)
+    limits = settings.admission
+    gate = admission.Gate(limits.max_in_flight, limits.max_queue, limits.max_queue_wait)
+    admission.install(gate)  # every gRPC method and JSON route of this worker passes it
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
@@ -85,6 +92,7 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
         app = make_app(components.service)
         inferflow_http.add_routes(app, components.inferflow)
         interactions_http.add_routes(app, components.interactions)
+        add_console(app, components, settings)  # the read-only web console, /ui
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True)
@@ -108,6 +116,7 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
         if sweeping.enabled
         else None
     )
+    publisher = asyncio.create_task(gate.publish_every())
     # Start-up objects (modules, definitions, codecs) live for the whole process: move them
     # out of the collector's way so full collections stay short on the request path.
     gc.collect()
@@ -124,6 +133,7 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     if consumer is not None:
         await consumer.stop()  # commits what it ingested; the rest is redelivered
     await server.stop(settings.shutdown_grace)
+    publisher.cancel()
     if sweeper is not None:
         await sweeper  # `stop` is set: it finishes the sweep it is in, then returns
     await components.close()
