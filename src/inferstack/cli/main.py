@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from inferstack.cli import apply, get, infer, ingest, interactions, models, sample, serve
+from inferstack.cli import (
+    apply,
+    compact,
+    get,
+    infer,
+    ingest,
+    interactions,
+    models,
+    sample,
+    serve,
+    ui,
+)
 
 app = typer.Typer(
     name="inferstack",
@@ -15,9 +26,11 @@ app = typer.Typer(
 )
 app.command("apply")(apply.apply)
 app.command("ingest")(ingest.ingest)
+app.command("compact")(compact.compact)
 app.command("serve")(serve.serve)
 app.command("get")(get.get)
 app.command("infer")(infer.infer)
+app.command("ui")(ui.ui)
 app.add_typer(models.app, name="models")
 app.add_typer(interactions.app, name="interactions")
 app.add_typer(sample.app, name="sample")

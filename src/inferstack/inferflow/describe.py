@@ -5,6 +5,7 @@ Used by `inferstack models show` (and anything else that wants to draw a model's
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from inferstack.core.modelconfig import Model
@@ -180,9 +181,42 @@ def plan_text(plan: ExecutionPlan) -> str:
     return "\n".join(lines)
 
 
-def plan_dot(plan: ExecutionPlan) -> str:
-    """A Graphviz digraph: context inputs, fetches, models, expressions and the response,
-    with an edge wherever one of them references another."""
+@dataclass(frozen=True)
+class GraphNode:
+    """One box of a plan's graph; `id` is "<kind>:<name>" ("response" for the response)."""
+
+    id: str
+    kind: str  # context | fetch | interactions | model | expression | response
+    name: str
+    lines: tuple[str, ...]  # what the box says, first line first
+
+
+@dataclass
+class GraphEdge:
+    """`source` feeds `target`: `labels` say what, `recipes` say it in full (for key edges,
+    where the key's value comes from: "product.category_id -> category_id")."""
+
+    source: str
+    target: str
+    labels: list[str] = field(default_factory=list)
+    recipes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        many = f"{len(self.labels)} {'features' if self.source.startswith('fetch:') else 'values'}"
+        return ", ".join(self.labels) if len(self.labels) <= 3 else many
+
+
+@dataclass
+class PlanGraph:
+    """Context inputs, fetches, interactions, models, expressions and the response, with an
+    edge wherever one of them references another; drawn by `plan_dot` and the console."""
+
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+
+
+def plan_graph(plan: ExecutionPlan) -> PlanGraph:
     producer: dict[str, str] = {}  # model output or expression -> node id
     for step in plan.steps:
         if isinstance(step, ModelStep):
@@ -190,55 +224,103 @@ def plan_dot(plan: ExecutionPlan) -> str:
                 producer[spec.name] = f"model:{step.name}"
         else:
             producer[step.name] = f"expression:{step.name}"
-    edges: dict[tuple[str, str], list[str]] = {}
+    recent = {node.name for node in plan.interactions}
+    edges: dict[tuple[str, str], GraphEdge] = {}
 
-    def edge(source: str, target: str, label: str) -> None:
-        labels = edges.setdefault((source, target), [])
-        if label not in labels:
-            labels.append(label)
+    def edge(source: str, target: str, label: str, recipe: str) -> None:
+        found = edges.setdefault((source, target), GraphEdge(source, target))
+        if label not in found.labels:
+            found.labels.append(label)
+            found.recipes.append(recipe)
+
+    def fetched(name: str) -> str:
+        return f"interactions:{name}" if name in recent else f"fetch:{name}"
 
     def reference(name: str, target: str) -> None:
         if "." in name:
-            edge(f"fetch:{name.partition('.')[0]}", target, name.partition(".")[2])
+            edge(fetched(name.partition(".")[0]), target, name.partition(".")[2], name)
         else:
-            edge(producer[name], target, name)
+            edge(producer[name], target, name, name)
 
     nodes = [
-        f'  "context:{c.name}" [shape=ellipse, label="context.{c.name}\\n{c.type}"];'
+        GraphNode(f"context:{c.name}", "context", c.name, (f"context.{c.name}", str(c.type)))
         for c in plan.definition.context
     ]
     for node in plan.fetches.values():
         mode = "per row" if node.per_row else "per request"
-        label = f"fetch {node.name}\\nentity {node.entity}\\nstage {node.stage + 1}, {mode}"
-        nodes.append(f'  "fetch:{node.name}" [shape=box, label="{label}"];')
+        lines: tuple[str, ...] = (
+            f"fetch {node.name}",
+            f"entity {node.entity}",
+            f"stage {node.stage + 1}, {mode}",
+        )
+        nodes.append(GraphNode(f"fetch:{node.name}", "fetch", node.name, lines))
         for part in node.keys:
             source = f"context:{part.context}" if part.context else f"fetch:{_fetch_of(part)}"
-            edge(source, f"fetch:{node.name}", f"key {part.key}")
+            edge(
+                source, f"fetch:{node.name}", f"key {part.key}", f"{key_source(part)} -> {part.key}"
+            )
+    for recent_node in plan.interactions:
+        target = f"interactions:{recent_node.name}"
+        lines = (f"interactions {recent_node.name}", f"{recent_node.type} events")
+        nodes.append(GraphNode(target, "interactions", recent_node.name, lines))
+        edge(f"context:{recent_node.user}", target, "user", f"context.{recent_node.user}")
+        for feature in recent_node.features:
+            equals = feature.equals
+            if equals is not None and equals.context is not None:
+                edge(
+                    f"context:{equals.context}",
+                    target,
+                    f"match {feature.match}",
+                    f"context.{equals.context} = {feature.match}",
+                )
+            elif equals is not None and equals.feature is not None:
+                edge(
+                    f"fetch:{equals.feature.fetch}",
+                    target,
+                    f"match {feature.match}",
+                    f"{equals.feature.name} = {feature.match}",
+                )
     for step in plan.steps:
         if isinstance(step, ModelStep):
             target = f"model:{step.name}"
-            nodes.append(
-                f'  "{target}" [shape=component, label="model {step.name}\\n'
-                f'{step.width} inputs, {"view" if step.is_view else "copy"}"];'
-            )
+            view = "view" if step.is_view else "copy"
+            lines = (f"model {step.name}", f"{step.width} inputs, {view}")
+            nodes.append(GraphNode(target, "model", step.name, lines))
             for name in step.inputs:
                 reference(name, target)
         else:
             target = f"expression:{step.name}"
-            text = _escape(step.expression.text)
-            nodes.append(f'  "{target}" [shape=note, label="{step.name} = {text}"];')
+            lines = (f"{step.name} = {step.expression.text}",)
+            nodes.append(GraphNode(target, "expression", step.name, lines))
             for name in sorted(step.inputs):
                 reference(name, target)
-    nodes.append('  "response" [shape=doubleoctagon, label="response"];')
+    nodes.append(GraphNode("response", "response", "response", ("response",)))
     for name in plan.response_outputs:
         reference(name, "response")
     for ref in plan.response_features:
         reference(ref.name, "response")
-    lines = [f'digraph "{plan.model}" {{', "  rankdir=LR;", *nodes]
-    for (source, target), labels in edges.items():
-        many = f"{len(labels)} {'features' if source.startswith('fetch:') else 'values'}"
-        shown = ", ".join(labels) if len(labels) <= 3 else many
-        lines.append(f'  "{source}" -> "{target}" [label="{_escape(shown)}"];')
+    return PlanGraph(nodes, list(edges.values()))
+
+
+SHAPES = {
+    "context": "ellipse",
+    "fetch": "box",
+    "interactions": "box",
+    "model": "component",
+    "expression": "note",
+    "response": "doubleoctagon",
+}
+
+
+def plan_dot(plan: ExecutionPlan) -> str:
+    """The plan's graph for Graphviz."""
+    graph = plan_graph(plan)
+    lines = [f'digraph "{plan.model}" {{', "  rankdir=LR;"]
+    for node in graph.nodes:
+        label = "\\n".join(_escape(line) for line in node.lines)
+        lines.append(f'  "{node.id}" [shape={SHAPES[node.kind]}, label="{label}"];')
+    for edge in graph.edges:
+        lines.append(f'  "{edge.source}" -> "{edge.target}" [label="{_escape(edge.label)}"];')
     lines.append("}")
     return "\n".join(lines)
 

@@ -66,6 +66,8 @@ class InferResult:
     matrix: npt.NDArray[np.float32]
     candidates: KeyArray
     context: dict[str, KeyArray] = field(default_factory=dict)
+    # feature -> which rows read as its default: a mask per row, or one bool for every row
+    defaulted: dict[str, npt.NDArray[np.bool_] | bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,7 +131,7 @@ async def execute(
     features: dict[str, tuple[FeatureRef, FetchedColumn]] = {}
     for ref in (*plan.response_features, *extra):
         features[ref.name] = (ref, _gather(fetched[ref.fetch], ref, rows))
-    defaults = _count_defaults(plan, fetched, rows, extra)
+    defaults, defaulted = _count_defaults(plan, fetched, rows, extra)
     clock.lap("response")
     return InferResult(
         plan.model,
@@ -142,6 +144,7 @@ async def execute(
         matrix,
         candidates,
         values,
+        defaulted,
     )
 
 
@@ -421,8 +424,10 @@ def _run_expression(step: ExpressionStep, matrix: npt.NDArray[np.float32]) -> No
 
 def _count_defaults(
     plan: ExecutionPlan, fetched: Mapping[str, _Fetch], rows: int, extra: Sequence[FeatureRef]
-) -> dict[str, int]:
+) -> tuple[dict[str, int], dict[str, npt.NDArray[np.bool_] | bool]]:
+    """Per feature: how many rows read as its default, and which (kept for explain)."""
     counts: dict[str, int] = {}
+    which: dict[str, npt.NDArray[np.bool_] | bool] = {}
     reported = plan.reported
     if extra:
         used = [*(placed.ref for placed in plan.feature_columns), *plan.response_features]
@@ -430,9 +435,13 @@ def _count_defaults(
     for fetch_name, group, names in reported:
         fetch = fetched[fetch_name]
         absent = fetch.status[group] != RowStatus.FOUND
+        rows_absent: npt.NDArray[np.bool_] | bool
         if fetch.inverse is None:
-            missing = rows if bool(absent[0]) else 0
+            rows_absent = bool(absent[0])
+            missing = rows if rows_absent else 0
         else:
-            missing = int(np.count_nonzero(absent[fetch.inverse]))
+            rows_absent = absent[fetch.inverse]
+            missing = int(np.count_nonzero(rows_absent))
         counts.update(dict.fromkeys(names, missing))
-    return counts
+        which.update(dict.fromkeys(names, rows_absent))
+    return counts, which

@@ -1,0 +1,91 @@
+"""`inferstack ui`: the console on its own, for a laptop.
+
+It opens the same systems a server would (the embedded data directory by default, or those
+of a deployment file) and serves only the console. Its Health page shows this process's
+own calls, or a running server's with --metrics-url.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Annotated
+
+import typer
+from aiohttp import ClientSession, ClientTimeout, web
+
+from inferstack.cli.common import ConfigOption, DataDirOption, fail, settings_from
+from inferstack.console import add_console
+from inferstack.console.app import MetricsText, local_metrics
+from inferstack.server.components import build
+from inferstack.server.settings import ServeSettings
+
+DEFAULT_PORT = 6568
+
+
+def ui(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="HTTP port, 0 = any free.")] = (
+        DEFAULT_PORT
+    ),
+    metrics_url: Annotated[
+        str | None,
+        typer.Option(
+            help="A server's metrics for the Health page, e.g. http://127.0.0.1:6567/metrics "
+            "(default: this process's own)."
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "WARNING",
+) -> None:
+    """Serve the console (catalog, look up, models, try it, health) at http://HOST:PORT/ui."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = settings_from(config, data_dir=data_dir)
+    try:
+        asyncio.run(_serve(settings, host, port, metrics_url))
+    except OSError as exc:
+        fail(f"cannot serve the console on {host}:{port}: {exc.strerror or exc}")
+
+
+async def _serve(settings: ServeSettings, host: str, port: int, metrics_url: str | None) -> None:
+    components = await build(settings)
+    app = web.Application()
+    session = ClientSession(timeout=ClientTimeout(total=2)) if metrics_url else None
+    add_console(
+        app, components, settings, _remote(session, metrics_url) if session else local_metrics
+    )
+    app.router.add_get("/", _to_console)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        print(f"inferstack console at http://{host}:{bound}/ui (Ctrl-C stops)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        if session is not None:
+            await session.close()
+        await components.close()
+
+
+def _remote(session: ClientSession, url: str | None) -> MetricsText:
+    async def read() -> str:
+        async with session.get(str(url)) as response:
+            response.raise_for_status()
+            return await response.text()
+
+    return read
+
+
+async def _to_console(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/ui/catalog")

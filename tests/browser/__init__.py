@@ -1,0 +1,1 @@
+"""Browser tests of the console: real headless Chromium against a real server."""
