@@ -7,10 +7,18 @@ INSTALLED := $(VENV)/.installed
 PROTO_STAMP := src/inferstack/proto/.generated
 PROTOS := $(shell find proto -name '*.proto')
 SERVICES := $(BIN)/python scripts/services.py
+# The console's browser tests drive Debian's chromium through Playwright (its own browser
+# download is not available); installed once, with apt-get, where it is missing.
+BROWSER_STAMP := $(VENV)/.chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The compiled hot path (Rust, PyO3): rebuilt and reinstalled whenever one of these changes.
+NATIVE_STAMP := $(VENV)/.native-installed
+NATIVE_SOURCES := $(addprefix native/,Cargo.toml Cargo.lock pyproject.toml inferstack_native.pyi) \
+	$(shell find native/src -name '*.rs')
 
 .PHONY: install demo test lint check unit services-up services-down bench bench-inferflow bench-interactions clean
 
-install: $(INSTALLED) $(PROTO_STAMP)
+install: $(INSTALLED) $(PROTO_STAMP) $(NATIVE_STAMP)
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +26,19 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# pip builds the wheel with the maturin pinned in native/pyproject.toml; cargo (needs rustc)
+# keeps its build cache in native/target, so a change to one .rs file rebuilds only the crate.
+$(NATIVE_STAMP): $(INSTALLED) $(NATIVE_SOURCES)
+	$(BIN)/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./native
+	touch $@
+
 $(PROTO_STAMP): $(INSTALLED) $(PROTOS) scripts/gen_proto.py
 	$(BIN)/python scripts/gen_proto.py
+	touch $@
+
+$(BROWSER_STAMP): $(INSTALLED)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 	touch $@
 
 ## Generate the sample data, apply, ingest, serve, fetch and print features, stop.
@@ -27,7 +46,7 @@ demo: install
 	$(BIN)/python scripts/demo.py
 
 ## Lint, type-check, start the real services once, run every test, stop the services.
-test: install
+test: install $(BROWSER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -39,8 +39,8 @@ LATENCY = Histogram(
 KEYS = Counter("inferstack_keys_total", "Keys asked for, by feature group.", ["feature_group"])
 CACHE_LOOKUPS = Counter(
     "inferstack_cache_lookups_total",
-    "Keys looked up in a cache, by level and result.",
-    ["level", "result"],
+    "Keys looked up in a cache, by level, result and feature group.",
+    ["level", "result", "feature_group"],
 )
 INFER_SECONDS = Histogram(
     "inferstack_infer_seconds",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import struct
+from typing import Any
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inferstack.core.definitions import Entity
 from inferstack.core.errors import InvalidArgumentError, NotFoundError
-from inferstack.core.keys import encode_keys
+from inferstack.core.keys import KeyValues, encode_keys
 from inferstack.featurestore.catalog import Catalog, Selection
 from tests.helpers import registry_from
 
@@ -110,3 +115,111 @@ def test_empty_string_keys_still_encode_to_non_empty_keys() -> None:
     assert encode_keys(PAIR, {"user_id": [1], "cat": ["ab"]}) != encode_keys(
         PAIR, {"user_id": [1], "cat": ["a"]}
     )
+
+
+KEY_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "string"]
+
+
+def _key_values(key_type: str, count: int) -> st.SearchStrategy[list[Any]]:
+    if key_type == "string":
+        element: st.SearchStrategy[Any] = st.text()
+    else:
+        info = np.iinfo(key_type)
+        element = st.integers(int(info.min), int(info.max))
+    return st.lists(element, min_size=count, max_size=count)
+
+
+@st.composite
+def keyed_batches(draw: st.DrawFn) -> tuple[Entity, dict[str, list[Any]]]:
+    types = draw(st.lists(st.sampled_from(KEY_TYPES), min_size=1, max_size=4))
+    count = draw(st.integers(0, 12))
+    entity = Entity.model_validate(
+        {"name": "e", "keys": [{"name": f"k{i}", "type": t} for i, t in enumerate(types)]}
+    )
+    return entity, {f"k{i}": draw(_key_values(t, count)) for i, t in enumerate(types)}
+
+
+def _parse_key(entity: Entity, key: bytes) -> list[Any]:
+    """The documented format read back, independently of the encoder."""
+    values: list[Any] = []
+    at = 0
+    for position, part in enumerate(entity.keys):
+        if part.type.base != "string":
+            (raw,) = struct.unpack_from(">Q", key, at)
+            values.append(raw - 2**63 if part.type.base.startswith("int") else raw)
+            at += 8
+        elif len(entity.keys) > 1 and position == len(entity.keys) - 1:
+            values.append(key[at:].decode("utf-8"))
+            at = len(key)
+        else:
+            (length,) = struct.unpack_from(">I", key, at)
+            values.append(key[at + 4 : at + 4 + length].decode("utf-8"))
+            at += 4 + length
+    assert at == len(key), "bytes left over after the last part"
+    return values
+
+
+@settings(max_examples=200, deadline=None)
+@given(keyed_batches())
+def test_keys_round_trip_through_the_documented_format(
+    batch: tuple[Entity, dict[str, list[Any]]],
+) -> None:
+    entity, columns = batch
+    encoded = encode_keys(entity, dict(columns))
+    rows = [list(row) for row in zip(*columns.values(), strict=True)]
+    assert [_parse_key(entity, key) for key in encoded] == rows
+    # Same values as numpy arrays of the key's own type: the same bytes.
+    as_arrays: dict[str, KeyValues] = {
+        key.name: values if key.type.base == "string" else np.array(values, key.type.scalar_dtype)
+        for key, values in zip(entity.keys, columns.values(), strict=True)
+    }
+    assert encode_keys(entity, as_arrays) == encoded
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=20))
+def test_signed_keys_sort_in_numeric_order(values: list[int]) -> None:
+    entity = Entity.model_validate({"name": "n", "keys": [{"name": "id", "type": "int64"}]})
+    encoded = encode_keys(entity, {"id": values})
+    assert [encoded[i] for i in np.argsort(values, kind="stable")] == sorted(encoded)
+
+
+def test_integer_keys_at_the_edges_of_their_types() -> None:
+    big = Entity.model_validate({"name": "b", "keys": [{"name": "id", "type": "uint64"}]})
+    assert encode_keys(big, {"id": [2**64 - 1, 2**63 + 1, 0]}) == [
+        b"\xff" * 8,
+        b"\x80" + b"\x00" * 6 + b"\x01",
+        b"\x00" * 8,
+    ]
+    from_proto = np.array([2**63 + 1], dtype=np.uint64)  # how uint64_values arrive
+    assert encode_keys(big, {"id": from_proto}) == [b"\x80" + b"\x00" * 6 + b"\x01"]
+    signed = Entity.model_validate({"name": "s", "keys": [{"name": "id", "type": "int64"}]})
+    assert encode_keys(signed, {"id": [-(2**63), -1, 0, 2**63 - 1]}) == [
+        b"\x00" * 8,
+        b"\x7f" + b"\xff" * 7,
+        b"\x80" + b"\x00" * 7,
+        b"\xff" * 8,
+    ]
+    assert encode_keys(SMALL, {"id": np.array([-1], np.int16)}) == [b"\x7f" + b"\xff" * 7]
+    with pytest.raises(InvalidArgumentError, match="outside the range of uint64"):
+        encode_keys(big, {"id": [-1]})
+    with pytest.raises(InvalidArgumentError, match="outside the range of every integer key type"):
+        encode_keys(big, {"id": [-1, 2**63]})
+
+
+def test_composite_keys_of_three_parts_with_empty_strings() -> None:
+    triple = Entity.model_validate(
+        {
+            "name": "t",
+            "keys": [
+                {"name": "a", "type": "string"},
+                {"name": "n", "type": "int32"},
+                {"name": "z", "type": "string"},
+            ],
+        }
+    )
+    keys = encode_keys(triple, {"a": ["", "é"], "n": [-1, 7], "z": ["", "end"]})
+    assert keys == [
+        b"\x00\x00\x00\x00" + b"\x7f" + b"\xff" * 7,
+        b"\x00\x00\x00\x02\xc3\xa9" + b"\x80" + b"\x00" * 6 + b"\x07" + b"end",
+    ]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from inferstack.core.rowformat import GroupCodec, RowStatus, VarColumn, var_column
+from inferstack.core.rowformat import Column, GroupCodec, RowStatus, VarColumn, var_column
 from inferstack.core.types import NUMERIC_DTYPES, FeatureType
 from tests.helpers import registry_from, user_spec
 
@@ -28,7 +28,8 @@ def _values(feature_type: FeatureType, count: int) -> st.SearchStrategy[Any]:
     if feature_type.base == "bool":
         element: st.SearchStrategy[Any] = st.booleans()
     elif dtype.kind == "f":
-        element = st.floats(width=8 * dtype.itemsize, allow_nan=True, allow_infinity=True)
+        width: Any = 8 * dtype.itemsize  # 16, 32 or 64: the widths hypothesis knows
+        element = st.floats(width=width, allow_nan=True, allow_infinity=True)
     else:
         info = np.iinfo(dtype)
         element = st.integers(int(info.min), int(info.max))
@@ -187,3 +188,138 @@ def test_rows_of_a_longer_older_version_are_upgraded() -> None:
     assert decoded.columns["x3"].tolist() == [3.0, 0.0]  # type: ignore[union-attr]
     s = decoded.columns["s"]
     assert isinstance(s, VarColumn) and s.to_list() == [b"kept", b""]
+
+
+def _multi_codec(ttl: str | None = None) -> GroupCodec:
+    spec = user_spec(
+        {"name": "s", "type": "string", "default": "ds"},
+        {"name": "n", "type": "int16", "default": -3},
+        {"name": "b", "type": "bytes", "default": "db"},
+        {"name": "ok", "type": "bool", "default": True},
+        {"name": "t", "type": "string"},
+        ttl=ttl,
+    )
+    return GroupCodec(registry_from(spec).feature_groups["profile"])
+
+
+def _multi_rows(codec: GroupCodec, expires_at: int = 0) -> list[bytes]:
+    columns: dict[str, Column] = {
+        "s": var_column([b"", "ü".encode(), b"x" * 300]),
+        "n": np.array([1, -2, 3], np.int16),
+        "b": var_column([b"\x00\xff", b"", b""]),
+        "ok": np.array([False, True, False]),
+        "t": var_column([b"one", b"", b"three"]),
+    }
+    return codec.current.encode(columns, 3, expires_at)
+
+
+def test_several_variable_features_gather_in_any_order_and_subset() -> None:
+    codec = _multi_codec()
+    rows = [*_multi_rows(codec), None]
+    decoded = codec.decode(rows, ["t", "n", "s", "ok", "t"], time.time())
+    assert decoded.status.tolist() == [RowStatus.FOUND] * 3 + [RowStatus.MISSING]
+    t, s = decoded.columns["t"], decoded.columns["s"]
+    assert isinstance(t, VarColumn) and isinstance(s, VarColumn)
+    assert t.to_list() == [b"one", b"", b"three", b""]
+    assert s.to_list() == [b"", "ü".encode(), b"x" * 300, b"ds"]
+    assert decoded.columns["n"].tolist() == [1, -2, 3, -3]  # type: ignore[union-attr]
+    ok = decoded.columns["ok"]
+    assert not isinstance(ok, VarColumn)
+    assert ok.dtype == np.bool_ and ok.tolist() == [False, True, False, True]
+    assert "b" not in decoded.columns
+    only_bytes = codec.decode(rows, ["b"], time.time()).columns["b"]
+    assert isinstance(only_bytes, VarColumn)
+    assert only_bytes.to_list() == [b"\x00\xff", b"", b"", b"db"]
+
+
+def test_every_kind_of_broken_row_reads_as_defaults_with_status_corrupt() -> None:
+    codec = _multi_codec()
+    good = _multi_rows(codec)[1]
+    prefix = codec.current.prefix_size
+    lengths_at = prefix - 4 * len(codec.current.variable)  # the first <u4 length
+    huge_length = good[:lengths_at] + b"\xff\xff\xff\xff" + good[lengths_at + 4 :]
+    broken = [
+        b"",  # empty
+        good[:7],  # shorter than a header
+        good[:prefix],  # prefix only: the lengths promise data that is not there
+        good + b"!",  # one byte too many
+        good[:3] + b"\x02" + good[4:],  # another row format
+        huge_length,  # a length far past the end of the row
+        b"\x07\x00" + good[2:],  # a schema version that was never applied
+    ]
+    decoded = codec.decode([good, *broken, good], ["s", "n", "b", "ok", "t"], time.time())
+    assert decoded.status.tolist() == (
+        [RowStatus.FOUND] + [RowStatus.CORRUPT] * len(broken) + [RowStatus.FOUND]
+    )
+    s = decoded.columns["s"]
+    assert isinstance(s, VarColumn)
+    assert s.to_list() == ["ü".encode()] + [b"ds"] * len(broken) + ["ü".encode()]
+    assert decoded.columns["n"].tolist() == [-2] + [-3] * len(broken) + [-2]  # type: ignore[union-attr]
+
+
+def test_expiry_is_at_or_before_now_and_zero_never_expires() -> None:
+    codec = _multi_codec(ttl="1h")
+    now = 1_800_000_000
+    rows = [
+        _multi_rows(codec, expires_at=now)[0],  # expires exactly now
+        _multi_rows(codec, expires_at=now + 1)[0],  # one second left
+        _multi_rows(codec, expires_at=0)[0],  # never
+        _multi_rows(codec, expires_at=2**32 - 1)[0],  # the last second there is
+    ]
+    decoded = codec.decode(rows, ["t", "n"], float(now) + 0.5)
+    assert decoded.status.tolist() == [
+        RowStatus.EXPIRED,
+        RowStatus.FOUND,
+        RowStatus.FOUND,
+        RowStatus.FOUND,
+    ]
+    t = decoded.columns["t"]
+    assert isinstance(t, VarColumn) and t.to_list() == [b"", b"one", b"one", b"one"]
+    # A clock at zero (how interaction history reads its rows) expires nothing.
+    assert codec.decode(rows, ["n"], 0.0).status.tolist() == [RowStatus.FOUND] * 4
+
+
+def test_old_version_rows_expire_and_broken_ones_are_corrupt() -> None:
+    v1 = registry_from(user_spec({"name": "a", "type": "float32"}, {"name": "s", "type": "string"}))
+    old_codec = GroupCodec(v1.feature_groups["profile"])
+    now = 1_800_000_000
+
+    def old_row(expires_at: int) -> bytes:
+        columns: dict[str, Column] = {
+            "a": np.array([2.5], np.float32),
+            "s": var_column([b"old"]),
+        }
+        return old_codec.current.encode(columns, 1, expires_at)[0]
+
+    v2 = registry_from(
+        user_spec(
+            {"name": "s", "type": "string", "default": "d"},
+            {"name": "c", "type": "string", "default": "c"},
+            {"name": "a", "type": "float32", "default": 1.0},
+        ),
+        base=v1,
+    )
+    codec = GroupCodec(v2.feature_groups["profile"])
+    rows = [old_row(0), old_row(now - 5), old_row(0)[:-1], None, old_row(now + 5)]
+    decoded = codec.decode(tuple(rows), ["a", "s", "c"], float(now))
+    assert decoded.status.tolist() == [
+        RowStatus.FOUND,
+        RowStatus.EXPIRED,
+        RowStatus.CORRUPT,
+        RowStatus.MISSING,
+        RowStatus.FOUND,
+    ]
+    assert decoded.columns["a"].tolist() == [2.5, 1.0, 1.0, 1.0, 2.5]  # type: ignore[union-attr]
+    s, c = decoded.columns["s"], decoded.columns["c"]
+    assert isinstance(s, VarColumn) and isinstance(c, VarColumn)
+    assert s.to_list() == [b"old", b"d", b"d", b"d", b"old"]
+    assert c.to_list() == [b"c"] * 5
+
+
+def test_an_empty_batch_decodes_to_empty_columns() -> None:
+    codec = _multi_codec()
+    decoded = codec.decode([], ["s", "n"], time.time())
+    assert decoded.status.tolist() == []
+    s, n = decoded.columns["s"], decoded.columns["n"]
+    assert isinstance(s, VarColumn) and s.to_list() == [] and s.data == b""
+    assert not isinstance(n, VarColumn) and n.tolist() == []

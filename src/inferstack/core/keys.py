@@ -4,14 +4,17 @@ A stored key is the concatenation of its parts: integers as 8 bytes big-endian (
 ones offset by 2**63 so byte order is numeric order), strings as a 4-byte big-endian
 length then UTF-8, except a string that ends a key of several parts: it runs to the end, so
 it needs no length. The same bytes address a row in every storage and cache adapter.
+
+The checks are here; the per-row encoding is one call into the compiled `inferstack_native`
+(native/src/keys.rs) for the whole batch.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from typing import Any
 
+import inferstack_native
 import numpy as np
 import numpy.typing as npt
 
@@ -20,18 +23,6 @@ from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.types import FeatureType
 
 KeyValues = npt.NDArray[Any] | Sequence[Any]
-_SIGN = np.uint64(2**63)
-_pack_length = struct.Struct(">I").pack
-
-
-def coerce_key_column(entity: Entity, name: str, values: KeyValues) -> npt.NDArray[Any] | list[str]:
-    """Check one key column against its declared type; the error names the key."""
-    key = next((k for k in entity.keys if k.name == name), None)
-    if key is None:
-        raise InvalidArgumentError(
-            f"entity '{entity.name}' has no key '{name}' (keys: {', '.join(entity.key_names)})"
-        )
-    return coerce_values(f"key '{entity.name}.{name}'", key.type, values)
 
 
 def coerce_values(
@@ -39,6 +30,12 @@ def coerce_values(
 ) -> npt.NDArray[Any] | list[str]:
     """Values of a key type (an integer type or string) checked and converted; errors start
     with `label`, e.g. "key 'user.user_id'" or "context 'user_id'"."""
+    if (
+        isinstance(values, np.ndarray)
+        and values.dtype.kind in "iu"
+        and values.dtype == key_type.scalar_dtype
+    ):
+        return values  # already of the key's integer type (the gRPC path): nothing to check
     if key_type.base == "string":
         if isinstance(values, np.ndarray) and values.dtype.kind in "US":
             values = values.tolist()
@@ -90,41 +87,33 @@ def _integer_array(label: str, values: Sequence[Any]) -> npt.NDArray[Any]:
 
 def encode_keys(entity: Entity, columns: dict[str, KeyValues]) -> list[bytes]:
     """Encode one key per row from columns named after the entity's keys."""
-    missing = [name for name in entity.key_names if name not in columns]
+    names = entity.key_names
+    missing = [name for name in names if name not in columns]
     if missing:
         raise InvalidArgumentError(
             f"entity '{entity.name}' needs key {', '.join(repr(m) for m in missing)} "
-            f"(keys: {', '.join(entity.key_names)})"
+            f"(keys: {', '.join(names)})"
         )
-    extra = [name for name in columns if name not in entity.key_names]
+    extra = [name for name in columns if name not in names]
     if extra:
         raise InvalidArgumentError(
-            f"entity '{entity.name}' has no key {extra[0]!r} (keys: {', '.join(entity.key_names)})"
+            f"entity '{entity.name}' has no key {extra[0]!r} (keys: {', '.join(names)})"
         )
-    parts = [coerce_key_column(entity, name, columns[name]) for name in entity.key_names]
+    parts = [
+        coerce_values(f"key '{entity.name}.{key.name}'", key.type, columns[key.name])
+        for key in entity.keys
+    ]
     counts = {len(part) for part in parts}
     if len(counts) > 1:
         raise InvalidArgumentError(
             f"key columns of entity '{entity.name}' have different lengths: "
-            + ", ".join(f"{n}={len(p)}" for n, p in zip(entity.key_names, parts, strict=True))
+            + ", ".join(f"{n}={len(p)}" for n, p in zip(names, parts, strict=True))
         )
-    if len(parts) == 1:
-        return _encode_part(parts[0], last=False)  # prefixed, so even "" is a non-empty key
-    encoded = [_encode_part(part, last=i == len(parts) - 1) for i, part in enumerate(parts)]
-    if len(encoded) == 2:  # the common composite key: one concatenation per row
-        return [a + b for a, b in zip(encoded[0], encoded[1], strict=True)]
-    return [b"".join(row) for row in zip(*encoded, strict=True)]
+    return inferstack_native.encode_keys([_native_part(part) for part in parts])
 
 
-def _encode_part(part: npt.NDArray[Any] | list[str], *, last: bool) -> list[bytes]:
+def _native_part(part: npt.NDArray[Any] | list[str]) -> npt.NDArray[Any] | list[str]:
+    """Strings as they are; integers widened to the 64-bit type of their signedness."""
     if isinstance(part, list):
-        encoded = [text.encode("utf-8") for text in part]
-        if last:  # it runs to the end of the key: no length needed to find where it stops
-            return encoded
-        return [_pack_length(len(raw)) + raw for raw in encoded]
-    if part.dtype.kind == "i":
-        unsigned = part.astype(np.int64).view(np.uint64) ^ _SIGN
-    else:
-        unsigned = part.astype(np.uint64)
-    # A void view turns each 8-byte element into one bytes object without a Python loop.
-    return unsigned.astype(">u8").view("V8").tolist()  # type: ignore[no-any-return]
+        return part
+    return part.astype(np.int64 if part.dtype.kind == "i" else np.uint64, copy=False)

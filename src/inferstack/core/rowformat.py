@@ -5,9 +5,12 @@
     lengths  one <u4 per variable-length feature (string, bytes), in order
     data     the variable-length values, concatenated in the same order
 
-Everything before `data` has the same size for every row of one schema version, so a batch
-decodes with one `np.frombuffer` over a structured dtype; only the variable-length tails
-are sliced per row. Strings stay UTF-8 bytes end to end: the server never decodes them.
+Everything before `data` (the prefix) has the same size for every row of one schema version.
+Decoding a batch is one call into the compiled `inferstack_native` (native/src/rows.rs): it
+checks every row, substitutes defaults, joins the prefixes into one buffer and gathers the
+string/bytes values; here that buffer becomes one `np.frombuffer` over a structured dtype, of
+which each fixed feature is a view. Strings stay UTF-8 bytes end to end: the server never
+decodes them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+import inferstack_native
 import numpy as np
 import numpy.typing as npt
 
@@ -33,6 +37,8 @@ HEADER_FIELDS = [
 HEADER_DTYPE = np.dtype(HEADER_FIELDS)
 HEADER_SIZE = HEADER_DTYPE.itemsize
 MAX_EXPIRY = 2**32 - 1
+_STATUS_DTYPE = np.dtype(np.uint8)
+_LENGTHS_DTYPE = np.dtype("<u4")
 
 
 class RowStatus(IntEnum):
@@ -87,6 +93,9 @@ class RowLayout:
         fields += [(f"n:{name}", "<u4") for name in self.variable]
         self.prefix_dtype = np.dtype(fields)
         self.prefix_size = self.prefix_dtype.itemsize
+        #: Where each variable-length feature's <u4 length sits in the prefix, in order.
+        first_length = self.prefix_size - 4 * len(self.variable)
+        self.length_offsets = [first_length + 4 * i for i in range(len(self.variable))]
 
     def encode(
         self,
@@ -132,10 +141,10 @@ class DecodedGroup:
 class GroupCodec:
     """All schema versions of one feature group: writes the newest, reads any.
 
-    Decoding first makes every row a valid row of the current schema version: a missing,
-    expired or corrupt row is replaced by a precomputed row of defaults, and a row of an
-    older version is re-encoded. Then the whole batch is one `np.frombuffer` and each fixed
-    feature is a view into it; only string and bytes values need gathering.
+    Decoding makes every row a valid row of the current schema version: a missing, expired
+    or corrupt row reads as a precomputed row of defaults, and a row of an older version is
+    re-encoded (here, in Python: it only happens after an apply changed the features). Then
+    the whole batch is one `np.frombuffer` and each fixed feature is a view into it.
     """
 
     def __init__(self, stored: StoredFeatureGroup) -> None:
@@ -146,9 +155,10 @@ class GroupCodec:
         self.type_names = {name: str(t) for name, t in self.types.items()}  # for responses
         self.defaults = {f.name: f.default for f in stored.definition.features}
         self._default_row = self.current.encode(self._default_columns(1), 1)[0]
-        self._default_record = np.frombuffer(
-            self._default_row[: self.current.prefix_size], dtype=self.current.prefix_dtype
-        )[0]
+        self._variable_position = {name: i for i, name in enumerate(self.current.variable)}
+        self._fixed_field = {
+            name: (f"f:{name}", self.types[name].base == "bool") for name in self.current.fixed
+        }
 
     def expiry_for(self, now: float) -> int:
         ttl = self.definition.ttl
@@ -172,64 +182,50 @@ class GroupCodec:
     def decode(
         self, rows: Sequence[bytes | None], features: Sequence[str], now: float
     ) -> DecodedGroup:
-        count = len(rows)
         layout = self.current
-        size = layout.prefix_size
-        status = np.zeros(count, dtype=np.uint8)  # RowStatus.FOUND
-        default = self._default_row
-        work: list[bytes] = [default if row is None else row for row in rows]
-        if None in rows:
-            status[[i for i, row in enumerate(rows) if row is None]] = RowStatus.MISSING
+        rows = rows if isinstance(rows, list) else list(rows)
+        clock = min(max(int(now), 0), MAX_EXPIRY)
+        position = self._variable_position
+        wanted = [position[name] for name in features if name in position]
+        status, prefixes, gathered, other_versions = self._decode_rows(rows, wanted, clock)
+        if other_versions:
+            upgraded = list(rows)
+            for index in other_versions:
+                upgraded[index] = self._upgrade(rows[index])
+            status, prefixes, gathered, _ = self._decode_rows(upgraded, wanted, clock)
+            # A row that could not be upgraded was decoded as missing; it is corrupt.
+            status[[i for i in other_versions if upgraded[i] is None]] = RowStatus.CORRUPT
 
-        lengths = np.fromiter(map(len, work), dtype=np.int64, count=count)
-        short = np.flatnonzero(lengths < size).tolist()
-        for index in short:
-            work[index] = self._repair(work[index], index, status)
-            lengths[index] = len(work[index])
-        prefix = np.frombuffer(b"".join([row[:size] for row in work]), dtype=layout.prefix_dtype)
-        if layout.variable:
-            expected = sum(prefix[f"n:{name}"].astype(np.int64) for name in layout.variable)
-            broken = lengths != expected + size
-        else:
-            broken = lengths != size
-        broken |= prefix["schema_version"] != layout.version
-        broken |= prefix["format"] != FORMAT_VERSION
-        if broken.any():
-            for index in np.flatnonzero(broken).tolist():
-                work[index] = self._repair(work[index], index, status)
-            prefix = np.frombuffer(
-                b"".join([row[:size] for row in work]), dtype=layout.prefix_dtype
-            )
-        # expires_at 0 means never: minus one it wraps to the largest uint32, never <= now.
-        expired = prefix["expires_at"] - np.uint32(1) < np.uint32(min(int(now), MAX_EXPIRY))
-        if expired.any():
-            prefix = prefix.copy()
-            prefix[expired] = self._default_record
-            status[expired] = RowStatus.EXPIRED
-            for index in np.flatnonzero(expired).tolist():
-                work[index] = default
-
+        prefix = np.frombuffer(prefixes, dtype=layout.prefix_dtype)
+        tails = iter(gathered)
         columns: dict[str, Column] = {}
-        wanted_var = [name for name in features if name in layout.variable]
-        if wanted_var:
-            columns.update(self._gather_variable(work, prefix, wanted_var))
         for name in features:
-            if name not in columns:
-                values = prefix[f"f:{name}"]
-                columns[name] = values.view(np.bool_) if self.types[name].base == "bool" else values
+            if name in position:
+                lengths, data = next(tails)
+                columns[name] = VarColumn(np.frombuffer(lengths, dtype=_LENGTHS_DTYPE), data)
+            else:
+                field, is_bool = self._fixed_field[name]
+                columns[name] = prefix[field].view(np.bool_) if is_bool else prefix[field]
         return DecodedGroup(status, columns)
 
-    def _repair(self, row: bytes, index: int, status: npt.NDArray[np.uint8]) -> bytes:
-        """A row that is not a whole row of the current version: upgrade it or default it."""
-        upgraded = self._upgrade(row)
-        if upgraded is None:
-            status[index] = RowStatus.CORRUPT
-            return self._default_row
-        return upgraded
+    def _decode_rows(
+        self, rows: list[bytes | None], wanted: list[int], clock: int
+    ) -> tuple[npt.NDArray[np.uint8], bytes, list[tuple[bytes, bytes]], list[int]]:
+        layout = self.current
+        status, prefixes, gathered, other_versions = inferstack_native.decode_rows(
+            rows,
+            self._default_row,
+            layout.version,
+            layout.prefix_size,
+            layout.length_offsets,
+            wanted,
+            clock,
+        )
+        return np.frombuffer(status, dtype=_STATUS_DTYPE), prefixes, gathered, other_versions
 
-    def _upgrade(self, row: bytes) -> bytes | None:
+    def _upgrade(self, row: bytes | None) -> bytes | None:
         """Re-encode a row of an older schema version; None if it is not a valid row."""
-        if len(row) < HEADER_SIZE:
+        if row is None or len(row) < HEADER_SIZE:
             return None
         header = np.frombuffer(row[:HEADER_SIZE], dtype=HEADER_DTYPE)[0]
         layout = self.layouts.get(int(header["schema_version"]))
@@ -251,33 +247,3 @@ class GroupCodec:
                 columns[name] = var_column([row[offset : offset + length]])
             offset += length
         return self.current.encode(columns, 1, int(header["expires_at"]))[0]
-
-    def _gather_variable(
-        self, rows: list[bytes], prefix: npt.NDArray[Any], names: list[str]
-    ) -> dict[str, VarColumn]:
-        """Cut each wanted string/bytes feature out of the rows' tails into one buffer."""
-        layout = self.current
-        size = layout.prefix_size
-        if len(layout.variable) == 1:  # the whole tail is the one value
-            name = layout.variable[0]
-            tails = b"".join([row[size:] for row in rows])
-            return {name: VarColumn(prefix[f"n:{name}"].astype(np.uint32), tails)}
-        # lengths[row, v]; each value starts after the prefix and the row's earlier values.
-        lengths = np.stack([prefix[f"n:{n}"].astype(np.int64) for n in layout.variable], axis=1)
-        starts = size + np.cumsum(lengths, axis=1) - lengths
-        out: dict[str, VarColumn] = {}
-        for name in names:
-            position = layout.variable.index(name)
-            begin = starts[:, position]
-            sizes = lengths[:, position]
-            # Slicing bytes in a list comprehension beats numpy index arithmetic here.
-            data = b"".join(
-                [
-                    row[a:b]
-                    for row, a, b in zip(
-                        rows, begin.tolist(), (begin + sizes).tolist(), strict=True
-                    )
-                ]
-            )
-            out[name] = VarColumn(sizes.astype(np.uint32), data)
-        return out

@@ -39,28 +39,34 @@ async def answer(
     RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED at once); user errors become their status,
     anything else INTERNAL without a trace."""
     started = time.perf_counter()
-    code = "OK"
     gate = admission.current()
     try:
         admitted = started if gate.try_enter() else await gate.wait(method, context.time_remaining)
         try:
-            return await work()
+            result = await work()
         finally:
             gate.leave(method, time.perf_counter() - admitted)
     except InferstackError as exc:
-        code = exc.status
+        # Counted before abort: abort sends the status at once, and a caller that reads
+        # /metrics right after must find its call there.
+        _count(method, exc.status, started)
         await context.abort(status_of(exc), str(exc))
     except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
-        code = "CANCELLED"
+        _count(method, "CANCELLED", started)
         raise
     except Exception:
-        code = "INTERNAL"
         log.exception("internal error")
+        _count(method, "INTERNAL", started)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-    finally:
-        metrics.REQUESTS.labels(method, code).inc()
-        metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
+    else:
+        _count(method, "OK", started)
+        return result
     raise AssertionError("abort returned")  # pragma: no cover
+
+
+def _count(method: str, code: str, started: float) -> None:
+    metrics.REQUESTS.labels(method, code).inc()
+    metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
 
 
 class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc]  # generated

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from prometheus_client import Counter
+
 from inferstack import metrics
 from inferstack.core.definitions import CachePolicy
 from inferstack.featurestore.cache.base import MISS, CachedRow, RowCache
@@ -82,13 +84,20 @@ class RowSource:
         self._recent: deque[tuple[float, int, str, Sequence[bytes]]] = deque()
         self._inflight: dict[tuple[str, bytes], Batch] = {}
         self._fills: set[asyncio.Task[None]] = set()
-        self._lookups = [
-            (
-                metrics.CACHE_LOOKUPS.labels(name, "hit"),
-                metrics.CACHE_LOOKUPS.labels(name, "miss"),
+        self._levels = ["shared" if cache is shared_cache else "local" for cache in self.caches]
+        self._lookups: dict[tuple[int, str], tuple[Counter, Counter]] = {}
+
+    def _counters(self, level: int, group: str) -> tuple[Counter, Counter]:
+        """Hit and miss counters of one cache level and group (labels resolved once)."""
+        counters = self._lookups.get((level, group))
+        if counters is None:
+            name = self._levels[level]
+            counters = (
+                metrics.CACHE_LOOKUPS.labels(name, "hit", group),
+                metrics.CACHE_LOOKUPS.labels(name, "miss", group),
             )
-            for name in ("shared" if cache is shared_cache else "local" for cache in self.caches)
-        ]
+            self._lookups[(level, group)] = counters
+        return counters
 
     async def read(
         self, group: str, keys: Sequence[bytes], policy: CachePolicy
@@ -105,7 +114,7 @@ class RowSource:
             asked = keys if level == 0 else [keys[i] for i in pending]
             values = await _safe_get(cache, group, asked, snapshot.generation)
             misses = values.count(MISS)
-            hits, missed = self._lookups[level]
+            hits, missed = self._counters(level, group)
             hits.inc(len(asked) - misses)
             if not misses:
                 if level == 0:

@@ -1,0 +1,27 @@
+"""Type stubs of the compiled hot path (native/src/*.rs); see those files for the details."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+FOUND: int
+MISSING: int
+EXPIRED: int
+CORRUPT: int
+
+def encode_keys(
+    parts: Sequence[list[str] | npt.NDArray[np.int64] | npt.NDArray[np.uint64]],
+) -> list[bytes]:
+    """One key per row: the parts of each row encoded as documented in core/keys.py."""
+
+def decode_rows(
+    rows: list[bytes | None],
+    default_row: bytes,
+    version: int,
+    prefix_size: int,
+    length_offsets: Sequence[int],
+    wanted: Sequence[int],
+    now: int,
+) -> tuple[bytearray, bytes, list[tuple[bytes, bytes]], list[int]]:
+    """(status, joined prefixes, (lengths, data) per wanted variable feature, other versions)."""

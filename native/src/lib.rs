@@ -1,0 +1,23 @@
+//! The compiled part of inferstack's feature store hot path, as the Python module
+//! `inferstack_native`.
+//!
+//! Each function does the per-row work of one step for a whole batch in a single call, so
+//! Python pays one call per batch instead of one interpreter loop turn per row. The Python
+//! side (`inferstack.core.keys`, `inferstack.core.rowformat`) keeps everything that is not
+//! per row: checking requests, layouts, and the rare upgrade of rows of older schema versions.
+
+use pyo3::prelude::*;
+
+mod keys;
+mod rows;
+
+#[pymodule]
+fn inferstack_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(keys::encode_keys, module)?)?;
+    module.add_function(wrap_pyfunction!(rows::decode_rows, module)?)?;
+    module.add("FOUND", rows::FOUND)?;
+    module.add("MISSING", rows::MISSING)?;
+    module.add("EXPIRED", rows::EXPIRED)?;
+    module.add("CORRUPT", rows::CORRUPT)?;
+    Ok(())
+}
