@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -21,8 +22,9 @@ from inferstack.featurestore.rows import RowSource
 DEFAULT_MAX_KEYS = 10_000
 
 
-@dataclass(frozen=True)
-class ResultColumn:
+class ResultColumn(NamedTuple):
+    """One column of a result; a tuple because a response builds dozens of them per call."""
+
     name: str  # "group.feature"
     type: FeatureType
     values: Column
