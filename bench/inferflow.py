@@ -40,7 +40,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from unittest import mock
 
 import grpc
 import numpy as np
@@ -51,9 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-import inferstack.client.featurestore as featurestore_client
 from inferstack.client import AsyncFeatureStoreClient, AsyncInferflowClient, Query, Scores
-from inferstack.client.channels import OWN_CONNECTION
 from inferstack.inferflow.wire import request_to_proto
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
 from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc as pb_grpc
@@ -391,12 +388,8 @@ async def measure_server(
     rows: list[Row] = []
     splits: list[StageSplit] = []
     inferflow = AsyncInferflowClient(target, connections=CONNECTIONS)
-    # The feature store client takes no channel options, and gRPC shares one connection among
-    # a process's channels to one target (so one worker would serve everything): give each of
-    # its channels its own connection, as the inferflow client does.
-    own = [*featurestore_client.CHANNEL_OPTIONS, OWN_CONNECTION]
-    with mock.patch.object(featurestore_client, "CHANNEL_OPTIONS", own):
-        stores = [AsyncFeatureStoreClient(target) for _ in range(CONNECTIONS)]
+    # Separate clients, each with its own connection, as separate caller processes would be.
+    stores = [AsyncFeatureStoreClient(target, connections=1) for _ in range(CONNECTIONS)]
     next_store = itertools.cycle(stores).__next__
 
     async def infer(user: int, candidates: IntArray) -> Scores:

@@ -241,10 +241,7 @@ async def run_async(
 
 
 def make_async_client(target: str, connections: int) -> AsyncFeatureStoreClient:
-    try:
-        return AsyncFeatureStoreClient(target, connections=connections)  # type: ignore[call-arg]
-    except TypeError:  # a client without its own connections shares one per process
-        return AsyncFeatureStoreClient(target)
+    return AsyncFeatureStoreClient(target, connections=connections)
 
 
 def _budget(pattern: Pattern, seconds: float) -> int:
