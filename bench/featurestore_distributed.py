@@ -1,25 +1,35 @@
-"""Feature store benchmark against Cassandra + Redis, definitions in ZooKeeper.
+"""Feature store benchmark against Cassandra + Redis (definitions in ZooKeeper), as traffic.
 
-Runs `inferstack serve --config deploy/distributed.yaml` (one worker per core, in-process
-cache off, so every cache lookup is a Redis lookup) against the services started by
-`scripts/services.py up cassandra redis zookeeper`, which it leaves running.
+Runs `inferstack serve --config deploy/distributed.yaml` (2 workers) against the services of
+`scripts/services.py up cassandra redis zookeeper`, which it leaves running, and calls it
+through the public `AsyncFeatureStoreClient` the way a ranking service does:
 
-Shapes, all features of every group, one RetrieveBatch call each:
-  (a) 1 user + 100 products + their 100 user x category rows
-  (b) the same with 500 products
+  (a) 2 round trips: the user + 100 products; then the 100 user x category rows keyed by each
+      product's category_id read from the first answer
+  (a) 1 RetrieveBatch: the user, the 100 products and their user x category rows at once
   (c) one product
-Measurements per shape:
-  - cold: Redis flushed, keys that never repeat within a measurement (0 % hits);
-    a bounded number of requests (--requests) at 1 and 16 in flight
-  - warm: a hot set loaded through the server, then requests whose keys are 9 in 10 from
-    the hot set and 1 in 10 never seen (about 90 % hits); --seconds at 1 and 16 in flight.
-    The hit rate is measured from Redis INFO (keyspace_hits / keyspace_misses).
-  - ceiling: the raw driver (scylla-driver, prepared statements, ~100 concurrent) reading
-    the cold requests' keys, one request at a time, all keys of a request at once
-Before the timed passes Cassandra reads every cold key once, so its own caches are equally
-warm for the ceiling and for the server: "cold" means the Redis cache, not Cassandra's.
 
-    python bench/featurestore_distributed.py [--seconds 5] [--scale 1.0] [--requests 200]
+Users are drawn uniformly from all users; products uniformly from all products, or with Zipf
+s = 1.1 (a few hot products, a long tail). Every request is drawn fresh (no pool of requests is
+replayed). Everything runs twice: with the in-process cache on (the default deployment: in
+front of Redis) and off (every cache lookup goes to Redis).
+
+Per cache mode (a fresh server each) and shape:
+  - cold, first for every shape: Redis flushed, keys never asked before; 1 and 16 in flight.
+    At 1 in flight each request is paired with the ceiling: CassandraStorage (the adopted
+    read path) reading the same keys in this process, right before the request.
+  - traffic: uniform, then Zipf, each after --warmup seconds of the same traffic, for
+    --seconds at 1, 16 and 64 in flight (the caches fill the way traffic fills them).
+Each row reports client latency p50/p99, requests/s, errors (admission control may refuse
+calls at 64 in flight), and CPU per request of the server's workers, Cassandra and Redis
+(/proc/<pid>/stat around the timed window), plus the cache hit rates in the window (the
+server's /metrics: in-process, Redis, and keys that reached Cassandra).
+
+Before all that, bench/cassandra_reads.py compares the candidate Cassandra read paths on the
+same data (skip with --skip-candidates), and the one-off ingest is timed through the CLI.
+
+    python bench/featurestore_distributed.py [--scale 1.0] [--seconds 5] [--requests 100]
+    python bench/featurestore_distributed.py --scale 0.05 --seconds 1 --requests 20  # quick
 """
 
 from __future__ import annotations
@@ -28,71 +38,50 @@ import argparse
 import asyncio
 import json
 import os
-import random
+import re
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import acsylla  # type: ignore[import-untyped]
+import cassandra_reads
 import grpc
 import numpy as np
 import pyarrow.parquet as pq
 import redis
-from cassandra import ConsistencyLevel
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-from cassandra.concurrent import execute_concurrent
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import tuple_factory
-from featurestore import (
-    BENCH_DATA,
-    METHOD,
-    RESULTS,
-    ROOT,
-    Row,
-    cli,
-    encode,
-    format_row,
-    shape_queries,
-    start,
-    stop,
-    summarise,
-)
 
-from inferstack.client.featurestore import Query
+from inferstack.client.featurestore import AsyncFeatureStoreClient, Query
 from inferstack.core.keys import encode_keys
-from inferstack.core.types import FeatureType
 from inferstack.featurestore.catalog import Catalog
-from inferstack.featurestore.storage.cassandra import parse_contact_point, table_name
-from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
+from inferstack.featurestore.storage.cassandra import CassandraStorage, table_name
 from inferstack.sampledata.generate import FULL_SIZES, GROUP_FILES, category_of, generate
 from inferstack.server.components import open_config_store
 from inferstack.server.settings import load_settings
 from inferstack.server.supervisor import free_port
 
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DATA = ROOT / "bench" / ".data"
+RESULTS = ROOT / "bench" / "results"
 DEPLOY = ROOT / "deploy" / "distributed.yaml"
 SERVICES = ("cassandra", "redis", "zookeeper")
-REDIS_DB = 9  # a throwaway database of the services' Redis: flushed before every measurement
+REDIS_DB = 9  # a throwaway database of the services' Redis: flushed before cold measurements
+WORKERS = 2
 GROUP_OF = {
     "user": "user_profile",
     "product": "product_stats",
     "user_category": "user_category_affinity",
 }
-SHAPES = {  # products per request; 0 = shape (c), one product and nothing else
-    "(a) 1 user + 100 products + 100 user x category": 100,
-    "(b) 1 user + 500 products + 500 user x category": 500,
-    "(c) 1 product": 0,
-}
-IN_FLIGHT = (1, 16)
-WARMUP = 20  # requests before each measurement, on the measurement's own connections
-FRESH_EVERY = 10  # warm phase: every 10th key is one never seen before
-HOT_REQUESTS = 50  # distinct requests in the warm phase's hot set
-RAW_CONCURRENCY = 100
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20)]
-
-Timings = tuple[list[float], float]  # per-request seconds, wall-clock seconds of the run
+PRODUCTS_PER_REQUEST = 100
+ZIPF_S = 1.1
+COLD_IN_FLIGHT = (1, 16)
+TRAFFIC_IN_FLIGHT = (1, 16, 64)
+CALL_TIMEOUT = 10.0  # client deadline per call
 
 
 @dataclass(frozen=True)
@@ -102,24 +91,20 @@ class Endpoints:
     zookeeper: str
 
 
-@dataclass
-class DistRow(Row):
-    redis_hit_rate: float | None = None  # keyspace hits / lookups during the run, Redis INFO
-
-
 # --- services, data, ingest -------------------------------------------------------------
+
+
+def services_output(*args: str) -> str:
+    script = str(ROOT / "scripts" / "services.py")
+    return subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, check=False
+    ).stdout
 
 
 def service_endpoints() -> Endpoints:
     """host:port of each service from `scripts/services.py env`; exits if one is down."""
-    output = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "services.py"), "env", *SERVICES],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
     found = {}
-    for line in output.splitlines():
+    for line in services_output("env", *SERVICES).splitlines():
         name, _, value = line.removeprefix("export INFERSTACK_TEST_").partition("=")
         if value:
             found[name.lower()] = value
@@ -132,8 +117,27 @@ def service_endpoints() -> Endpoints:
     return Endpoints(**found)
 
 
+def service_pid(name: str) -> int | None:
+    words = services_output("status", name).split()
+    return int(words[words.index("pid") + 1]) if "pid" in words else None
+
+
+def cassandra_jit() -> str:
+    """Whether the services' Cassandra runs with C1 only (the test default) or C2 too."""
+    pid = service_pid("cassandra")
+    try:
+        flags = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "unknown"
+    levels = [f for f in flags if f.startswith(b"-XX:TieredStopAtLevel=")]
+    return "C1 only (TieredStopAtLevel=1)" if levels and levels[-1].endswith(b"=1") else "C1+C2"
+
+
+NAME = "bench"  # --name: keyspace <name>_s<scale>, ZooKeeper root /inferstack-<name>-s<scale>
+
+
 def keyspace_of(scale: float) -> str:
-    return f"bench_s{scale:g}".replace(".", "_").replace("-", "_")
+    return f"{NAME}_s{scale:g}".replace(".", "_").replace("-", "_")
 
 
 def deployment_env(endpoints: Endpoints, scale: float) -> dict[str, str]:
@@ -144,8 +148,12 @@ def deployment_env(endpoints: Endpoints, scale: float) -> dict[str, str]:
         "INFERSTACK_CACHE__SHARED__ADDRESS": f"redis://{endpoints.redis}/{REDIS_DB}",
         "INFERSTACK_INTERACTIONS__HOT__ADDRESS": f"redis://{endpoints.redis}/{REDIS_DB}",
         "INFERSTACK_CONFIG__HOSTS": endpoints.zookeeper,
-        "INFERSTACK_CONFIG__ROOT": f"/inferstack-bench-s{scale:g}",
+        "INFERSTACK_CONFIG__ROOT": f"/inferstack-{NAME}-s{scale:g}",
     }
+
+
+def sizes(scale: float) -> tuple[int, int]:
+    return max(1, int(FULL_SIZES["user"] * scale)), max(1, int(FULL_SIZES["product"] * scale))
 
 
 def sample_data(scale: float) -> Path:
@@ -157,26 +165,55 @@ def sample_data(scale: float) -> Path:
     return sample
 
 
-def ingest(sample: Path, scale: float, endpoints: Endpoints, raw: RawReader) -> dict[str, Any]:
-    """Apply and ingest once per (scale, endpoints, keyspace); later runs reuse the marker."""
+def cli(*args: str) -> None:
+    # The data dir is unused by this deployment; it keeps ./.inferstack out of the repo.
+    env = {**os.environ, "INFERSTACK_DATA_DIR": str(BENCH_DATA / "distributed")}
+    subprocess.run([sys.executable, "-m", "inferstack.cli.main", *args], env=env, check=True)
+
+
+def has_tables(contact_point: str, keyspace: str) -> bool:
+    async def look() -> bool:
+        host, _, port = contact_point.rpartition(":")
+        cluster = acsylla.create_cluster([host], port=int(port), log_level="disabled")
+        session = await cluster.create_session()
+        try:
+            tables = session.get_metadata().get_tables(keyspace)
+        except acsylla.errors.KeyspaceNotFound:
+            tables = []
+        finally:
+            await session.close()
+        return all(table_name(group) in tables for group in GROUP_OF.values())
+
+    return asyncio.run(look())
+
+
+def ingest(sample: Path, scale: float, endpoints: Endpoints) -> dict[str, Any]:
+    """Apply and ingest once per (scale, endpoints, keyspace); later runs reuse the marker.
+    Each group's ingest is timed through the CLI, with Cassandra's CPU over the same time."""
     identity = {"scale": scale, **deployment_env(endpoints, scale)}
     marker = BENCH_DATA / f"distributed-{keyspace_of(scale)}.json"
     if marker.exists():
         state: dict[str, Any] = json.loads(marker.read_text())
-        if state["identity"] == identity and raw.has_tables(GROUP_OF.values()):
+        if state["identity"] == identity and has_tables(endpoints.cassandra, keyspace_of(scale)):
             print(f"ingested state reused ({marker.name}, ingested {state['when']})")
             print_ingest(state["ingest"])
             return state
-    data_dir = BENCH_DATA / "distributed"  # unused by this deployment; keeps ./.inferstack out
-    cli("apply", "--config", str(DEPLOY), "-f", str(sample / "ecommerce.yaml"), data_dir=data_dir)
+    cli("apply", "--config", str(DEPLOY), "-f", str(sample / "ecommerce.yaml"))
+    pid = service_pid("cassandra")
     report = {}
     for group, file in GROUP_FILES.items():
         path = sample / file
+        cassandra = cassandra_reads.process_cpu(pid)
         started = time.perf_counter()
-        cli("ingest", "--config", str(DEPLOY), "-g", group, str(path), data_dir=data_dir)
+        cli("ingest", "--config", str(DEPLOY), "-g", group, str(path))
         seconds = time.perf_counter() - started
         rows = pq.ParquetFile(path).metadata.num_rows
-        report[group] = {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+        report[group] = {
+            "rows": rows,
+            "seconds": seconds,
+            "rows_per_s": rows / seconds,
+            "cassandra_cpu_us_per_row": 1e6 * (cassandra_reads.process_cpu(pid) - cassandra) / rows,
+        }
     state = {"identity": identity, "when": time.strftime("%Y-%m-%d %H:%M:%S"), "ingest": report}
     marker.write_text(json.dumps(state, indent=1))
     print_ingest(report)
@@ -186,10 +223,14 @@ def ingest(sample: Path, scale: float, endpoints: Endpoints, raw: RawReader) -> 
 def print_ingest(report: dict[str, dict[str, float]]) -> None:
     rows = sum(r["rows"] for r in report.values())
     seconds = sum(r["seconds"] for r in report.values())
-    parts = ", ".join(f"{g} {r['rows_per_s']:,.0f}" for g, r in report.items())
+    parts = ", ".join(
+        f"{g} {r['rows_per_s']:,.0f} rows/s, Cassandra {r.get('cassandra_cpu_us_per_row', 0):.0f}"
+        " us CPU/row"
+        for g, r in report.items()
+    )
     print(
-        f"ingest into cassandra (CLI, wall clock incl. start-up): {rows:,.0f} rows in "
-        f"{seconds:.0f}s = {rows / seconds:,.0f} rows/s ({parts} rows/s)"
+        f"ingest into cassandra (`inferstack ingest`, wall clock incl. start-up): {rows:,.0f} rows "
+        f"in {seconds:.1f}s = {rows / seconds:,.0f} rows/s ({parts}) (target >= 30,000 rows/s)"
     )
 
 
@@ -201,501 +242,566 @@ def load_catalog() -> Catalog:
         store.close()
 
 
-def negative_ttl(catalog: Catalog) -> float:
-    """The longest a "known absent" entry can live in Redis (group policy + TTL jitter)."""
-    shared = load_settings(DEPLOY).cache.shared
-    jitter = shared.ttl_jitter if shared is not None else 0.0
-    return max(catalog.group(g).cache.negative_ttl for g in GROUP_OF.values()) * (1 + jitter)
-
-
-def cassandra_jit(endpoints: Endpoints) -> str:
-    """Whether the services' Cassandra runs with C1 only (the test default) or C2 too."""
-    output = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "services.py"), "status", "cassandra"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    pid = output[output.index("pid") + 1] if "pid" in output else ""
-    try:
-        flags = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "unknown"
-    levels = [f for f in flags if f.startswith(b"-XX:TieredStopAtLevel=")]
-    return "C1 only (TieredStopAtLevel=1)" if levels and levels[-1].endswith(b"=1") else "C1+C2"
-
-
-# --- requests ------------------------------------------------------------------------------
-
-
-def batch_for(user: int, products: list[int]) -> list[Query]:
-    return [
-        Query("user", {"user_id": [user]}),
-        Query("product", {"product_id": products}),
-        Query(
-            "user_category",
-            {"user_id": [user] * len(products), "category_id": category_of(np.array(products))},
-        ),
-    ]
-
-
-def sizes(scale: float) -> tuple[int, int]:
-    return max(1, int(FULL_SIZES["user"] * scale)), max(1, int(FULL_SIZES["product"] * scale))
-
-
-def cold_batches(per_request: int, count: int) -> list[list[Query]]:
-    """Request i: user i+1, products i*n+1 .. i*n+n: no key is asked twice."""
-    if per_request == 0:
-        return [[Query("product", {"product_id": [i + 1]})] for i in range(count)]
-    return [
-        batch_for(i + 1, list(range(i * per_request + 1, (i + 1) * per_request + 1)))
-        for i in range(count)
-    ]
-
-
-def cold_count(per_request: int, scale: float, wanted: int) -> int:
-    users, products = sizes(scale)
-    if per_request == 0:
-        return min(wanted, products)
-    return max(1, min(wanted, users, products // per_request))
-
-
-def hot_templates(sample: Path, scale: float, per_request: int) -> list[list[Query]]:
-    """The embedded benchmark's requests (the first HOT_REQUESTS), or HOT_REQUESTS random
-    products for (c); never more than keep half the products out of the hot set."""
-    _, products = sizes(scale)
-    count = max(1, min(HOT_REQUESTS, products // (2 * max(1, per_request))))
-    if per_request == 0:
-        ids = np.random.default_rng(3).choice(np.arange(1, products + 1), count, replace=False)
-        return [[Query("product", {"product_id": [int(p)]})] for p in ids]
-    return shape_queries(sample, scale, per_request)[:count]
-
-
-def fresh_products(templates: list[list[Query]], scale: float) -> list[int]:
-    """Products no template asks for, in a fixed shuffled order."""
-    _, products = sizes(scale)
-    hot = {int(p) for batch in templates for q in batch if q.entity == "product"
-           for p in q.keys["product_id"]}  # fmt: skip
-    fresh = [p for p in range(1, products + 1) if p not in hot]
-    random.Random(11).shuffle(fresh)
-    return fresh
-
-
-def with_fresh_keys(
-    template: list[Query], per_request: int, index: int, supply: Iterator[int]
-) -> list[Query]:
-    """Every FRESH_EVERY-th product slot (for (c): request) gets a product never asked
-    before; user x category keys follow their products. StopIteration: supply is used up."""
-    if per_request == 0:
-        if index % FRESH_EVERY == FRESH_EVERY - 1:
-            return [Query("product", {"product_id": [next(supply)]})]
-        return template
-    user = int(template[0].keys["user_id"][0])
-    products = [int(p) for p in template[1].keys["product_id"]]
-    for slot in range(FRESH_EVERY - 1, len(products), FRESH_EVERY):
-        products[slot] = next(supply)
-    return batch_for(user, products)
-
-
-class WarmRequests:
-    """Encoded warm requests, made as they are needed: the templates cycled with fresh keys
-    mixed in. Shared by consecutive measurements, so fresh keys never repeat; ends (and sets
-    `exhausted`) when the fresh products run out."""
-
-    def __init__(self, templates: list[list[Query]], fresh: list[int], per_request: int) -> None:
-        self.templates = templates
-        self.per_request = per_request
-        self.supply = iter(fresh)
-        self.index = 0
-        self.exhausted = False
-
-    def __iter__(self) -> WarmRequests:
-        return self
-
-    def __next__(self) -> bytes:
-        template = self.templates[self.index % len(self.templates)]
-        try:
-            batch = with_fresh_keys(template, self.per_request, self.index, self.supply)
-        except StopIteration:
-            self.exhausted = True
-            raise
-        self.index += 1
-        return encode([batch])[0]
-
-
-def value_count(response: bytes) -> int:
-    """Values in one response (a vector feature counts each element)."""
-    message = pb.RetrieveBatchResponse.FromString(response)
-    return sum(
-        len(c.lengths) // 4
-        if c.lengths
-        else len(c.values) // FeatureType.parse(c.type).scalar_dtype.itemsize
-        for r in message.responses
-        for c in r.columns
-    )
-
-
-# --- Redis ---------------------------------------------------------------------------------
-
-
-class RedisProbe:
-    """FLUSHDB of the benchmark's database and the server-wide hit counters."""
-
-    def __init__(self, address: str) -> None:
-        self.client = redis.Redis.from_url(f"redis://{address}/{REDIS_DB}")
-
-    def flush(self) -> None:
-        self.client.flushdb()
-
-    def counters(self) -> tuple[int, int]:
-        stats = self.client.info("stats")
-        return int(stats["keyspace_hits"]), int(stats["keyspace_misses"])
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class HitWindow:
-    """Called between warm-up and timed part: optionally flushes, then reads the counters;
-    `rate()` afterwards is the hit rate of the lookups in between."""
-
-    def __init__(self, probe: RedisProbe, flush: bool) -> None:
-        self.probe = probe
-        self.flush = flush
-        self.before = (0, 0)
-
-    def __call__(self) -> None:
-        if self.flush:
-            self.probe.flush()
-        self.before = self.probe.counters()
-
-    def rate(self) -> float | None:
-        after = self.probe.counters()
-        hits, misses = after[0] - self.before[0], after[1] - self.before[1]
-        return hits / (hits + misses) if hits + misses else None
-
-
-# --- the raw driver ------------------------------------------------------------------------
-
-
-class RawReader:
-    """scylla-driver with prepared single-partition SELECTs, as the storage adapter issues."""
-
-    def __init__(self, contact_point: str, keyspace: str) -> None:
-        host, port = parse_contact_point(contact_point)
-        profile = ExecutionProfile(
-            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
-            consistency_level=ConsistencyLevel.LOCAL_ONE,
-            request_timeout=10.0,
-            row_factory=tuple_factory,
-        )
-        self.keyspace = keyspace
-        self.cluster = Cluster(
-            contact_points=[host], port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
-        )
-        self.session = self.cluster.connect()
-        self.selects: dict[str, Any] = {}
-
-    def has_tables(self, groups: Iterable[str]) -> bool:
-        keyspace = self.cluster.metadata.keyspaces.get(self.keyspace)
-        return keyspace is not None and all(table_name(g) in keyspace.tables for g in groups)
-
-    def prepare(self, groups: Iterable[str]) -> None:
-        for group in groups:
-            table = f'{self.keyspace}."{table_name(group)}"'
-            self.selects[group] = self.session.prepare(f"SELECT v FROM {table} WHERE k = ?")
-
-    def read(self, keys: Sequence[tuple[str, bytes]]) -> int:
-        """Read every key concurrently; return how many rows were found."""
-        statements = [(self.selects[group], (key,)) for group, key in keys]
-        results = execute_concurrent(
-            self.session, statements, concurrency=RAW_CONCURRENCY, raise_on_first_error=True
-        )
-        return sum(1 for _, result in results if result.current_rows)
-
-    def close(self) -> None:
-        self.cluster.shutdown()
-
-
-def storage_keys(catalog: Catalog, batch: list[Query]) -> list[tuple[str, bytes]]:
-    """The (group, key) reads the server sends to storage for a batch (duplicates once)."""
-    keys: list[tuple[str, bytes]] = []
-    for query in batch:
-        encoded = encode_keys(catalog.entity(query.entity), dict(query.keys))
-        keys += [(GROUP_OF[query.entity], key) for key in dict.fromkeys(encoded)]
-    return keys
-
-
-def wait_for_compactions(raw: RawReader, limit: float = 900.0) -> None:
+def wait_for_compactions(contact_point: str, keyspace: str, limit: float = 900.0) -> None:
     """Wait (at most `limit` seconds) until Cassandra runs no compaction in the keyspace:
     right after an ingest, leveled compaction would compete with every measurement."""
-    deadline = time.monotonic() + limit
-    query = "SELECT keyspace_name FROM system_views.sstable_tasks"
-    said = False
-    while time.monotonic() < deadline:
-        busy = [r for r in raw.session.execute(query) if r[0] == raw.keyspace]
-        if not busy:
-            return
-        if not said:
-            print("waiting for cassandra to finish compacting the keyspace ...", flush=True)
-            said = True
-        time.sleep(2)
-    print(f"  cassandra still compacting after {limit:.0f}s: measuring anyway")
+
+    async def wait() -> None:
+        host, _, port = contact_point.rpartition(":")
+        cluster = acsylla.create_cluster([host], port=int(port), log_level="disabled")
+        session = await cluster.create_session()
+        query = acsylla.create_statement("SELECT keyspace_name FROM system_views.sstable_tasks")
+        deadline = time.monotonic() + limit
+        said = False
+        try:
+            while time.monotonic() < deadline:
+                busy = [r for r in await session.execute(query) if r.as_tuple()[0] == keyspace]
+                if not busy:
+                    return
+                if not said:
+                    print("waiting for cassandra to finish compacting the keyspace ...", flush=True)
+                    said = True
+                await asyncio.sleep(2)
+            print(f"  cassandra still compacting after {limit:.0f}s: measuring anyway")
+        finally:
+            await session.close()
+
+    asyncio.run(wait())
 
 
-# --- the server ----------------------------------------------------------------------------
+# --- drawing requests ----------------------------------------------------------------------
 
 
-def start_server(workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port("127.0.0.1")
-    target = f"127.0.0.1:{port}"
-    command = [
-        sys.executable, "-m", "inferstack.cli.main", "serve",
-        "--config", str(DEPLOY), "--host", "127.0.0.1", "--port", str(port),
-        "--http-port", "-1", "--workers", str(workers), "--cache-mb", "0",
-        "--log-level", "WARNING",
-    ]  # fmt: skip
-    return start(command, target), target
+class Draw:
+    """Users and products for requests: uniform or Zipf(s) over all products (the hot ones
+    spread over the id range by a fixed permutation), or never seen before (cold)."""
+
+    def __init__(self, users: int, products: int, seed: int) -> None:
+        self.users = users
+        self.products = products
+        self.rng = np.random.default_rng(seed)
+        ranks = np.arange(1, products + 1, dtype=np.float64)
+        weights = ranks**-ZIPF_S
+        self.zipf_cdf = np.cumsum(weights / weights.sum())
+        self.zipf_ids = self.rng.permutation(products) + 1
+        self.cold_users = iter((self.rng.permutation(users) + 1).tolist())
+        self.cold_products = iter((self.rng.permutation(products) + 1).tolist())
+
+    def user(self) -> int:
+        return int(self.rng.integers(1, self.users + 1))
+
+    def products_uniform(self, count: int) -> list[int]:
+        count = min(count, self.products)
+        chosen: list[int] = (self.rng.choice(self.products, count, replace=False) + 1).tolist()
+        return chosen
+
+    def products_zipf(self, count: int) -> list[int]:
+        count = min(count, self.products)
+        chosen: dict[int, None] = {}
+        while len(chosen) < count:  # distinct, as a candidate list is
+            ranks = np.searchsorted(self.zipf_cdf, self.rng.random(count * 2))
+            ranks = np.minimum(ranks, self.products - 1)
+            for product in self.zipf_ids[ranks].tolist():
+                chosen[product] = None
+                if len(chosen) == count:
+                    break
+        return list(chosen)
+
+    def cold(self, count: int) -> tuple[int, list[int]] | None:
+        """A user and `count` products never drawn cold before; None when they run out."""
+        try:
+            return next(self.cold_users), [next(self.cold_products) for _ in range(count)]
+        except StopIteration:
+            return None
 
 
-def measure_sync(
-    target: str,
-    warmup: Sequence[bytes],
-    requests: Iterable[bytes],
-    seconds: float | None,
-    before: Callable[[], None],
-) -> Timings:
-    """One request at a time until `requests` run out or `seconds` pass; `before` runs
-    between the warm-up and the timed part."""
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
-        for request in warmup:
-            call(request, timeout=30)
-        before()
-        timings = []
-        started = time.perf_counter()
-        deadline = started + seconds if seconds else float("inf")
-        for request in requests:
-            if time.perf_counter() >= deadline:
-                break
-            begin = time.perf_counter()
-            call(request, timeout=30)
-            timings.append(time.perf_counter() - begin)
-    return timings, time.perf_counter() - started
-
-
-async def measure_async(
-    target: str,
-    warmup: Sequence[bytes],
-    requests: Iterable[bytes],
-    seconds: float | None,
-    in_flight: int,
-    before: Callable[[], None],
-) -> Timings:
-    """`in_flight` callers, each on its own connection (the kernel spreads connections, not
-    calls, over the workers), sharing one pass over `requests`."""
-    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(in_flight)]
-    try:
-        calls = [
-            c.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
-            for c in channels
-        ]
-        if warmup:  # one call per connection at least, so all of them are open
-            await asyncio.gather(
-                *(call(warmup[i % len(warmup)], timeout=30) for i, call in enumerate(calls))
-            )
-        before()
-        pending: Iterator[bytes] = iter(requests)
-        timings: list[float] = []
-        started = time.perf_counter()
-        deadline = started + seconds if seconds else float("inf")
-
-        async def caller(call: Any) -> None:
-            for request in pending:
-                begin = time.perf_counter()
-                if begin >= deadline:
-                    return  # an unsent request: its keys stay never seen
-                await call(request, timeout=30)
-                timings.append(time.perf_counter() - begin)
-
-        await asyncio.gather(*(caller(call) for call in calls))
-        return timings, time.perf_counter() - started
-    finally:
-        await asyncio.gather(*(c.close(None) for c in channels))
-
-
-def measure(
-    target: str,
-    warmup: Sequence[bytes],
-    requests: Iterable[bytes],
-    seconds: float | None,
-    in_flight: int,
-    before: Callable[[], None],
-) -> Timings:
-    if in_flight == 1:
-        return measure_sync(target, warmup, requests, seconds, before)
-    return asyncio.run(measure_async(target, warmup, requests, seconds, in_flight, before))
-
-
-def measure_paired(
-    target: str,
-    requests: Sequence[bytes],
-    raw: RawReader,
-    keys: Sequence[list[tuple[str, bytes]]],
-    before: Callable[[], None],
-) -> tuple[Timings, Timings]:
-    """One request at a time, each right after the raw driver read its keys, so both see the
-    same moment of a shared, noisy machine. Wall clock = the sum of each side's timings."""
-    served: list[float] = []
-    driver: list[float] = []
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
-        for request in requests[:WARMUP]:
-            call(request, timeout=30)
-        before()
-        for request, request_keys in zip(requests, keys, strict=True):
-            begin = time.perf_counter()
-            raw.read(request_keys)
-            middle = time.perf_counter()
-            call(request, timeout=30)
-            served.append(time.perf_counter() - middle)
-            driver.append(middle - begin)
-    return (served, sum(served)), (driver, sum(driver))
-
-
-# --- the phases ----------------------------------------------------------------------------
-
-
+# A request: its keys, and the calls that make it (one or two round trips).
 @dataclass
-class Shape:
-    name: str
-    per_request: int
-    values: int = 0  # values in one response
+class Request:
+    user: int
+    products: list[int]
+    call: Callable[[AsyncFeatureStoreClient], Awaitable[None]]
+
+
+def shape_a_two_trips(user: int, products: list[int]) -> Request:
+    async def call(client: AsyncFeatureStoreClient) -> None:
+        first = await client.retrieve_batch(
+            [Query("user", {"user_id": [user]}), Query("product", {"product_id": products})]
+        )
+        categories = first[1]["product_stats.category_id"].tolist()
+        await client.retrieve(
+            "user_category", {"user_id": [user] * len(products), "category_id": categories}
+        )
+
+    return Request(user, products, call)
+
+
+def shape_a_one_batch(user: int, products: list[int]) -> Request:
+    async def call(client: AsyncFeatureStoreClient) -> None:
+        await client.retrieve_batch(
+            [
+                Query("user", {"user_id": [user]}),
+                Query("product", {"product_id": products}),
+                Query(
+                    "user_category",
+                    {
+                        "user_id": [user] * len(products),
+                        "category_id": category_of(np.array(products)),
+                    },
+                ),
+            ]
+        )
+
+    return Request(user, products, call)
+
+
+def shape_c(user: int, products: list[int]) -> Request:
+    async def call(client: AsyncFeatureStoreClient) -> None:
+        await client.retrieve("product", {"product_id": products[:1]})
+
+    return Request(user, products[:1], call)
 
 
 @dataclass(frozen=True)
-class Warm:
-    """What the warm phase needs besides the shape."""
-
-    sample: Path
-    scale: float
-    seconds: float
-    workers: int
-    negative_ttl: float  # the longest a negative entry lives in Redis, jitter included
+class Shape:
+    name: str
+    products: int
+    make: Callable[[int, list[int]], Request]
 
 
-def row_of(shape: Shape, target: str, in_flight: int, run: Timings, rate: float | None) -> DistRow:
-    base = summarise(shape.name, target, in_flight, run[0], run[1], shape.values)
-    row = DistRow(**asdict(base), redis_hit_rate=rate)
-    hits = "" if rate is None else f"{100 * rate:.1f} %"
-    print(f"{format_row(row)} {hits} |", flush=True)
-    return row
+SHAPES = (
+    Shape("(a) 2 round trips", PRODUCTS_PER_REQUEST, shape_a_two_trips),
+    Shape("(a) 1 RetrieveBatch", PRODUCTS_PER_REQUEST, shape_a_one_batch),
+    Shape("(c) 1 product", 1, shape_c),
+)
 
 
-def cold_phase(
-    shape: Shape, target: str, redis_probe: RedisProbe, raw: RawReader, catalog: Catalog, count: int
-) -> list[DistRow]:
-    batches = cold_batches(shape.per_request, count)
-    requests = encode(batches)
-    keys = [storage_keys(catalog, batch) for batch in batches]
-    for request_keys in keys:  # untimed: Cassandra's caches see every key once before both
-        raw.read(request_keys)
-    window = HitWindow(redis_probe, flush=True)
-    served, driver = measure_paired(target, requests, raw, keys, window)
-    rows = [
-        row_of(shape, "raw driver, same keys (ceiling)", 1, driver, None),
-        row_of(shape, "serve, cold cache", 1, served, window.rate()),
+def storage_keys(catalog: Catalog, request: Request, shape: Shape) -> list[tuple[str, list[bytes]]]:
+    """What the server reads from storage for a request (each key once per group)."""
+    products = np.array(request.products)
+    product_keys = encode_keys(catalog.entity("product"), {"product_id": products})
+    if shape.products == 1:
+        return [("product_stats", product_keys)]
+    user_keys = encode_keys(catalog.entity("user"), {"user_id": np.array([request.user])})
+    affinity = encode_keys(
+        catalog.entity("user_category"),
+        {"user_id": np.full(len(products), request.user), "category_id": category_of(products)},
+    )
+    return [
+        ("user_profile", user_keys),
+        ("product_stats", list(dict.fromkeys(product_keys))),
+        ("user_category_affinity", list(dict.fromkeys(affinity))),
     ]
-    for in_flight in IN_FLIGHT[1:]:
-        window = HitWindow(redis_probe, flush=True)
-        run = measure(target, requests[:WARMUP], requests, None, in_flight, window)
-        rows.append(row_of(shape, "serve, cold cache", in_flight, run, window.rate()))
-    return rows
 
 
-def load_hot_set(
-    target: str, hot: list[bytes], redis_probe: RedisProbe, warm: Warm, absent_keys: bool
-) -> None:
-    """Read the hot set through the server, one request per worker in flight (more makes
-    back-fill writes miss Redis's 50 ms timeout). With absent keys (user x category rows
-    mostly do not exist), read it once more after every negative entry of the first pass has
-    expired, so that all entries outlive the measurement (negative_ttl is 10 s)."""
-    redis_probe.flush()
-    measure(target, [], hot, None, warm.workers, lambda: None)
-    if absent_keys:
-        time.sleep(warm.negative_ttl)
-        measure(target, [], hot, None, warm.workers, lambda: None)
+# --- the server and what it costs ----------------------------------------------------------
 
 
-def warm_phase(shape: Shape, target: str, redis_probe: RedisProbe, warm: Warm) -> list[DistRow]:
-    templates = hot_templates(warm.sample, warm.scale, shape.per_request)
-    hot = encode(templates)
-    requests = WarmRequests(templates, fresh_products(templates, warm.scale), shape.per_request)
-    rows = []
-    for in_flight in IN_FLIGHT:
-        if requests.exhausted:
-            print(
-                f"  (no never-seen products left for {in_flight} in flight: use a larger --scale)"
-            )
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    target: str
+    metrics_url: str
+    workers: list[int]
+
+
+def start_server(cache_on: bool) -> Server:
+    port, http_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+    command = [
+        sys.executable, "-m", "inferstack.cli.main", "serve",
+        "--config", str(DEPLOY), "--host", "127.0.0.1", "--port", str(port),
+        "--http-port", str(http_port), "--workers", str(WORKERS), "--log-level", "WARNING",
+    ]  # fmt: skip
+    if not cache_on:
+        command += ["--cache-mb", "0"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    target = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(target) as channel:
+        while True:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+                break
+            except grpc.FutureTimeoutError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{command} did not start") from None
+    metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+    while True:  # every worker up: both answer, and /metrics with them
+        workers = worker_pids(process.pid)
+        if len(workers) == WORKERS or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return Server(process, target, metrics_url, workers)
+
+
+def stop_server(server: Server) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(5)
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The serve supervisor's worker processes (spawned; not multiprocessing's helpers)."""
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    pids = []
+    for pid in children:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
             continue
-        load_hot_set(target, hot, redis_probe, warm, absent_keys=shape.per_request > 0)
-        window = HitWindow(redis_probe, flush=False)
-        run = measure(target, hot[:WARMUP], requests, warm.seconds, in_flight, window)
-        if run[0]:
-            rows.append(row_of(shape, "serve, warm cache", in_flight, run, window.rate()))
-        if requests.exhausted:
-            print(f"  (never-seen products ran out after {run[1]:.1f}s of {warm.seconds:g}s)")
+        if b"spawn_main" in command:
+            pids.append(int(pid))
+    return pids
+
+
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Cache lookups by level and result, and keys read from storage, from /metrics (summed
+    over every other label, e.g. feature group)."""
+    out = dict.fromkeys(("local_hit", "local_miss", "shared_hit", "shared_miss", "storage"), 0.0)
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        name, _, labels = series.partition("{")
+        if name == "inferstack_storage_keys_total":
+            out["storage"] += float(value)
+        elif name == "inferstack_cache_lookups_total":
+            found = dict(_LABEL.findall(labels))
+            slot = f"{found.get('level')}_{found.get('result')}"
+            if slot in out:
+                out[slot] += float(value)
+    return out
+
+
+@dataclass
+class Costs:
+    """CPU seconds of the server's workers, Cassandra and Redis; cache counters."""
+
+    server: float
+    cassandra: float
+    redis: float
+    metrics: dict[str, float]
+
+    @staticmethod
+    def now(server: Server, pids: dict[str, int | None]) -> Costs:
+        return Costs(
+            sum(cassandra_reads.process_cpu(pid) for pid in server.workers),
+            cassandra_reads.process_cpu(pids["cassandra"]),
+            cassandra_reads.process_cpu(pids["redis"]),
+            scrape(server.metrics_url),
+        )
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    cache: str
+    shape: str
+    traffic: str
+    in_flight: int
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    requests_per_s: float
+    server_cpu_ms: float  # per request (both round trips for "2 round trips")
+    cassandra_cpu_ms: float
+    redis_cpu_ms: float
+    local_hit_rate: float | None = None
+    redis_hit_rate: float | None = None
+    storage_keys_per_request: float | None = None
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+
+async def measure(
+    client: AsyncFeatureStoreClient,
+    requests: Iterator[Request],
+    in_flight: int,
+    seconds: float | None,
+    before: Callable[[], Costs],
+) -> tuple[list[float], dict[str, int], float, Costs, Costs]:
+    """`in_flight` callers share `requests` until they run out or `seconds` pass."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    start_costs = before()
+    started = time.perf_counter()
+    deadline = started + seconds if seconds else float("inf")
+
+    async def caller() -> None:
+        for request in requests:
+            begin = time.perf_counter()
+            if begin >= deadline:
+                return
+            try:
+                await request.call(client)
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                continue
+            latencies.append(time.perf_counter() - begin)
+
+    await asyncio.gather(*(caller() for _ in range(in_flight)))
+    wall = time.perf_counter() - started
+    return latencies, errors, wall, start_costs, before()
+
+
+def result_of(
+    cache: str,
+    shape: Shape,
+    traffic: str,
+    in_flight: int,
+    run: tuple[list[float], dict[str, int], float, Costs, Costs],
+) -> Result:
+    latencies, errors, wall, begin, end = run
+    done = max(1, len(latencies))
+    p50, p99 = np.percentile(np.array(latencies or [0.0]) * 1000, [50, 99])
+    delta = {k: end.metrics[k] - begin.metrics[k] for k in end.metrics}
+    local = delta["local_hit"] + delta["local_miss"]
+    shared = delta["shared_hit"] + delta["shared_miss"]
+    return Result(
+        cache,
+        shape.name,
+        traffic,
+        in_flight,
+        len(latencies),
+        sum(errors.values()),
+        float(p50),
+        float(p99),
+        len(latencies) / wall,
+        1000 * (end.server - begin.server) / done,
+        1000 * (end.cassandra - begin.cassandra) / done,
+        1000 * (end.redis - begin.redis) / done,
+        delta["local_hit"] / local if local else None,
+        delta["shared_hit"] / shared if shared else None,
+        delta["storage"] / done,
+        errors,
+    )
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
+
+
+def print_header() -> None:
+    print(
+        "| cache | shape | traffic | in flight | requests | errors | p50 ms | p99 ms | req/s "
+        "| server CPU ms/req | Cassandra CPU ms/req | Redis CPU ms/req | local hits "
+        "| Redis hits | storage keys/req |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def print_result(row: Result) -> None:
+    keys = "-" if row.storage_keys_per_request is None else f"{row.storage_keys_per_request:.0f}"
+    print(
+        f"| {row.cache} | {row.shape} | {row.traffic} | {row.in_flight} | {row.requests} | "
+        f"{row.errors} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.requests_per_s:,.0f} | "
+        f"{row.server_cpu_ms:.2f} | {row.cassandra_cpu_ms:.2f} | {row.redis_cpu_ms:.2f} | "
+        f"{percent(row.local_hit_rate)} | {percent(row.redis_hit_rate)} | {keys} |",
+        flush=True,
+    )
+
+
+@dataclass
+class Context:
+    client: AsyncFeatureStoreClient
+    server: Server
+    pids: dict[str, int | None]
+    redis: redis.Redis
+    draw: Draw
+    catalog: Catalog
+    storage: CassandraStorage
+    args: argparse.Namespace
+    cache: str
+
+    def costs(self) -> Costs:
+        return Costs.now(self.server, self.pids)
+
+
+def cold_requests(ctx: Context, shape: Shape, count: int) -> list[Request]:
+    out: list[Request] = []
+    for _ in range(count):
+        drawn = ctx.draw.cold(shape.products)
+        if drawn is None:
+            print(f"  (never-seen keys ran out after {len(out)} cold requests: larger --scale)")
+            break
+        out.append(shape.make(*drawn))
+    return out
+
+
+async def ceiling_paired(ctx: Context, shape: Shape, requests: list[Request]) -> list[Result]:
+    """1 in flight: each request's keys read raw (CassandraStorage, this process), then the
+    request served; both see the same moment of a shared machine."""
+    raw: list[float] = []
+    served: list[float] = []
+    errors: dict[str, int] = {}
+    ctx.redis.flushdb()
+    begin = ctx.costs()
+    raw_cpu = raw_cassandra = 0.0
+    for request in requests:
+        keys = storage_keys(ctx.catalog, request, shape)
+        cpu = cassandra_reads.own_cpu()
+        cassandra = cassandra_reads.process_cpu(ctx.pids["cassandra"])
+        started = time.perf_counter()
+        await asyncio.gather(*(ctx.storage.read(group, ks) for group, ks in keys))
+        middle = time.perf_counter()
+        raw_cassandra += cassandra_reads.process_cpu(ctx.pids["cassandra"]) - cassandra
+        raw_cpu += cassandra_reads.own_cpu() - cpu
+        raw.append(middle - started)
+        try:
+            await request.call(ctx.client)
+            served.append(time.perf_counter() - middle)
+        except grpc.aio.AioRpcError as exc:
+            errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+    end = ctx.costs()
+    end.cassandra -= raw_cassandra  # the raw reads' share is the ceiling row's
+    served_row = result_of(ctx.cache, shape, "cold", 1, (served, errors, sum(served), begin, end))
+    raw_row = result_of(ctx.cache, shape, "cold", 1, (raw, {}, sum(raw), begin, begin))
+    done = max(1, len(raw))
+    raw_row.server_cpu_ms = 1000 * raw_cpu / done  # the reading process's CPU
+    raw_row.cassandra_cpu_ms = 1000 * raw_cassandra / done
+    raw_row.local_hit_rate = raw_row.redis_hit_rate = raw_row.storage_keys_per_request = None
+    raw_row.traffic = "ceiling: raw read of the same keys (adopted path)"
+    return [raw_row, served_row]
+
+
+def traffic_requests(ctx: Context, shape: Shape, zipf: bool) -> Iterator[Request]:
+    while True:
+        products = (
+            ctx.draw.products_zipf(shape.products)
+            if zipf
+            else ctx.draw.products_uniform(shape.products)
+        )
+        yield shape.make(ctx.draw.user(), products)
+
+
+async def measure_cold(ctx: Context, shape: Shape) -> list[Result]:
+    """The ceiling pairs at 1 in flight, then 16 in flight on other never-seen keys."""
+    rows: list[Result] = []
+    args = ctx.args
+    cold = cold_requests(ctx, shape, args.requests)
+    if cold:
+        for row in await ceiling_paired(ctx, shape, cold):
+            rows.append(row)
+            print_result(row)
+    for in_flight in COLD_IN_FLIGHT[1:]:
+        cold = cold_requests(ctx, shape, args.requests * 2)
+        if not cold:
+            continue
+        ctx.redis.flushdb()
+        run = await measure(ctx.client, iter(cold), in_flight, None, ctx.costs)
+        rows.append(result_of(ctx.cache, shape, "cold", in_flight, run))
+        print_result(rows[-1])
     return rows
 
 
-def shape_values(target: str, shape: Shape) -> int:
-    request = encode(cold_batches(shape.per_request, 1))[0]
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
-        return value_count(call(request, timeout=30))
+async def measure_traffic(ctx: Context, shape: Shape) -> list[Result]:
+    rows: list[Result] = []
+    args = ctx.args
+    for zipf in (False, True):
+        traffic = f"Zipf s={ZIPF_S}" if zipf else "uniform"
+        requests = traffic_requests(ctx, shape, zipf)
+        await measure(ctx.client, requests, 16, args.warmup, ctx.costs)  # the caches fill
+        for in_flight in TRAFFIC_IN_FLIGHT:
+            run = await measure(ctx.client, requests, in_flight, args.seconds, ctx.costs)
+            rows.append(result_of(ctx.cache, shape, traffic, in_flight, run))
+            print_result(rows[-1])
+    return rows
+
+
+async def measure_server(
+    args: argparse.Namespace, endpoints: Endpoints, catalog: Catalog, cache_on: bool
+) -> list[Result]:
+    server = start_server(cache_on)
+    pids = {"cassandra": service_pid("cassandra"), "redis": service_pid("redis")}
+    users, products = sizes(args.scale)
+    storage = CassandraStorage(
+        [endpoints.cassandra], keyspace=keyspace_of(args.scale), request_timeout=CALL_TIMEOUT
+    )
+    await storage.prepare_tables(GROUP_OF.values())
+    client = AsyncFeatureStoreClient(server.target, timeout=CALL_TIMEOUT)
+    ctx = Context(
+        client,
+        server,
+        pids,
+        redis.Redis.from_url(f"redis://{endpoints.redis}/{REDIS_DB}"),
+        Draw(users, products, seed=int(time.time()) + cache_on),
+        catalog,
+        storage,
+        args,
+        "on" if cache_on else "off",
+    )
+    rows: list[Result] = []
+    try:
+        ctx.redis.flushdb()
+        for shape in SHAPES:  # first, while no key has been asked yet
+            rows += await measure_cold(ctx, shape)
+        for shape in SHAPES:
+            rows += await measure_traffic(ctx, shape)
+    finally:
+        await client.close()
+        await storage.close()
+        ctx.redis.close()
+        stop_server(server)
+    return rows
 
 
 # --- report --------------------------------------------------------------------------------
 
 
-def find(rows: list[DistRow], shape: str, target: str, in_flight: int) -> DistRow | None:
-    return next(
-        (r for r in rows if r.shape == shape and target in r.target and r.in_flight == in_flight),
-        None,
+def pick(rows: list[Result], **wanted: Any) -> Result | None:
+    return next((r for r in rows if all(getattr(r, k) == v for k, v in wanted.items())), None)
+
+
+def verdict(value: float | None, limit: float) -> str:
+    if value is None:
+        return "not measured"
+    return f"{value:.2f} ({'met' if value <= limit else 'missed'}, target <= {limit:g})"
+
+
+def targets(rows: list[Result], reads: list[cassandra_reads.ReadRow]) -> dict[str, str]:
+    """The issue's targets against the rows of this run (cache on = the default deployment)."""
+    adopted = next((r for r in reads if r.candidate.startswith("CassandraStorage")), None)
+    ceiling = pick(
+        rows,
+        cache="on",
+        shape=SHAPES[1].name,
+        traffic="ceiling: raw read of the same keys (adopted path)",
     )
-
-
-def verdict(value: float, limit: float) -> str:
-    return "met" if value <= limit else "missed"
-
-
-def summary(rows: list[DistRow]) -> dict[str, Any]:
-    """Per shape: cold / raw ratios (total time, p50, p99) and warm p99, against targets."""
-    out: dict[str, Any] = {}
-    for shape in SHAPES:
-        raw, cold = find(rows, shape, "raw", 1), find(rows, shape, "cold", 1)
-        warm = find(rows, shape, "warm", 1)
-        if raw is None or cold is None:
-            continue
-        ratio = {
-            "total": raw.requests_per_s / cold.requests_per_s,  # paired: sums of latencies
-            "p50": cold.p50_ms / raw.p50_ms,
-            "p99": cold.p99_ms / raw.p99_ms,
-        }
-        out[shape] = {
-            "cold_over_raw": ratio,
-            "warm_p99_ms_1_in_flight": warm.p99_ms if warm else None,
-        }
-        line = (
-            f"{shape}: cold / raw driver at 1 in flight: total time {ratio['total']:.2f}x, "
-            f"p50 {ratio['p50']:.2f}x, p99 {ratio['p99']:.2f}x "
-            f"(target total <= 1.5x: {verdict(ratio['total'], 1.5)})"
-        )
-        if warm is not None:
-            line += f"; warm p99 at 1 in flight {warm.p99_ms:.2f} ms"
-            if shape.startswith("(a)"):
-                line += f" (target <= 3 ms: {verdict(warm.p99_ms, 3.0)})"
-        print(line)
+    raw_p50 = adopted.p50_ms if adopted else (ceiling.p50_ms if ceiling else None)
+    cold = pick(rows, cache="on", shape=SHAPES[1].name, traffic="cold", in_flight=16)
+    warm = pick(rows, cache="on", shape=SHAPES[1].name, traffic=f"Zipf s={ZIPF_S}", in_flight=16)
+    warm_one = pick(rows, cache="on", shape=SHAPES[1].name, traffic=f"Zipf s={ZIPF_S}", in_flight=1)
+    c_warm = pick(rows, cache="on", shape=SHAPES[2].name, traffic=f"Zipf s={ZIPF_S}", in_flight=16)
+    spread = warm.p99_ms / warm.p50_ms if warm else None
+    out = {
+        "raw read of shape (a)'s 201 keys, p50 ms": verdict(raw_p50, 10.0),
+        "server CPU ms per request, (a) cold, 16 in flight": verdict(
+            cold.server_cpu_ms if cold else None, 11.0
+        ),
+        "server CPU ms per request, (a) warm (Zipf, cache on), 16 in flight": verdict(
+            warm.server_cpu_ms if warm else None, 6.0
+        ),
+        "server CPU ms per request, (c) warm (Zipf, cache on), 16 in flight": verdict(
+            c_warm.server_cpu_ms if c_warm else None, 0.35
+        ),
+        "(a) warm p99 ms at 1 in flight": verdict(warm_one.p99_ms if warm_one else None, 5.0),
+        "(a) warm p99 / p50 at 16 in flight": verdict(spread, 3.0),
+    }
+    for name, text in out.items():
+        print(f"{name}: {text}")
     return out
 
 
@@ -707,57 +813,60 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per warm measurement")
-    parser.add_argument("--requests", type=int, default=200, help="per cold measurement")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per traffic measurement")
+    parser.add_argument("--warmup", type=float, default=3.0, help="traffic before measuring")
+    parser.add_argument("--requests", type=int, default=100, help="per cold measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="candidate comparison rounds")
+    parser.add_argument("--skip-candidates", action="store_true")
+    parser.add_argument("--write-rows", type=int, default=20_000, help="per write candidate")
+    parser.add_argument(
+        "--name", default=NAME, help="keyspace <name>_s<scale> and ZooKeeper root (own data)"
+    )
     return parser.parse_args()
 
 
-def run(
-    args: argparse.Namespace, sample: Path, raw: RawReader, endpoints: Endpoints
-) -> list[DistRow]:
-    catalog = load_catalog()
-    redis_probe = RedisProbe(endpoints.redis)
-    server, target = start_server(args.workers)
-    print(
-        f"server: {args.workers} workers, in-process cache off, Redis db {REDIS_DB}, "
-        f"keyspace {keyspace_of(args.scale)}, data scale {args.scale:g}"
-    )
-    warm = Warm(sample, args.scale, args.seconds, args.workers, negative_ttl(catalog))
-    rows: list[DistRow] = []
-    try:
-        print("| shape | target | in flight | p50 ms | p95 ms | p99 ms | requests/s "
-              "| M values/s | Redis hits |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|")
-        for name, per_request in SHAPES.items():
-            shape = Shape(name, per_request)
-            shape.values = shape_values(target, shape)
-            count = cold_count(per_request, args.scale, args.requests)
-            rows += cold_phase(shape, target, redis_probe, raw, catalog, count)
-            rows += warm_phase(shape, target, redis_probe, warm)
-    finally:
-        stop(server)
-        redis_probe.close()
-    return rows
-
-
 def main() -> None:
+    global NAME
     args = parse_args()
+    NAME = args.name
     endpoints = service_endpoints()
     os.environ.update(deployment_env(endpoints, args.scale))  # for the CLI and the server
     load = os.getloadavg()
-    print(f"services: {endpoints}; cassandra JIT: {cassandra_jit(endpoints)}")
+    print(f"services: {endpoints}; cassandra JIT: {cassandra_jit()}")
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     sample = sample_data(args.scale)
-    raw = RawReader(endpoints.cassandra, keyspace_of(args.scale))
-    try:
-        state = ingest(sample, args.scale, endpoints, raw)
-        raw.prepare(GROUP_OF.values())
-        wait_for_compactions(raw)
-        rows = run(args, sample, raw, endpoints)
-    finally:
-        raw.close()
-    figures = summary(rows)
+    state = ingest(sample, args.scale, endpoints)
+    wait_for_compactions(endpoints.cassandra, keyspace_of(args.scale))
+    catalog = load_catalog()
+    users, products = sizes(args.scale)
+    reads: list[cassandra_reads.ReadRow] = []
+    writes: list[cassandra_reads.WriteRow] = []
+    if not args.skip_candidates:
+        print("\nCassandra read candidates (shape (a) keys, uniform over the whole data set):")
+        reads = asyncio.run(
+            cassandra_reads.compare(
+                endpoints.cassandra,
+                keyspace_of(args.scale),
+                catalog,
+                users,
+                products,
+                args.requests // 2 or 1,
+                args.rounds,
+            )
+        )
+        print("\nCassandra write paths:")
+        writes = asyncio.run(
+            cassandra_reads.compare_writes(
+                endpoints.cassandra, keyspace_of(args.scale), args.write_rows
+            )
+        )
+    print(f"\nserved: {WORKERS} workers, Redis db {REDIS_DB}, data scale {args.scale:g}")
+    print_header()
+    rows: list[Result] = []
+    for cache_on in (True, False):
+        rows += asyncio.run(measure_server(args, endpoints, catalog, cache_on))
+    print()
+    figures = targets(rows, reads)
     end_load = os.getloadavg()
     print(f"load average at end: {end_load[0]:.2f} {end_load[1]:.2f} {end_load[2]:.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -765,11 +874,13 @@ def main() -> None:
     payload = {
         "args": vars(args),
         "endpoints": asdict(endpoints),
-        "cassandra_jit": cassandra_jit(endpoints),
+        "cassandra_jit": cassandra_jit(),
         "ingest": state,
         "load_average": {"start": load, "end": end_load},
+        "candidates": [asdict(r) for r in reads],
+        "write_candidates": [asdict(r) for r in writes],
         "rows": [asdict(r) for r in rows],
-        "summary": figures,
+        "targets": figures,
     }
     out.write_text(json.dumps(payload, indent=1))
     print(f"results: {out}")

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import acsylla  # type: ignore[import-untyped]
 import pytest
 
 from inferstack.core.registry import Registry
@@ -26,6 +27,12 @@ from inferstack.featurestore.storage.cassandra import (
     parse_contact_point,
     table_name,
     ttl_seconds,
+)
+from inferstack.featurestore.storage.cassandra_ring import (
+    MURMUR3_PARTITIONER,
+    Node,
+    TokenRing,
+    murmur3_tokens,
 )
 from inferstack.featurestore.storage.lmdb import LmdbStorage
 from tests.helpers import drop_keyspace, registry_from
@@ -333,13 +340,13 @@ async def test_cassandra_prepares_lazily_and_once_under_concurrency(
         [cassandra_endpoint], keyspace=cassandra_storage.keyspace, request_timeout=CASSANDRA_TIMEOUT
     )
     preparations: list[str] = []
-    prepare_blocking = other._prepare_blocking
+    prepare_on = other._prepare_on
 
-    def counting(session: Any, table: str) -> Any:
+    async def counting(session: Any, table: str) -> Any:
         preparations.append(table)
-        return prepare_blocking(session, table)
+        return await prepare_on(session, table)
 
-    monkeypatch.setattr(other, "_prepare_blocking", counting)
+    monkeypatch.setattr(other, "_prepare_on", counting)
     try:
         keys = [k for k, _ in rows]
         answers = await asyncio.gather(*(other.read(group, keys) for _ in range(20)))
@@ -361,6 +368,61 @@ async def test_cassandra_write_to_a_group_without_a_table_names_it(
         await cassandra_storage.write(group, [(key(1), row(1))], None)
 
 
+@cassandra_only
+async def test_cassandra_tokens_are_the_servers(
+    cassandra_storage: CassandraStorage, new_group: Callable[[], str]
+) -> None:
+    """Grouping keys by node relies on computing Cassandra's Murmur3 token of each key."""
+    group = new_group()
+    await prepared(cassandra_storage, group)
+    rng = random.Random(9)
+    # Every tail length, bytes >= 0x80 (Cassandra widens them as signed), long keys.
+    keys = [rng.randbytes(n) for n in range(1, 70)] + [b"\xff" * n for n in range(1, 20)]
+    await cassandra_storage.write(group, [(k, b"v") for k in keys], None)
+    session = cassandra_storage._session
+    table = f'{cassandra_storage.keyspace}."{table_name(group)}"'
+    result = await session.execute(
+        acsylla.create_statement(f"SELECT k, token(k) FROM {table}", page_size=1000)
+    )
+    theirs = dict(row.as_tuple() for row in result)
+    ours = murmur3_tokens(keys)
+    assert {k: int(t) for k, t in zip(keys, ours, strict=True)} == theirs
+
+
+@cassandra_only
+async def test_cassandra_keys_routed_to_a_node_that_is_gone_are_still_read_and_written(
+    cassandra_storage: CassandraStorage, new_group: Callable[[], str]
+) -> None:
+    """A stale ring (a node replaced or down) costs a retry through any node, never rows."""
+    group = new_group()
+    await prepared(cassandra_storage, group)
+    # The ring the adapter built from the system tables: the one test node, holding every key.
+    own = cassandra_storage._ring.nodes[0]
+    assert [node.address for node in cassandra_storage._ring.nodes] == [own.address]
+    assert own.address == cassandra_storage.contact_points[0] and own.tokens
+    assert cassandra_storage._ring.everywhere
+    gone = Node(("127.0.0.254", own.address[1]), own.data_center, (2**62,))
+    here = Node(own.address, own.data_center, (-(2**62),))
+    stale = TokenRing([here, gone], 1, MURMUR3_PARTITIONER)
+    rows = [(key(n), row(n)) for n in range(300)]
+    previous = cassandra_storage._ring
+    cassandra_storage._ring = stale
+    cassandra_storage._ring_built = time.monotonic()  # no refresh during the test
+    try:
+        groups = stale.groups([k for k, _ in rows], 50)
+        assert {g.replica for g in groups} == {own.address, gone.address}
+        await cassandra_storage.write(group, rows, None)
+        wanted = [k for k, _ in rows] + [key(5000)]
+        assert await cassandra_storage.read(group, wanted) == [v for _, v in rows] + [None]
+        # The node that failed gets no pinned requests for a while; the one that answers does.
+        assert cassandra_storage._pin(gone.address) is None
+        assert cassandra_storage._pin(own.address) == own.address
+        assert await cassandra_storage.read(group, wanted) == [v for _, v in rows] + [None]
+    finally:
+        cassandra_storage._ring = previous
+        cassandra_storage._unpinned.clear()
+
+
 def test_cassandra_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="keyspace"):
         CassandraStorage(["127.0.0.1:9042"], keyspace='x"; DROP KEYSPACE y; --')
@@ -378,6 +440,10 @@ def test_cassandra_settings_are_validated() -> None:
         CassandraStorage(["127.0.0.1:9042"], read_consistency="MOST")
     with pytest.raises(ValueError, match="port"):
         CassandraStorage(["127.0.0.1:99999"])
+    with pytest.raises(ValueError, match="share one port"):
+        CassandraStorage(["db1:9042", "db2:9043"])
+    with pytest.raises(ValueError, match="read_group_size"):
+        CassandraStorage(["db1"], read_group_size=0)
     with pytest.raises(ValueError, match="feature group name"):
         table_name('x"; DROP TABLE y')
     assert parse_contact_point("db1") == ("db1", 9042)

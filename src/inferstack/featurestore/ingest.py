@@ -8,6 +8,8 @@ feature's default; a null key rejects the row.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from inferstack.core.definitions import Entity, FeatureGroup
-from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.errors import InvalidArgumentError, UnavailableError
 from inferstack.core.keys import KeyValues, encode_keys
 from inferstack.core.rowformat import Column, VarColumn
 from inferstack.core.types import FeatureType
@@ -30,6 +32,8 @@ from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.storage.base import FeatureStorage
 
 DEFAULT_CHUNK_ROWS = 65_536
+WRITE_ATTEMPTS = 3  # per chunk: a bulk load should ride out a storage hiccup
+WRITE_RETRY_DELAY = 0.5  # seconds, times the attempt number
 MAX_REPORTED_REJECTIONS = 1_000
 SUPPORTED_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -97,18 +101,49 @@ async def ingest_files(
             return report
         report = IngestReport(group_name, [str(p) for p in paths], strict=True)
     expires_at = codec.expiry_for(time.time() if now is None else now)
-    for path in paths:
-        for chunk, first_row in _chunks(path, entity, group, chunk_rows):
-            prepared = _prepare(chunk, first_row, str(path), entity, group, report)
-            if prepared is not None:
-                keys, columns, count = prepared
-                rows = codec.current.encode(columns, count, expires_at)
-                await storage.write(group_name, list(zip(keys, rows, strict=True)), group.ttl)
-                report.rows_written += count
-            if progress is not None:
-                progress(str(path), chunk.num_rows)
+    # One chunk is written while the next is read and checked: at most two chunks in memory.
+    writing: asyncio.Task[int] | None = None
+    try:
+        for path in paths:
+            for chunk, first_row in _chunks(path, entity, group, chunk_rows):
+                prepared = _prepare(chunk, first_row, str(path), entity, group, report)
+                if prepared is not None:
+                    keys, columns, count = prepared
+                    encoded = codec.current.encode(columns, count, expires_at)
+                    rows = list(zip(keys, encoded, strict=True))
+                    if writing is not None:
+                        report.rows_written += await writing
+                    writing = asyncio.ensure_future(
+                        _write_chunk(storage, group_name, rows, group.ttl)
+                    )
+                if progress is not None:
+                    progress(str(path), chunk.num_rows)
+        if writing is not None:
+            report.rows_written += await writing
+            writing = None
+    finally:
+        if writing is not None:  # something failed: the chunk being written is abandoned
+            writing.cancel()
+            with contextlib.suppress(BaseException):
+                await writing
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def _write_chunk(
+    storage: FeatureStorage, group: str, rows: list[tuple[bytes, bytes]], ttl: float | None
+) -> int:
+    """Write one chunk; a storage that did not answer in time gets WRITE_ATTEMPTS tries in
+    all (writes are idempotent, so rows written by a failed try are simply written again)."""
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            await storage.write(group, rows, ttl)
+            return len(rows)
+        except UnavailableError:
+            if attempt == WRITE_ATTEMPTS:
+                raise
+            await asyncio.sleep(WRITE_RETRY_DELAY * attempt)
+    raise AssertionError("unreachable")
 
 
 def _kind(path: Path) -> str:
