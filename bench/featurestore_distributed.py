@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import acsylla  # type: ignore[import-untyped]
+import acsylla
 import cassandra_reads
 import grpc
 import numpy as np

@@ -88,7 +88,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import acsylla  # type: ignore[import-untyped]
+import acsylla
 from acsylla import errors as cass_errors
 
 from inferstack.core.errors import NotFoundError, UnavailableError
