@@ -40,13 +40,7 @@ from inferstack.core.keys import encode_keys
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.storage.lmdb import LmdbStorage
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
-from inferstack.sampledata.generate import (
-    FULL_SIZES,
-    GROUP_FILES,
-    candidate_products,
-    category_of,
-    generate,
-)
+from inferstack.sampledata.generate import FULL_SIZES, GROUP_FILES, generate
 from inferstack.server.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +48,6 @@ BENCH_DATA = ROOT / "bench" / ".data"
 RESULTS = ROOT / "bench" / "results"
 METHOD = "/inferstack.featurestore.v1.FeatureStore/RetrieveBatch"
 SINGLE_METHOD = "/inferstack.featurestore.v1.FeatureStore/Retrieve"
-VARIANTS = 200  # distinct requests per shape for shape_queries (the distributed benchmark)
 GROUP_OF = {
     "user": "user_profile",
     "product": "product_stats",
@@ -96,38 +89,6 @@ def prepare_data(scale: float) -> tuple[Path, Path]:
             cli("ingest", "-g", group, str(sample / file), data_dir=store)
         (store / "ingested").touch()
     return sample, store
-
-
-def shape_queries(sample: Path, scale: float, products_per_user: int) -> list[list[Query]]:
-    rng = np.random.default_rng(products_per_user)
-    users = max(1, int(FULL_SIZES["user"] * scale))
-    products = max(1, int(FULL_SIZES["product"] * scale))
-    batches = []
-    for user_id in rng.integers(1, users + 1, VARIANTS).tolist():
-        items = candidate_products(
-            sample / "user_category.parquet", user_id, products_per_user, rng, products
-        )
-        batches.append(
-            [
-                Query("user", {"user_id": [user_id]}),
-                Query("product", {"product_id": items}),
-                Query(
-                    "user_category",
-                    {
-                        "user_id": [user_id] * len(items),
-                        "category_id": category_of(np.array(items)),
-                    },
-                ),
-            ]
-        )
-    return batches
-
-
-def encode(batches: list[list[Query]]) -> list[bytes]:
-    return [
-        pb.RetrieveBatchRequest(requests=[build_request(q) for q in batch]).SerializeToString()
-        for batch in batches
-    ]
 
 
 def start(command: list[str], target: str) -> subprocess.Popen[bytes]:

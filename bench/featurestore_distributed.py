@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,9 @@ import grpc
 import numpy as np
 import pyarrow.parquet as pq
 import redis
+from traffic import ZIPF_S, KeyDraw, Pattern
 
-from inferstack.client.featurestore import AsyncFeatureStoreClient, Query
+from inferstack.client.featurestore import AsyncFeatureStoreClient
 from inferstack.core.keys import encode_keys
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.storage.cassandra import CassandraStorage, table_name
@@ -78,7 +79,6 @@ GROUP_OF = {
     "user_category": "user_category_affinity",
 }
 PRODUCTS_PER_REQUEST = 100
-ZIPF_S = 1.1
 COLD_IN_FLIGHT = (1, 16)
 TRAFFIC_IN_FLIGHT = (1, 16, 64)
 CALL_TIMEOUT = 10.0  # client deadline per call
@@ -272,115 +272,49 @@ def wait_for_compactions(contact_point: str, keyspace: str, limit: float = 900.0
 # --- drawing requests ----------------------------------------------------------------------
 
 
-class Draw:
-    """Users and products for requests: uniform or Zipf(s) over all products (the hot ones
-    spread over the id range by a fixed permutation), or never seen before (cold)."""
+class ColdKeys:
+    """Users and products never drawn cold before, so cold requests find empty caches."""
 
     def __init__(self, users: int, products: int, seed: int) -> None:
-        self.users = users
-        self.products = products
-        self.rng = np.random.default_rng(seed)
-        ranks = np.arange(1, products + 1, dtype=np.float64)
-        weights = ranks**-ZIPF_S
-        self.zipf_cdf = np.cumsum(weights / weights.sum())
-        self.zipf_ids = self.rng.permutation(products) + 1
-        self.cold_users = iter((self.rng.permutation(users) + 1).tolist())
-        self.cold_products = iter((self.rng.permutation(products) + 1).tolist())
+        rng = np.random.default_rng(seed)
+        self.users = iter((rng.permutation(users) + 1).tolist())
+        self.products = iter((rng.permutation(products) + 1).tolist())
 
-    def user(self) -> int:
-        return int(self.rng.integers(1, self.users + 1))
-
-    def products_uniform(self, count: int) -> list[int]:
-        count = min(count, self.products)
-        chosen: list[int] = (self.rng.choice(self.products, count, replace=False) + 1).tolist()
-        return chosen
-
-    def products_zipf(self, count: int) -> list[int]:
-        count = min(count, self.products)
-        chosen: dict[int, None] = {}
-        while len(chosen) < count:  # distinct, as a candidate list is
-            ranks = np.searchsorted(self.zipf_cdf, self.rng.random(count * 2))
-            ranks = np.minimum(ranks, self.products - 1)
-            for product in self.zipf_ids[ranks].tolist():
-                chosen[product] = None
-                if len(chosen) == count:
-                    break
-        return list(chosen)
-
-    def cold(self, count: int) -> tuple[int, list[int]] | None:
-        """A user and `count` products never drawn cold before; None when they run out."""
+    def draw(self, count: int) -> tuple[int, list[int]] | None:
+        """A user and `count` products; None when they run out."""
         try:
-            return next(self.cold_users), [next(self.cold_products) for _ in range(count)]
+            return next(self.users), [next(self.products) for _ in range(count)]
         except StopIteration:
             return None
 
 
-# A request: its keys, and the calls that make it (one or two round trips).
 @dataclass
 class Request:
+    """One request of a pattern: its keys, and the call(s) that make it."""
+
     user: int
     products: list[int]
-    call: Callable[[AsyncFeatureStoreClient], Awaitable[None]]
+    pattern: Pattern
+
+    async def call(self, client: AsyncFeatureStoreClient) -> None:
+        await self.pattern.acall(client, self.user, self.products)
 
 
-def shape_a_two_trips(user: int, products: list[int]) -> Request:
-    async def call(client: AsyncFeatureStoreClient) -> None:
-        first = await client.retrieve_batch(
-            [Query("user", {"user_id": [user]}), Query("product", {"product_id": products})]
-        )
-        categories = first[1]["product_stats.category_id"].tolist()
-        await client.retrieve(
-            "user_category", {"user_id": [user] * len(products), "category_id": categories}
-        )
-
-    return Request(user, products, call)
-
-
-def shape_a_one_batch(user: int, products: list[int]) -> Request:
-    async def call(client: AsyncFeatureStoreClient) -> None:
-        await client.retrieve_batch(
-            [
-                Query("user", {"user_id": [user]}),
-                Query("product", {"product_id": products}),
-                Query(
-                    "user_category",
-                    {
-                        "user_id": [user] * len(products),
-                        "category_id": category_of(np.array(products)),
-                    },
-                ),
-            ]
-        )
-
-    return Request(user, products, call)
-
-
-def shape_c(user: int, products: list[int]) -> Request:
-    async def call(client: AsyncFeatureStoreClient) -> None:
-        await client.retrieve("product", {"product_id": products[:1]})
-
-    return Request(user, products[:1], call)
-
-
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    products: int
-    make: Callable[[int, list[int]], Request]
-
-
+# The patterns of bench/traffic.py this benchmark runs (values/s is not reported here).
 SHAPES = (
-    Shape("(a) 2 round trips", PRODUCTS_PER_REQUEST, shape_a_two_trips),
-    Shape("(a) 1 RetrieveBatch", PRODUCTS_PER_REQUEST, shape_a_one_batch),
-    Shape("(c) 1 product", 1, shape_c),
+    Pattern("(a) 2 round trips", PRODUCTS_PER_REQUEST, 2, 0),
+    Pattern("(a) 1 RetrieveBatch", PRODUCTS_PER_REQUEST, 1, 0),
+    Pattern("(c) 1 product", 0, 1, 0),
 )
 
 
-def storage_keys(catalog: Catalog, request: Request, shape: Shape) -> list[tuple[str, list[bytes]]]:
+def storage_keys(
+    catalog: Catalog, request: Request, shape: Pattern
+) -> list[tuple[str, list[bytes]]]:
     """What the server reads from storage for a request (each key once per group)."""
     products = np.array(request.products)
     product_keys = encode_keys(catalog.entity("product"), {"product_id": products})
-    if shape.products == 1:
+    if shape.products == 0:
         return [("product_stats", product_keys)]
     user_keys = encode_keys(catalog.entity("user"), {"user_id": np.array([request.user])})
     affinity = encode_keys(
@@ -559,7 +493,7 @@ async def measure(
 
 def result_of(
     cache: str,
-    shape: Shape,
+    shape: Pattern,
     traffic: str,
     in_flight: int,
     run: tuple[list[float], dict[str, int], float, Costs, Costs],
@@ -620,7 +554,9 @@ class Context:
     server: Server
     pids: dict[str, int | None]
     redis: redis.Redis
-    draw: Draw
+    cold: ColdKeys
+    uniform: KeyDraw
+    zipf: KeyDraw
     catalog: Catalog
     storage: CassandraStorage
     args: argparse.Namespace
@@ -630,18 +566,18 @@ class Context:
         return Costs.now(self.server, self.pids)
 
 
-def cold_requests(ctx: Context, shape: Shape, count: int) -> list[Request]:
+def cold_requests(ctx: Context, shape: Pattern, count: int) -> list[Request]:
     out: list[Request] = []
     for _ in range(count):
-        drawn = ctx.draw.cold(shape.products)
+        drawn = ctx.cold.draw(max(1, shape.products))
         if drawn is None:
             print(f"  (never-seen keys ran out after {len(out)} cold requests: larger --scale)")
             break
-        out.append(shape.make(*drawn))
+        out.append(Request(*drawn, shape))
     return out
 
 
-async def ceiling_paired(ctx: Context, shape: Shape, requests: list[Request]) -> list[Result]:
+async def ceiling_paired(ctx: Context, shape: Pattern, requests: list[Request]) -> list[Result]:
     """1 in flight: each request's keys read raw (CassandraStorage, this process), then the
     request served; both see the same moment of a shared machine."""
     raw: list[float] = []
@@ -677,17 +613,13 @@ async def ceiling_paired(ctx: Context, shape: Shape, requests: list[Request]) ->
     return [raw_row, served_row]
 
 
-def traffic_requests(ctx: Context, shape: Shape, zipf: bool) -> Iterator[Request]:
+def traffic_requests(ctx: Context, shape: Pattern, zipf: bool) -> Iterator[Request]:
+    keys = ctx.zipf if zipf else ctx.uniform
     while True:
-        products = (
-            ctx.draw.products_zipf(shape.products)
-            if zipf
-            else ctx.draw.products_uniform(shape.products)
-        )
-        yield shape.make(ctx.draw.user(), products)
+        yield Request(*shape.draw(keys), shape)
 
 
-async def measure_cold(ctx: Context, shape: Shape) -> list[Result]:
+async def measure_cold(ctx: Context, shape: Pattern) -> list[Result]:
     """The ceiling pairs at 1 in flight, then 16 in flight on other never-seen keys."""
     rows: list[Result] = []
     args = ctx.args
@@ -707,7 +639,7 @@ async def measure_cold(ctx: Context, shape: Shape) -> list[Result]:
     return rows
 
 
-async def measure_traffic(ctx: Context, shape: Shape) -> list[Result]:
+async def measure_traffic(ctx: Context, shape: Pattern) -> list[Result]:
     rows: list[Result] = []
     args = ctx.args
     for zipf in (False, True):
@@ -737,7 +669,9 @@ async def measure_server(
         server,
         pids,
         redis.Redis.from_url(f"redis://{endpoints.redis}/{REDIS_DB}"),
-        Draw(users, products, seed=int(time.time()) + cache_on),
+        ColdKeys(users, products, seed=int(time.time()) + cache_on),
+        KeyDraw(args.scale, "uniform", seed=int(time.time()) + 2),
+        KeyDraw(args.scale, "zipf", seed=int(time.time()) + 3),
         catalog,
         storage,
         args,
