@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import acsylla  # type: ignore[import-untyped]
+import acsylla
 import pytest
 
 from inferstack.core.registry import Registry
