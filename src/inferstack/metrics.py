@@ -87,6 +87,19 @@ WORKER_CALLS = Counter(
     ["worker"],
 )
 
+# Callers (server/auth.py): only when callers are configured; names are the callers'.
+CALLER_REQUESTS = Counter(
+    "inferstack_caller_requests_total",
+    "Calls by authenticated caller and method.",
+    ["caller", "method"],
+)
+AUTH_DENIALS = Counter(
+    "inferstack_auth_denials_total",
+    "Calls refused by authentication or authorization, by caller ('' when unknown), method "
+    "and reason (no_token, bad_token, permission).",
+    ["caller", "method", "reason"],
+)
+
 
 def render() -> bytes:
     """The exposition text: every worker's numbers when running under the supervisor."""

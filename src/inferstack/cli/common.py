@@ -40,6 +40,31 @@ TargetOption = Annotated[
     typer.Option("--target", "-t", envvar="INFERSTACK_TARGET", help="gRPC address of a server."),
 ]
 
+# How a command that calls a server authenticates and checks it (client/channels.py).
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="INFERSTACK_TOKEN",
+        help="Caller token, sent as 'authorization: Bearer' [env INFERSTACK_TOKEN].",
+        show_default=False,
+    ),
+]
+CaOption = Annotated[
+    Path | None, typer.Option("--ca", help="PEM CA file: TLS, verifying the server with it.")
+]
+CertOption = Annotated[
+    Path | None, typer.Option("--cert", help="PEM client certificate (mutual TLS).")
+]
+KeyOption = Annotated[Path | None, typer.Option("--key", help="PEM private key of --cert.")]
+
+
+def client_security(
+    token: str | None, ca: Path | None, cert: Path | None, key: Path | None
+) -> dict[str, Any]:
+    """Keyword arguments of every client for these options."""
+    return {"token": token, "ca": ca, "cert": cert, "key": key}
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line (or one line per problem) on stderr, then a non-zero exit."""

@@ -9,7 +9,18 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from inferstack.cli.common import JsonOption, TargetOption, console, fail, print_json
+from inferstack.cli.common import (
+    CaOption,
+    CertOption,
+    JsonOption,
+    KeyOption,
+    TargetOption,
+    TokenOption,
+    client_security,
+    console,
+    fail,
+    print_json,
+)
 from inferstack.client.featurestore import DEFAULT_TARGET, FeatureFrame, FeatureStoreClient
 from inferstack.core.rowformat import RowStatus
 
@@ -25,12 +36,16 @@ def get(
         typer.Option("--feature", "-f", help="group, group.* or group.feature; repeatable."),
     ] = None,
     target: TargetOption = DEFAULT_TARGET,
+    token: TokenOption = None,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Fetch features for keys from a running server and print them."""
     columns = parse_keys(keys)
     try:
-        with FeatureStoreClient(target) as client:
+        with FeatureStoreClient(target, **client_security(token, ca, cert, key)) as client:
             frame = client.retrieve(entity, columns, features or [])
     except grpc.RpcError as exc:
         fail(f"{exc.code().name}: {exc.details()}")

@@ -9,7 +9,18 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from inferstack.cli.common import JsonOption, TargetOption, console, fail, print_json
+from inferstack.cli.common import (
+    CaOption,
+    CertOption,
+    JsonOption,
+    KeyOption,
+    TargetOption,
+    TokenOption,
+    client_security,
+    console,
+    fail,
+    print_json,
+)
 from inferstack.client.inferflow import DEFAULT_TARGET, InferflowClient, Scores
 from inferstack.featurestore.http_gateway import json_values
 
@@ -24,6 +35,10 @@ def infer(
         ),
     ],
     target: TargetOption = DEFAULT_TARGET,
+    token: TokenOption = None,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
     top: Annotated[int, typer.Option("--top", "-n", min=0, help="Rows to print, best first.")] = 10,
     features: Annotated[
         str | None,
@@ -38,7 +53,9 @@ def infer(
     inputs = parse_context(context)
     wanted = [f.strip() for f in (features or "").split(",") if f.strip()]
     try:
-        with InferflowClient(target, connections=1) as client:
+        with InferflowClient(
+            target, connections=1, **client_security(token, ca, cert, key)
+        ) as client:
             scores = client.infer(model, inputs, wanted, explain=explain)
     except grpc.RpcError as exc:
         fail(f"{exc.code().name}: {exc.details()}")

@@ -22,9 +22,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from inferstack.cli.common import (
+    CaOption,
+    CertOption,
     ConfigOption,
     DataDirOption,
     JsonOption,
+    KeyOption,
+    TokenOption,
+    client_security,
     console,
     fail,
     print_json,
@@ -83,12 +88,18 @@ def get(
         typer.Option(help="Only events since: unix ms, or ISO 8601 (UTC unless an offset)."),
     ] = None,
     target: TargetOption = DEFAULT_TARGET,
+    token: TokenOption = None,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Print a user's events per type, newest first, hot and cold merged."""
     limit, since_value = window(last, since)
     try:
-        with InteractionsClient(target, connections=1) as client:
+        with InteractionsClient(
+            target, connections=1, **client_security(token, ca, cert, key)
+        ) as client:
             histories = client.get(user, types or [], limit, since_value)
     except grpc.RpcError as exc:
         fail(f"{exc.code().name}: {exc.details()}")
@@ -146,11 +157,17 @@ def hydrate(
     user: UserArgument,
     types: TypesOption = None,
     target: TargetOption = DEFAULT_TARGET,
+    token: TokenOption = None,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Load a user's cold history into the hot tier (as on app open); safe to repeat."""
     try:
-        with InteractionsClient(target, connections=1) as client:
+        with InteractionsClient(
+            target, connections=1, **client_security(token, ca, cert, key)
+        ) as client:
             loaded = client.hydrate(user, types or [])
     except grpc.RpcError as exc:
         fail(f"{exc.code().name}: {exc.details()}")
@@ -167,11 +184,17 @@ def sweep(
         int, typer.Option(min=0, help="Most users to move; 0: the server's default.")
     ] = 0,
     target: TargetOption = DEFAULT_TARGET,
+    token: TokenOption = None,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Move the hot events of users past their inactivity deadline to the cold tier now."""
     try:
-        with InteractionsClient(target, connections=1) as client:
+        with InteractionsClient(
+            target, connections=1, **client_security(token, ca, cert, key)
+        ) as client:
             swept = client.sweep(limit)
     except grpc.RpcError as exc:
         fail(f"{exc.code().name}: {exc.details()}")
@@ -215,6 +238,10 @@ def ingest(
     files: Annotated[list[Path], typer.Argument(help=".parquet, .csv or .jsonl files.")],
     type_name: Annotated[str, typer.Option("--type", "-t", help="The interaction type.")],
     target: TargetOption = DEFAULT_TARGET,
+    token: TokenOption = None,
+    ca: CaOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
     batch_events: Annotated[
         int, typer.Option(min=1, help="Events per Ingest call.")
     ] = BATCH_EVENTS,
@@ -238,7 +265,8 @@ def ingest(
         opened = [EventFile(path, kind) for path in files]  # every file checked before sending
     except InferstackError as exc:
         fail(str(exc))
-    summary = asyncio.run(send_files(kind, opened, target, batch_events, as_json))
+    security = client_security(token, ca, cert, key)
+    summary = asyncio.run(send_files(kind, opened, target, batch_events, as_json, security))
     if as_json:
         print_json(asdict(summary))
     else:
@@ -248,7 +276,12 @@ def ingest(
 
 
 async def send_files(
-    kind: InteractionType, files: list[EventFile], target: str, size: int, quiet: bool
+    kind: InteractionType,
+    files: list[EventFile],
+    target: str,
+    size: int,
+    quiet: bool,
+    security: dict[str, Any] | None = None,
 ) -> IngestSummary:
     """Send every file's events in batches of `size`, IN_FLIGHT batches at a time."""
     summary = IngestSummary(kind.name, [str(f.path) for f in files])
@@ -265,7 +298,7 @@ async def send_files(
         TextColumn("events"),
         TimeElapsedColumn(),
     )
-    async with AsyncInteractionsClient(target, timeout=60.0) as client:
+    async with AsyncInteractionsClient(target, timeout=60.0, **(security or {})) as client:
         with Progress(*columns, console=console, disable=quiet) as progress:
             task = progress.add_task(f"ingest {kind.name}", total=total)
 

@@ -6,7 +6,9 @@ import typer
 
 from inferstack.cli import (
     apply,
+    callers,
     compact,
+    doctor,
     get,
     infer,
     ingest,
@@ -31,9 +33,11 @@ app.command("serve")(serve.serve)
 app.command("get")(get.get)
 app.command("infer")(infer.infer)
 app.command("ui")(ui.ui)
+app.command("doctor")(doctor.doctor)
 app.add_typer(models.app, name="models")
 app.add_typer(interactions.app, name="interactions")
 app.add_typer(sample.app, name="sample")
+app.add_typer(callers.app, name="callers")
 
 if __name__ == "__main__":
     app()

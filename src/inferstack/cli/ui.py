@@ -18,6 +18,8 @@ from aiohttp import ClientSession, ClientTimeout, web
 from inferstack.cli.common import ConfigOption, DataDirOption, fail, settings_from
 from inferstack.console import add_console
 from inferstack.console.app import MetricsText, local_metrics
+from inferstack.core.errors import InvalidArgumentError
+from inferstack.server import auth
 from inferstack.server.components import build
 from inferstack.server.settings import ServeSettings
 
@@ -47,12 +49,21 @@ def ui(
     settings = settings_from(config, data_dir=data_dir)
     try:
         asyncio.run(_serve(settings, host, port, metrics_url))
+    except InvalidArgumentError as exc:
+        fail(str(exc))
     except OSError as exc:
         fail(f"cannot serve the console on {host}:{port}: {exc.strerror or exc}")
 
 
 async def _serve(settings: ServeSettings, host: str, port: int, metrics_url: str | None) -> None:
     components = await build(settings)
+    callers_watch = auth.start(components.config)  # the console asks for tokens as serve does
+    problem = auth.open_bind_problem(host, auth.current().callers, settings.insecure_open)
+    if problem is not None:
+        callers_watch.stop()
+        callers_watch.stop()
+        await components.close()
+        raise InvalidArgumentError(problem)
     app = web.Application()
     session = ClientSession(timeout=ClientTimeout(total=2)) if metrics_url else None
     add_console(
@@ -75,6 +86,7 @@ async def _serve(settings: ServeSettings, host: str, port: int, metrics_url: str
         await runner.cleanup()
         if session is not None:
             await session.close()
+        callers_watch.stop()
         await components.close()
 
 

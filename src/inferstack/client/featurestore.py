@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from inferstack.client.channels import AsyncPooledClient, PooledClient
+from inferstack.client.channels import AsyncPooledClient, PathLike, PooledClient, Security
 from inferstack.client.columns import Columns, decode_columns
 from inferstack.core.rowformat import Column, RowStatus, var_column
 from inferstack.core.types import NUMERIC_DTYPES, FeatureType
@@ -130,9 +130,23 @@ class FeatureStoreClient(PooledClient[pb_grpc.FeatureStoreStub]):
     its own; `connections` channels of its own, used in turn."""
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float = 10.0,
+        connections: int = 2,
+        *,
+        token: str | None = None,
+        ca: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
     ) -> None:
-        super().__init__(target, pb_grpc.FeatureStoreStub, timeout, connections)
+        super().__init__(
+            target,
+            pb_grpc.FeatureStoreStub,
+            timeout,
+            connections,
+            Security.of(token, ca, cert, key),
+        )
 
     def retrieve(
         self,
@@ -168,9 +182,23 @@ class AsyncFeatureStoreClient(AsyncPooledClient[pb_grpc.FeatureStoreStub]):
     `connections` channels of its own, used in turn."""
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float = 10.0,
+        connections: int = 2,
+        *,
+        token: str | None = None,
+        ca: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
     ) -> None:
-        super().__init__(target, pb_grpc.FeatureStoreStub, timeout, connections)
+        super().__init__(
+            target,
+            pb_grpc.FeatureStoreStub,
+            timeout,
+            connections,
+            Security.of(token, ca, cert, key),
+        )
 
     async def retrieve(
         self,

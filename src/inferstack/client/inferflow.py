@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from inferstack.client.channels import AsyncPooledClient, PooledClient
+from inferstack.client.channels import AsyncPooledClient, PathLike, PooledClient, Security
 from inferstack.featurestore.wire import column_from_proto, to_numpy
 from inferstack.inferflow.wire import ContextValue, request_to_proto
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
@@ -89,9 +89,18 @@ def decode_response(response: pb.InferResponse) -> Scores:
 
 class InferflowClient(PooledClient[pb_grpc.InferflowStub]):
     def __init__(
-        self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float = 10.0,
+        connections: int = 2,
+        *,
+        token: str | None = None,
+        ca: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
     ) -> None:
-        super().__init__(target, pb_grpc.InferflowStub, timeout, connections)
+        security = Security.of(token, ca, cert, key)
+        super().__init__(target, pb_grpc.InferflowStub, timeout, connections, security)
 
     def infer(
         self,
@@ -109,9 +118,18 @@ class InferflowClient(PooledClient[pb_grpc.InferflowStub]):
 
 class AsyncInferflowClient(AsyncPooledClient[pb_grpc.InferflowStub]):
     def __init__(
-        self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float = 10.0,
+        connections: int = 2,
+        *,
+        token: str | None = None,
+        ca: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
     ) -> None:
-        super().__init__(target, pb_grpc.InferflowStub, timeout, connections)
+        security = Security.of(token, ca, cert, key)
+        super().__init__(target, pb_grpc.InferflowStub, timeout, connections, security)
 
     async def infer(
         self,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from inferstack.client.channels import AsyncPooledClient, PooledClient
+from inferstack.client.channels import AsyncPooledClient, PathLike, PooledClient, Security
 from inferstack.client.featurestore import column_of
 from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP
 from inferstack.core.rowformat import VarColumn
@@ -121,9 +121,23 @@ def _batch(
 
 class InteractionsClient(PooledClient[pb_grpc.InteractionsStub]):
     def __init__(
-        self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float = 10.0,
+        connections: int = 2,
+        *,
+        token: str | None = None,
+        ca: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
     ) -> None:
-        super().__init__(target, pb_grpc.InteractionsStub, timeout, connections)
+        super().__init__(
+            target,
+            pb_grpc.InteractionsStub,
+            timeout,
+            connections,
+            Security.of(token, ca, cert, key),
+        )
 
     def ingest(
         self,
@@ -167,9 +181,23 @@ class InteractionsClient(PooledClient[pb_grpc.InteractionsStub]):
 
 class AsyncInteractionsClient(AsyncPooledClient[pb_grpc.InteractionsStub]):
     def __init__(
-        self, target: str = DEFAULT_TARGET, timeout: float = 10.0, connections: int = 2
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float = 10.0,
+        connections: int = 2,
+        *,
+        token: str | None = None,
+        ca: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
     ) -> None:
-        super().__init__(target, pb_grpc.InteractionsStub, timeout, connections)
+        super().__init__(
+            target,
+            pb_grpc.InteractionsStub,
+            timeout,
+            connections,
+            Security.of(token, ca, cert, key),
+        )
 
     async def ingest(
         self,

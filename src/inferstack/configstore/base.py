@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection
 from typing import Protocol
 
 from inferstack.configstore.cachefeed import CacheListener, CacheState, KeyBatch
+from inferstack.core.callers import Callers
 from inferstack.core.errors import InferstackError, InvalidArgumentError, NotFoundError
 from inferstack.core.registry import Registry
 
@@ -98,6 +99,21 @@ class ConfigStore(Protocol):
 
     def watch_cache(self, listener: CacheListener) -> Watch:
         """Deliver generation changes and invalidated keys to `listener` until stopped."""
+        ...
+
+    # Callers (core/callers.py): who may call, with hashes of their tokens.
+
+    def load_callers(self) -> Callers:
+        """The callers document; revision 0 (no callers, open server) if never written."""
+        ...
+
+    def save_callers(self, callers: Callers, expected_revision: int) -> None:
+        """Replace the callers if the stored revision is still `expected_revision`, else
+        CallersConflictError."""
+        ...
+
+    def watch_callers(self, on_change: Callable[[Callers], None]) -> Watch:
+        """Call `on_change` with the current callers, then with each change, until stopped."""
         ...
 
     def close(self) -> None: ...

@@ -6,6 +6,7 @@ Blobs (model files) live next to it, one file per blob named by its sha256::
     <data_dir>/config/blobs/<sha256>
     <data_dir>/config/cache/state.json    the cache feed (see cachefeed.py): generations and
     <data_dir>/config/cache/slots/<i>     the ring of invalidated-key batches
+    <data_dir>/config/callers.json        who may call (core/callers.py): hashes, never tokens
 
 Each blob is written to a temporary file in the same directory, synced and renamed into
 place, so a reader sees the whole blob or none; concurrent writers of the same blob each
@@ -41,6 +42,7 @@ from inferstack.configstore.cachefeed import (
     encode_slot,
     slot_index,
 )
+from inferstack.core.callers import Callers, CallersConflictError
 from inferstack.core.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ CACHE_DIRECTORY = "cache"
 CACHE_STATE_FILE = "state.json"
 # Workers on one machine hear of writes this often; reading a small file costs microseconds.
 CACHE_POLL_INTERVAL = 0.05
+CALLERS_FILE = "callers.json"
 
 
 class FileConfigStore:
@@ -65,6 +68,7 @@ class FileConfigStore:
         self.blobs_directory = self.directory / BLOBS_DIRECTORY
         self.cache_directory = self.directory / CACHE_DIRECTORY
         self.cache_state_path = self.cache_directory / CACHE_STATE_FILE
+        self.callers_path = self.directory / CALLERS_FILE
         self.poll_interval = poll_interval
         self.cache_poll_interval = cache_poll_interval
         # What the last load() read, so a watch started later misses no change in between.
@@ -150,6 +154,28 @@ class FileConfigStore:
 
     def close(self) -> None:
         pass
+
+    # -- callers (core/callers.py) ----------------------------------------------------------
+
+    def load_callers(self) -> Callers:
+        try:
+            data = self.callers_path.read_bytes()
+        except FileNotFoundError:
+            return Callers()
+        return Callers.decode(data, str(self.callers_path))
+
+    def save_callers(self, callers: Callers, expected_revision: int) -> None:
+        with self._locked():
+            stored = self.load_callers().revision
+            if stored != expected_revision:
+                raise CallersConflictError(
+                    f"callers changed meanwhile (revision {stored}, expected "
+                    f"{expected_revision}); run the command again"
+                )
+            self._replace(self.callers_path, callers.encode())  # mkstemp: mode 0600
+
+    def watch_callers(self, on_change: Callable[[Callers], None]) -> _CallersFileWatch:
+        return _CallersFileWatch(self, on_change)
 
     # -- the cache feed ---------------------------------------------------------------------
 
@@ -287,6 +313,38 @@ class _CacheFileWatch:
                 self._follower.listener.messages_lost()
             except Exception:  # the watch must outlive any surprise
                 log.exception("cache feed watch failed; retrying")
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)
+
+
+class _CallersFileWatch:
+    """Polls the callers file as often as the cache feed (a revocation must reach every
+    worker within a second); delivers each new revision, including the first one seen."""
+
+    def __init__(self, store: FileConfigStore, on_change: Callable[[Callers], None]) -> None:
+        self._store = store
+        self._on_change = on_change
+        self._seen = -1
+        self._failing = False
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="callers-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._store.cache_poll_interval):
+            try:
+                callers = self._store.load_callers()
+                self._failing = False
+                if callers.revision != self._seen:
+                    self._seen = callers.revision
+                    self._on_change(callers)
+            except Exception as exc:  # keep the last good callers; say why once
+                if not self._failing:
+                    log.error("could not read callers from %s: %s", self._store.callers_path, exc)
+                self._failing = True
 
     def stop(self) -> None:
         self._stopped.set()

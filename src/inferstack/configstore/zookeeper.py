@@ -20,6 +20,8 @@ Znode layout under the root path (default ``/inferstack``)::
                                        generations and the sequence of invalidated-key batches
     <root>/cache/slots/s-<index>       the ring of those batches; a batch and the state that
                                        names it are written in one multi-op transaction
+    <root>/callers                     who may call (core/callers.py): token hashes, never
+                                       tokens; replaced by a version-checked set
 
 No pointer means nothing was ever applied: `load` returns an empty registry (revision 0).
 
@@ -103,6 +105,7 @@ from inferstack.configstore.cachefeed import (
     encode_slot,
     slot_index,
 )
+from inferstack.core.callers import Callers, CallersConflictError
 from inferstack.core.errors import (
     InferstackError,
     InvalidArgumentError,
@@ -117,6 +120,7 @@ POINTER_NODE = "current"
 VERSIONS_NODE = "registry"
 BLOBS_NODE = "blobs"
 CACHE_NODE = "cache"
+CALLERS_NODE = "callers"
 # Compare-and-set rounds on the cache state before giving up (writers contend only while
 # many Persists land in the same milliseconds; each round is one ZooKeeper round trip).
 CACHE_CAS_ATTEMPTS = 50
@@ -296,6 +300,8 @@ class ZooKeeperConfigStore:
         self._cache_path = f"{base}/{CACHE_NODE}"
         self._cache_state_path = f"{self._cache_path}/state"
         self._slots_path = f"{self._cache_path}/slots"
+        self._callers_path = f"{base}/{CALLERS_NODE}"
+        self._callers_watches: list[_CallersWatch] = []
         self._slots_made: set[int] | None = None  # slot nodes known to exist
         self._cache_loaded: CacheState | None = None
         self._cache_watches: list[_CacheWatch] = []
@@ -387,6 +393,9 @@ class ZooKeeperConfigStore:
             watch.signal_stop()
         for cache_watch in self._cache_watches:
             cache_watch.signal_stop()
+        for callers_watch in self._callers_watches:
+            callers_watch.stop()
+        self._callers_watches.clear()
         self._client.stop()  # fails requests in flight, so the watch threads end at once
         for watch in self._watches:
             watch.stop()
@@ -395,6 +404,42 @@ class ZooKeeperConfigStore:
         self._watches.clear()
         self._cache_watches.clear()
         self._client.close()
+
+    # -- callers (core/callers.py) ----------------------------------------------------------
+
+    def load_callers(self) -> Callers:
+        return self._read_callers()[0]
+
+    def save_callers(self, callers: Callers, expected_revision: int) -> None:
+        stored, version = self._read_callers()
+        if stored.revision != expected_revision:
+            raise CallersConflictError(
+                f"callers changed meanwhile (revision {stored.revision}, expected "
+                f"{expected_revision}); run the command again"
+            )
+        try:
+            if version is None:
+                self._wait(self._client.ensure_path_async(self.root), "callers write")
+                self._wait(self._client.create_async(self._callers_path, callers.encode()), "write")
+            else:
+                request = self._client.set_async(self._callers_path, callers.encode(), version)
+                self._wait(request, "callers write")
+        except (BadVersionError, NodeExistsError) as exc:
+            raise CallersConflictError(
+                f"callers in ZooKeeper at {self.hosts} changed meanwhile; run the command again"
+            ) from exc
+
+    def watch_callers(self, on_change: Callable[[Callers], None]) -> _CallersWatch:
+        watch = _CallersWatch(self, on_change)
+        self._callers_watches.append(watch)
+        return watch
+
+    def _read_callers(self) -> tuple[Callers, int | None]:
+        try:
+            data, stat = self._wait(self._client.get_async(self._callers_path), "callers read")
+        except NoNodeError:
+            return Callers(), None
+        return Callers.decode(data, self._callers_path), stat.version
 
     # -- the cache feed ---------------------------------------------------------------------
 
@@ -856,3 +901,26 @@ class _CacheWatch:
                 self._wake.set()
             except Exception:
                 log.exception("unexpected error reading the cache feed from ZooKeeper")
+
+
+class _CallersWatch:
+    """A DataWatch on the callers node. Decoding a small document is cheap, so it is done on
+    kazoo's thread; the watch fires on every change and again after a reconnect."""
+
+    def __init__(self, store: ZooKeeperConfigStore, on_change: Callable[[Callers], None]) -> None:
+        self._on_change = on_change
+        self._path = store._callers_path
+        self._stopped = False
+        store._client.DataWatch(self._path, self._changed)
+
+    def _changed(self, data: bytes | None, stat: Any, event: Any = None) -> bool | None:
+        if self._stopped:
+            return False
+        try:
+            self._on_change(Callers.decode(data or b"", self._path))
+        except Exception as exc:  # keep the last good callers
+            log.error("could not read callers from %s: %s", self._path, exc)
+        return None
+
+    def stop(self) -> None:
+        self._stopped = True

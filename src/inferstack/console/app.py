@@ -5,11 +5,19 @@ Pages are rendered on the server with Jinja2, autoescaping every value (feature 
 descriptions and string values come from users). Look up and Try it call the feature and
 inferflow services exactly as the gateways do, so the same limits and checks apply; they are
 counted in the request metrics as `ui_lookup` and `ui_infer`.
+
+When callers are configured (server/auth.py), every page needs a caller's token: the browser
+asks for it with its own sign-in prompt (HTTP Basic: any user name, the token as password)
+and resends it with each request; scripts may send `Authorization: Bearer <token>`. Any
+caller may browse the catalog, models and health; Look up needs read on the entity's feature
+groups and Try it read on the model, exactly as the gateways do. Use TLS off loopback: Basic
+credentials travel as readable as the Bearer header.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,12 +37,13 @@ from inferstack.console.lookup import look_up, parse_keys
 from inferstack.console.modelview import node_details
 from inferstack.console.systems import SystemProbe
 from inferstack.console.tryit import RANDOM_CHOICES, context_of, random_ids, try_model
-from inferstack.core.errors import InferstackError, InvalidArgumentError
+from inferstack.core.callers import Caller
+from inferstack.core.errors import InferstackError, InvalidArgumentError, UnauthenticatedError
 from inferstack.featurestore.http_gateway import HTTP_STATUS
 from inferstack.featurestore.service import FeatureService
 from inferstack.inferflow.describe import describe, plan_graph
 from inferstack.inferflow.service import BrokenModel, InferflowService
-from inferstack.server import admission
+from inferstack.server import admission, auth
 from inferstack.server.components import Components
 from inferstack.server.settings import ServeSettings
 
@@ -111,6 +120,7 @@ def add_console(
         SystemProbe(components, settings),
         metrics_text,
     )
+    app.middlewares.append(_signed_in)
     routes = app.router
     routes.add_get("/ui", _to_catalog)
     routes.add_get("/ui/", _to_catalog)
@@ -122,6 +132,46 @@ def add_console(
     routes.add_get("/ui/health", health_page)
     routes.add_get("/ui/health/panel", health_panel)
     routes.add_get("/ui/static/{name}", static_file)
+
+
+CALLER_KEY = "inferstack_console_caller"
+SIGN_IN = 'Basic realm="inferstack console", charset="UTF-8"'
+
+
+@web.middleware
+async def _signed_in(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """With callers configured, a console page needs a caller's token (Basic or Bearer)."""
+    if not request.path.startswith("/ui") or not auth.current().required:
+        return await handler(request)
+    try:
+        header = _bearer_of(request.headers.get("Authorization"))
+        request[CALLER_KEY] = await auth.authenticate("ui", header)
+    except UnauthenticatedError as exc:
+        return web.Response(
+            status=401,
+            text=f"{exc}; sign in with any user name and a caller token as password\n",
+            headers={"WWW-Authenticate": SIGN_IN, **SECURITY_HEADERS},
+        )
+    return await handler(request)
+
+
+def _bearer_of(header: str | None) -> str | None:
+    """A Basic header's password (the token) as a Bearer header; anything else as it is."""
+    scheme, _, value = (header or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return header
+    try:
+        _, _, token = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return f"Bearer {token}" if token else None
+
+
+def _caller(request: web.Request) -> Caller | None:
+    caller: Caller | None = request.get(CALLER_KEY)
+    return caller
 
 
 async def _to_catalog(request: web.Request) -> web.Response:
@@ -166,8 +216,12 @@ async def lookup_page(request: web.Request) -> web.Response:
     elif entity is not None and any(text.strip() for text in texts.values()):
         keys = texts
         try:
+            groups = list(catalog.groups_by_entity.get(entity.name, []))
             context["view"] = await _as_call(
-                "ui_lookup", lambda: look_up(console.features, entity, parse_keys(entity, keys))
+                "ui_lookup",
+                lambda: look_up(console.features, entity, parse_keys(entity, keys)),
+                _caller(request),
+                lambda: [auth.reads("feature_group", groups)],
             )
         except InferstackError as exc:
             status, context["error"] = HTTP_STATUS.get(exc.status, 400), str(exc)
@@ -242,7 +296,10 @@ async def try_page(request: web.Request) -> web.Response:
                 texts[plan.candidates.name] = _random_candidates(request, context)
             inputs = context_of(config, texts)
             context["result"] = await _as_call(
-                "ui_infer", lambda: try_model(console.inferflow, name, inputs, chosen)
+                "ui_infer",
+                lambda: try_model(console.inferflow, name, inputs, chosen),
+                _caller(request),
+                lambda: [auth.reads("model", [name])],
             )
         except InferstackError as exc:
             status, context["error"] = HTTP_STATUS.get(exc.status, 400), str(exc)
@@ -307,13 +364,20 @@ async def static_file(request: web.Request) -> web.Response:
     return response
 
 
-async def _as_call(method: str, work: Callable[[], Awaitable[T]]) -> T:
-    """Run a Look up or Try it call as any other: admitted by the worker's gate (or refused
-    with its error), and counted in the request metrics under `method`."""
+async def _as_call(
+    method: str,
+    work: Callable[[], Awaitable[T]],
+    caller: Caller | None = None,
+    needs: auth.Needs | None = None,
+) -> T:
+    """Run a Look up or Try it call as any other: the caller's grants checked, admitted by
+    the worker's gate (or refused with its error), and counted in the request metrics under
+    `method`."""
     started = time.perf_counter()
     code = "OK"
     gate = admission.current()
     try:
+        auth.authorize(method, caller, needs)
         admitted = started if gate.try_enter() else await gate.wait(method)
         try:
             return await work()

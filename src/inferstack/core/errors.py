@@ -59,3 +59,15 @@ class DeadlineExceededError(InferstackError):
     """The caller's deadline passed before the work could finish."""
 
     status = "DEADLINE_EXCEEDED"
+
+
+class UnauthenticatedError(InferstackError):
+    """No token, or one that no caller holds (unknown or revoked). Never quotes the token."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(InferstackError):
+    """A known caller asking for something outside its grants; names what was denied."""
+
+    status = "PERMISSION_DENIED"

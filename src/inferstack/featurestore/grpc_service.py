@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -22,7 +22,7 @@ from inferstack.featurestore.service import FeatureService, RetrieveResult
 from inferstack.featurestore.wire import column_from_proto, keys_from_proto
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
-from inferstack.server import admission
+from inferstack.server import admission, auth, logs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,14 +33,21 @@ def status_of(error: InferstackError) -> grpc.StatusCode:
 
 
 async def answer(
-    method: str, context: grpc.aio.ServicerContext[Any, Any], work: Callable[[], Awaitable[T]]
+    method: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+    work: Callable[[], Awaitable[T]],
+    needs: auth.Needs | None = None,
 ) -> T:
     """Run one call once admission control lets it in (server/admission.py: a refusal is
     RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED at once); user errors become their status,
-    anything else INTERNAL without a trace."""
+    anything else INTERNAL without a trace. When callers are configured the call's token
+    must name one whose grants allow `needs` (server/auth.py), checked before admission."""
     started = time.perf_counter()
     gate = admission.current()
     try:
+        if auth.current().required:
+            caller = await auth.authenticate(method, _authorization(context))
+            auth.authorize(method, caller, needs)
         admitted = started if gate.try_enter() else await gate.wait(method, context.time_remaining)
         try:
             result = await work()
@@ -55,13 +62,20 @@ async def answer(
         _count(method, "CANCELLED", started)
         raise
     except Exception:
-        log.exception("internal error")
+        logs.rate_limited_exception(log, "internal error")  # a caller may trigger it at will
         _count(method, "INTERNAL", started)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
     else:
         _count(method, "OK", started)
         return result
     raise AssertionError("abort returned")  # pragma: no cover
+
+
+def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
 
 
 def _count(method: str, code: str, started: float) -> None:
@@ -81,7 +95,7 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
             fill_response(await self._retrieve(request), response)
             return response
 
-        return await answer("Retrieve", context, work)
+        return await answer("Retrieve", context, work, lambda: self._reads(request))
 
     async def RetrieveBatch(  # noqa: N802
         self, request: pb.RetrieveBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -103,7 +117,15 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
                 fill_response(result, response.responses.add())
             return response
 
-        return await answer("RetrieveBatch", context, work)
+        def needs() -> list[auth.Need]:
+            return [need for query in request.requests for need in self._reads(query)]
+
+        return await answer("RetrieveBatch", context, work, needs)
+
+    def _reads(self, request: pb.RetrieveRequest) -> list[auth.Need]:
+        return [
+            auth.reads("feature_group", groups_read(self.service, request.entity, request.features))
+        ]
 
     async def _retrieve(self, request: pb.RetrieveRequest) -> RetrieveResult:
         return await self.service.retrieve(
@@ -134,7 +156,16 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
             written = await self.service.persist(request.feature_group, keys, columns)
             return pb.PersistResponse(written=written)
 
-        return await answer("Persist", context, work)
+        needs = [auth.writes("feature_group", [request.feature_group])]
+        return await answer("Persist", context, work, lambda: needs)
+
+
+def groups_read(service: FeatureService, entity: str, features: Sequence[str]) -> list[str]:
+    """The feature groups a Retrieve reads: those its selectors name, or every group of the
+    entity when it names none (an unknown entity: NOT_FOUND, as the Retrieve would be)."""
+    if features:
+        return auth.distinct(feature.partition(".")[0] for feature in features)
+    return [selection.group for selection in service.catalog.select(entity, [])]
 
 
 def fill_response(result: RetrieveResult, message: pb.RetrieveResponse) -> None:

@@ -14,17 +14,22 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from inferstack import metrics
-from inferstack.core.errors import InferstackError, InvalidArgumentError
+from inferstack.core.errors import (
+    InferstackError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+)
 from inferstack.core.rowformat import RowStatus
+from inferstack.featurestore.grpc_service import groups_read
 from inferstack.featurestore.service import FeatureService, RetrieveResult
 from inferstack.featurestore.wire import to_numpy
-from inferstack.server import admission
+from inferstack.server import admission, auth, logs
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +39,20 @@ HTTP_STATUS = {
     "RESOURCE_EXHAUSTED": 429,
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
 }
 CODE_OF_STATUS = {status: code for code, status in HTTP_STATUS.items()}
 SERVICE_KEY = web.AppKey("feature_service", FeatureService)
 
 
-def make_app(service: FeatureService) -> web.Application:
-    app = web.Application(client_max_size=16 << 20)
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+
+
+def make_app(
+    service: FeatureService, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> web.Application:
+    app = web.Application(client_max_size=max_body_bytes)  # larger bodies: 413 (json_body)
     app[SERVICE_KEY] = service
     app.router.add_post("/v1/retrieve", retrieve)
     app.router.add_get("/healthz", health)
@@ -60,18 +72,28 @@ async def metrics_page(request: web.Request) -> web.Response:
 
 JsonWork = Callable[[web.Request, dict[str, Any]], Awaitable[Any]]
 Route = Callable[[web.Request], Awaitable[web.Response]]
+# What a request touches, from its parsed body (server/auth.py); raises INVALID_ARGUMENT
+# for a body too malformed to say.
+BodyNeeds = Callable[[web.Request, dict[str, Any]], Iterable[auth.Need]]
 
 
-def json_route(method: str, work: JsonWork) -> Route:
+def json_route(method: str, work: JsonWork, needs: BodyNeeds | None = None) -> Route:
     """A POST handler for every part's gateway: the JSON body in, `work`'s payload out as
     JSON; user errors become their HTTP status, anything else 500; calls and latency counted
     under `method`. Calls pass the worker's admission gate (server/admission.py) like gRPC
-    calls: a refusal is 429 or 504 at once."""
+    calls: a refusal is 429 or 504 at once. When callers are configured, the
+    `Authorization: Bearer` token is checked before admission (401) and the caller's grants
+    against `needs` of the body before `work` (403)."""
+    work = _guarded(method, work, needs)
 
     async def route(request: web.Request) -> web.Response:
         started = time.perf_counter()
         gate = admission.current()
         try:
+            if auth.current().required:
+                request[CALLER] = await auth.authenticate(
+                    method, request.headers.get("Authorization")
+                )
             admitted = started if gate.try_enter() else await gate.wait(method)
         except InferstackError as exc:
             response = error_response(exc)
@@ -88,9 +110,29 @@ def json_route(method: str, work: JsonWork) -> Route:
     return route
 
 
+CALLER = "inferstack_caller"  # the authenticated caller, on the aiohttp request
+
+
+def _guarded(method: str, work: JsonWork, needs: BodyNeeds | None) -> JsonWork:
+    if needs is None:
+        return work
+
+    async def guarded(request: web.Request, body: dict[str, Any]) -> Any:
+        caller = request.get(CALLER)
+        if caller is not None:
+            auth.authorize(method, caller, lambda: needs(request, body))
+        return await work(request, body)
+
+    return guarded
+
+
 def error_response(error: InferstackError) -> web.Response:
     body = {"error": {"code": error.status, "message": str(error)}}
-    return web.json_response(body, status=HTTP_STATUS.get(error.status, 400))
+    status = 413 if isinstance(error, BodyTooLargeError) else HTTP_STATUS.get(error.status, 400)
+    response = web.json_response(body, status=status)
+    if error.status == "UNAUTHENTICATED":
+        response.headers["WWW-Authenticate"] = 'Bearer realm="inferstack"'
+    return response
 
 
 async def _respond(request: web.Request, work: JsonWork) -> web.Response:
@@ -99,7 +141,7 @@ async def _respond(request: web.Request, work: JsonWork) -> web.Response:
     except InferstackError as exc:
         return error_response(exc)
     except Exception:
-        log.exception("internal error")
+        logs.rate_limited_exception(log, "internal error")  # a caller may trigger it at will
         error = {"code": "INTERNAL", "message": "internal error; see the server log"}
         return web.json_response({"error": error}, status=500)
     return web.json_response(payload, dumps=dumps)
@@ -119,17 +161,43 @@ async def _retrieve(request: web.Request, body: dict[str, Any]) -> dict[str, Any
     return result_to_json(await service.retrieve(entity, keys, features))
 
 
-retrieve = json_route("http_retrieve", _retrieve)
+def _retrieve_needs(request: web.Request, body: dict[str, Any]) -> list[auth.Need]:
+    entity = body.get("entity")
+    features = body.get("features", [])
+    if not isinstance(entity, str):
+        raise InvalidArgumentError("'entity' must be a string")
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise InvalidArgumentError("'features' must be a list of strings")
+    groups = groups_read(request.app[SERVICE_KEY], entity, features)
+    return [auth.reads("feature_group", groups)]
+
+
+retrieve = json_route("http_retrieve", _retrieve, _retrieve_needs)
+
+
+class BodyTooLargeError(ResourceExhaustedError):
+    """A request body over the app's size limit: HTTP 413, not 429 (nothing to retry)."""
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"request body is not JSON: {exc}") from exc
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BodyTooLargeError(
+            f"request body larger than {request.client_max_size} bytes "
+            "(the limit, max_http_body_bytes)"
+        ) from exc
+    except (ValueError, LookupError) as exc:  # JSON, UTF-8, digit limit, unknown charset
+        raise InvalidArgumentError(f"request body is not JSON: {_one_line(exc)}") from exc
+    except RecursionError as exc:
+        raise InvalidArgumentError("request body is not JSON we accept: nested too deeply") from exc
     if not isinstance(body, dict):
         raise InvalidArgumentError("request body must be a JSON object")
     return body
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]
 
 
 def result_to_json(result: RetrieveResult) -> dict[str, Any]:

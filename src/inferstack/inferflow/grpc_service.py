@@ -15,6 +15,7 @@ from inferstack.inferflow.service import InferflowService
 from inferstack.inferflow.wire import request_from_proto, response_to_proto
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
 from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc as pb_grpc
+from inferstack.server import auth
 
 INFERFLOW_SERVICE = pb.DESCRIPTOR.services_by_name["Inferflow"].full_name
 
@@ -33,4 +34,5 @@ class InferflowServicer(pb_grpc.InferflowServicer):  # type: ignore[misc]  # gen
             )
             return response_to_proto(request_id, result, request.explain)
 
-        return await answer("Infer", context, work)
+        needs = [auth.reads("model", [request.model])]
+        return await answer("Infer", context, work, lambda: needs)

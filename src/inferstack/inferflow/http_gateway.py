@@ -24,6 +24,7 @@ from inferstack.featurestore.http_gateway import (
 from inferstack.featurestore.wire import to_numpy
 from inferstack.inferflow.executor import InferResult
 from inferstack.inferflow.service import InferflowService
+from inferstack.server import auth
 
 log = logging.getLogger(__name__)
 INFERFLOW_KEY = web.AppKey("inferflow_service", InferflowService)
@@ -42,7 +43,14 @@ async def _infer(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     return result_to_json(request_id, result, explain)
 
 
-infer = json_route("http_infer", _infer)
+def _infer_needs(request: web.Request, body: dict[str, Any]) -> list[auth.Need]:
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise InvalidArgumentError("'model' must be a string")
+    return [auth.reads("model", [model])]
+
+
+infer = json_route("http_infer", _infer, _infer_needs)
 
 
 def parse_request(body: dict[str, Any]) -> tuple[str, dict[str, KeyValues], list[str], bool, str]:

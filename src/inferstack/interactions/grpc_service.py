@@ -6,10 +6,12 @@ becomes its status with its message, anything else INTERNAL without a trace.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
+from inferstack.core.callers import ALL
 from inferstack.featurestore.grpc_service import answer
 from inferstack.interactions.service import InteractionService
 from inferstack.interactions.wire import (
@@ -21,6 +23,7 @@ from inferstack.interactions.wire import (
 )
 from inferstack.proto.interactions.v1 import interactions_pb2 as pb
 from inferstack.proto.interactions.v1 import interactions_pb2_grpc as pb_grpc
+from inferstack.server import auth
 
 INTERACTIONS_SERVICE = pb.DESCRIPTOR.services_by_name["Interactions"].full_name
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -37,14 +40,19 @@ class InteractionsServicer(pb_grpc.InteractionsServicer):  # type: ignore[misc] 
             batches = batches_from_proto(request.batches, self.service.catalog)
             return pb.IngestResponse(stored=await self.service.ingest(batches))
 
-        return await answer("Interactions/Ingest", context, work)
+        def needs() -> list[auth.Need]:
+            types = auth.distinct(batch.type for batch in request.batches)
+            return [auth.writes("interaction_type", types)]
+
+        return await answer("Interactions/Ingest", context, work, needs)
 
     async def Get(self, request: pb.GetRequest, context: Context) -> pb.GetResponse:  # noqa: N802
         async def work() -> pb.GetResponse:
             user, types, limit, since = get_from_proto(request, self.service.catalog)
             return histories_to_proto(await self.service.get(user, types, limit, since))
 
-        return await answer("Interactions/Get", context, work)
+        needs = [auth.reads("interaction_type", types_named(request.types))]
+        return await answer("Interactions/Get", context, work, lambda: needs)
 
     async def Hydrate(  # noqa: N802
         self, request: pb.HydrateRequest, context: Context
@@ -53,7 +61,8 @@ class InteractionsServicer(pb_grpc.InteractionsServicer):  # type: ignore[misc] 
             user, types = hydrate_from_proto(request, self.service.catalog)
             return pb.HydrateResponse(loaded=await self.service.hydrate(user, types))
 
-        return await answer("Interactions/Hydrate", context, work)
+        needs = [auth.writes("interaction_type", types_named(request.types))]
+        return await answer("Interactions/Hydrate", context, work, lambda: needs)
 
     async def Sweep(  # noqa: N802
         self, request: pb.SweepRequest, context: Context
@@ -65,4 +74,10 @@ class InteractionsServicer(pb_grpc.InteractionsServicer):  # type: ignore[misc] 
                 users=swept.users, events=swept.events, lost_claims=swept.lost_claims
             )
 
-        return await answer("Interactions/Sweep", context, work)
+        needs = [auth.writes("interaction_type", [ALL])]  # a sweep moves every type
+        return await answer("Interactions/Sweep", context, work, lambda: needs)
+
+
+def types_named(types: Sequence[str]) -> list[str]:
+    """The interaction types a request names; none named means every type."""
+    return auth.distinct(types) if types else [ALL]

@@ -20,14 +20,17 @@ from typing import Any
 
 from aiohttp import web
 
+from inferstack.core.callers import ALL, Permission
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.featurestore.http_gateway import (
+    BodyNeeds,
     Route,
     json_route,
     json_values,
 )
 from inferstack.featurestore.wire import to_numpy
 from inferstack.interactions.events import EventBatch, History, InteractionCatalog
+from inferstack.interactions.grpc_service import types_named
 from inferstack.interactions.service import InteractionService
 from inferstack.interactions.wire import (
     check_types,
@@ -36,6 +39,7 @@ from inferstack.interactions.wire import (
     sweep_limit,
     user_keys,
 )
+from inferstack.server import auth
 
 log = logging.getLogger(__name__)
 INTERACTIONS_KEY = web.AppKey("interaction_service", InteractionService)
@@ -46,21 +50,48 @@ BATCH_FIELDS = ("type", "event_ids", "timestamps", "attributes")
 def add_routes(app: web.Application, service: InteractionService) -> None:
     """Serve POST /v1/interactions/* from `service` on an app that is not started yet."""
     app[INTERACTIONS_KEY] = service
-    for name, handler in (
-        ("ingest", ingest),
-        ("get", get),
-        ("hydrate", hydrate),
-        ("sweep", sweep),
+    for name, handler, needs in (
+        ("ingest", ingest, _ingest_needs),
+        ("get", get, _types_needs("read")),
+        ("hydrate", hydrate, _types_needs("write")),
+        ("sweep", sweep, _sweep_needs),
     ):
         method = f"http_interactions_{name}"
-        app.router.add_post(f"/v1/interactions/{name}", _route(method, handler))
+        app.router.add_post(f"/v1/interactions/{name}", _route(method, handler, needs))
 
 
-def _route(method: str, handler: Handler) -> Route:
+def _route(method: str, handler: Handler, needs: BodyNeeds) -> Route:
     async def work(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         return await handler(request.app[INTERACTIONS_KEY], body)
 
-    return json_route(method, work)
+    return json_route(method, work, needs)
+
+
+def _ingest_needs(request: web.Request, body: dict[str, Any]) -> list[auth.Need]:
+    batches = body.get("batches")
+    if not isinstance(batches, list) or not all(isinstance(b, dict) for b in batches):
+        raise InvalidArgumentError("'batches' must be a list of event batches (JSON objects)")
+    types = []
+    for index, batch in enumerate(batches):
+        name = batch.get("type")
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"batch {index}: 'type' must be a string")
+        types.append(name)
+    return [auth.writes("interaction_type", auth.distinct(types))]
+
+
+def _types_needs(permission: Permission) -> BodyNeeds:
+    def needs(request: web.Request, body: dict[str, Any]) -> list[auth.Need]:
+        types = body.get("types", [])
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise InvalidArgumentError("'types' must be a list of interaction type names")
+        return [auth.Need(permission, "interaction_type", types_named(types))]
+
+    return needs
+
+
+def _sweep_needs(request: web.Request, body: dict[str, Any]) -> list[auth.Need]:
+    return [auth.writes("interaction_type", [ALL])]  # a sweep moves every type
 
 
 async def ingest(service: InteractionService, body: dict[str, Any]) -> dict[str, Any]:

@@ -164,6 +164,16 @@ class AdmissionSettings(_Section):
     max_queue_wait: Seconds = Field(DEFAULT_MAX_QUEUE_WAIT, gt=0)  # for calls without deadline
 
 
+class TlsSettings(_Section):
+    """TLS on both ports (gRPC and HTTP). With `client_ca`, clients must present a
+    certificate signed by it (mutual TLS); the token, if callers are configured, still
+    decides what they may do."""
+
+    cert: Path  # PEM certificate chain of the server
+    key: Path  # PEM private key
+    client_ca: Path | None = None
+
+
 class ServeSettings(_Section):
     data_dir: Path = Path(".inferstack")
     host: str = "127.0.0.1"
@@ -171,8 +181,15 @@ class ServeSettings(_Section):
     http_port: int = Field(DEFAULT_HTTP_PORT, ge=-1, le=65535)  # -1 turns HTTP off
     workers: int = Field(1, ge=1, le=64)
     max_keys: int = Field(10_000, ge=1)
-    max_message_bytes: int = Field(64 << 20, ge=1 << 20)
+    max_message_bytes: int = Field(64 << 20, ge=1 << 20)  # gRPC, received and sent
+    max_http_body_bytes: ByteSize = Field(ByteSize(16 << 20), ge=1 << 10)  # larger: 413
+    log_format: Literal["text", "json"] = "text"  # json: one object per line (server/logs.py)
+    access_log: bool = False  # a line per request; off: only failed ones, rate-limited
     shutdown_grace: Seconds = 5.0
+    tls: TlsSettings | None = None
+    # Serve a non-loopback address with no callers configured (anyone reaching it may do
+    # anything): refused unless set (server/supervisor.py).
+    insecure_open: bool = False
     admission: AdmissionSettings = AdmissionSettings()
     storage: Annotated[
         LmdbStorageSettings | CassandraStorageSettings, Field(discriminator="type")

@@ -19,8 +19,8 @@ from typing import Any
 
 from inferstack import metrics
 from inferstack.core.errors import InferstackError
-from inferstack.server import worker
-from inferstack.server.components import check_reachable, prepare_storage
+from inferstack.server import auth, logs, tls, worker
+from inferstack.server.components import check_reachable, open_config_store, prepare_storage
 from inferstack.server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,28 @@ def _die_with_parent() -> None:
 
 def _worker_main(settings: ServeSettings, ready: Any, level: int) -> None:
     _die_with_parent()
-    logging.basicConfig(
-        level=level, format=f"%(asctime)s worker-{os.getpid()} %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_format, level, worker=True)
     try:
         worker.run(settings, on_ready=lambda: ready.put(os.getpid()))
     except (OSError, InferstackError) as exc:  # expected start-up failures: one clear line
         log.error("worker could not start: %s", exc)
         sys.exit(1)
+
+
+def access_problem(settings: ServeSettings) -> str | None:
+    """Why these settings must not serve (an open non-loopback bind), or None; TLS files
+    are checked here so a bad one is one clear line, not a failure in every worker."""
+    if settings.tls is not None:
+        tls.http_ssl_context(settings.tls)
+    config = open_config_store(settings)
+    try:
+        callers = config.load_callers()
+    finally:
+        config.close()
+    problem = auth.open_bind_problem(settings.host, callers, settings.insecure_open)
+    if problem is None:
+        auth.log_access(settings.host, callers)
+    return problem
 
 
 def serve(settings: ServeSettings, announce: Any = print) -> int:
@@ -77,8 +91,12 @@ def serve(settings: ServeSettings, announce: Any = print) -> int:
 def _serve(settings: ServeSettings, announce: Any) -> int:
     try:
         asyncio.run(check_reachable(settings))
+        problem = access_problem(settings)
     except InferstackError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
         return 1
     try:  # tables once, before workers would race to create them
         asyncio.run(prepare_storage(settings))

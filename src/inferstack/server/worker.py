@@ -12,7 +12,8 @@ import gc
 import logging
 import signal
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
@@ -28,11 +29,12 @@ from inferstack.inferflow.grpc_service import INFERFLOW_SERVICE, InferflowServic
 from inferstack.interactions import http_gateway as interactions_http
 from inferstack.interactions.grpc_service import INTERACTIONS_SERVICE, InteractionsServicer
 from inferstack.interactions.service import run_sweeper
-from inferstack.proto.featurestore.v1 import featurestore_pb2, featurestore_pb2_grpc
-from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc
-from inferstack.proto.interactions.v1 import interactions_pb2_grpc
-from inferstack.server import admission
+from inferstack.proto.featurestore.v1 import featurestore_pb2
+from inferstack.proto.inferflow.v1 import inferflow_pb2
+from inferstack.proto.interactions.v1 import interactions_pb2
+from inferstack.server import admission, auth, http_middleware, logs, tls
 from inferstack.server.components import Components, build
+from inferstack.server.grpc_handlers import add_service
 from inferstack.server.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ FEATURE_STORE_SERVICE = featurestore_pb2.DESCRIPTOR.services_by_name["FeatureSto
 async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain calls in flight and stop."""
     components = await build(settings)
+    callers_watch = auth.start(components.config)  # who may call; revocations follow
     limits = settings.admission
     gate = admission.Gate(limits.max_in_flight, limits.max_queue, limits.max_queue_wait)
     admission.install(gate)  # every gRPC method and JSON route of this worker passes it
@@ -55,14 +58,20 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
     )
-    featurestore_pb2_grpc.add_FeatureStoreServicer_to_server(
-        FeatureStoreServicer(components.service), server
+    # Our own registration (server/grpc_handlers.py): malformed messages are answered
+    # INVALID_ARGUMENT, and every call gets a request id and, when it fails, a log line.
+    logs.install(settings.access_log)
+    add_service(
+        server, _service(featurestore_pb2, "FeatureStore"), FeatureStoreServicer(components.service)
     )
-    inferflow_pb2_grpc.add_InferflowServicer_to_server(
-        InferflowServicer(components.inferflow), server
+    add_service(
+        server, _service(inferflow_pb2, "Inferflow"), InferflowServicer(components.inferflow)
     )
-    interactions_pb2_grpc.add_InteractionsServicer_to_server(
-        InteractionsServicer(components.interactions), server
+    add_service(
+        server,
+        _service(interactions_pb2, "Interactions"),
+        InteractionsServicer(components.interactions),
+        metric_prefix="Interactions/",
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -78,7 +87,10 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     )
     address = f"{settings.host}:{settings.grpc_port}"
     try:
-        server.add_insecure_port(address)
+        if settings.tls is not None:
+            server.add_secure_port(address, tls.grpc_server_credentials(settings.tls))
+        else:
+            server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc reports a failed bind this way
         raise OSError(f"cannot listen for gRPC on {address} (in use or not allowed)") from exc
     await server.start()
@@ -89,13 +101,17 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
 
     runner: web.AppRunner | None = None
     if settings.http_port >= 0:
-        app = make_app(components.service)
+        app = make_app(components.service, settings.max_http_body_bytes)
+        http_middleware.install(app)  # request ids, request log lines, 413 as JSON
         inferflow_http.add_routes(app, components.inferflow)
         interactions_http.add_routes(app, components.interactions)
         add_console(app, components, settings)  # the read-only web console, /ui
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True)
+        context = tls.http_ssl_context(settings.tls) if settings.tls is not None else None
+        site = web.TCPSite(
+            runner, settings.host, settings.http_port, reuse_port=True, ssl_context=context
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -136,7 +152,13 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
     publisher.cancel()
     if sweeper is not None:
         await sweeper  # `stop` is set: it finishes the sweep it is in, then returns
+    callers_watch.stop()
     await components.close()
+
+
+def _service(module: ModuleType, name: str) -> Any:
+    """The protobuf descriptor of service `name` of a generated module."""
+    return module.DESCRIPTOR.services_by_name[name]
 
 
 async def _start_consumer(

@@ -623,6 +623,51 @@ class CassandraStorage:
             self._slots.release()
             call.done_one()
 
+    # --- diagnostics (inferstack doctor) ------------------------------------------------
+
+    async def query(
+        self, cql: str, parameters: list[Any] | None = None, node: Address | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows of a read-only query of the system tables, on `node` if given (constant CQL
+        only: values are bound). Raises UnavailableError naming the address."""
+        session = await self._connected()
+        statement = _statement(cql, parameters, timeout=self.request_timeout)
+        if node is not None:
+            statement.set_host(*node)
+        try:
+            return [row.as_dict() for row in await session.execute(statement)]
+        except _UNAVAILABLE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    async def nodes(self) -> list[Address]:
+        """Every node of the cluster as the contacted one knows it: itself and its peers."""
+        local = await self.query("SELECT rpc_address FROM system.local")
+        if not local:
+            return []
+        here = (str(local[0]["rpc_address"]), self.port)
+        try:
+            peers = await self._peers(await self._connected(), here)
+        except _UNAVAILABLE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        return [here, *(peer.address for peer in peers)]
+
+    async def existing_tables(self) -> set[str] | None:
+        """The tables in the keyspace, per the cluster's schema; None without a keyspace."""
+        where = [self.keyspace]
+        found = await self.query(
+            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?", where
+        )
+        if not found:
+            return None
+        rows = await self.query(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?", where
+        )
+        return {str(row["table_name"]) for row in rows}
+
+    def table_of(self, name: str) -> str:
+        """The table holding `name`'s rows (a feature group, or this adapter's kind)."""
+        return self._table_name(name)
+
     # --- errors -------------------------------------------------------------------------
 
     def _unavailable(self, error: BaseException) -> UnavailableError:

@@ -58,6 +58,10 @@ class LmdbStorage:
             self._databases[group] = database
             return database
 
+    def has_database(self, group: str) -> bool:
+        """Whether the group's named database exists (prepare or a write created it)."""
+        return self._database(group, create=False) is not None
+
     async def prepare(self, registry: Registry) -> None:
         for group in registry.feature_groups:
             self._database(group, create=True)
