@@ -21,7 +21,8 @@ from inferstack.cli.common import (
     fail,
     print_json,
 )
-from inferstack.client.featurestore import DEFAULT_TARGET, FeatureFrame, FeatureStoreClient
+from inferstack.client.channels import DEFAULT_TARGET
+from inferstack.client.featurestore import FeatureFrame, FeatureStoreClient
 from inferstack.core.rowformat import RowStatus
 
 

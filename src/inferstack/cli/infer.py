@@ -21,7 +21,8 @@ from inferstack.cli.common import (
     fail,
     print_json,
 )
-from inferstack.client.inferflow import DEFAULT_TARGET, InferflowClient, Scores
+from inferstack.client.channels import DEFAULT_TARGET
+from inferstack.client.inferflow import InferflowClient, Scores
 from inferstack.featurestore.http_gateway import json_values
 
 

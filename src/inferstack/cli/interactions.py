@@ -36,8 +36,8 @@ from inferstack.cli.common import (
     settings_from,
 )
 from inferstack.cli.infer import cell
+from inferstack.client.channels import DEFAULT_TARGET
 from inferstack.client.interactions import (
-    DEFAULT_TARGET,
     AsyncInteractionsClient,
     EventHistory,
     InteractionsClient,

@@ -34,6 +34,7 @@ DEFAULT_OPTIONS: tuple[Option, ...] = (
 OWN_CONNECTION: Option = ("grpc.use_local_subchannel_pool", 1)
 
 
+DEFAULT_TARGET = "127.0.0.1:6566"  # one port serves every part
 TOKEN_ENV = "INFERSTACK_TOKEN"
 PathLike = Path | str
 
@@ -213,18 +214,29 @@ class AsyncChannelPool(Generic[StubT]):
 
 
 class PooledClient(Generic[StubT]):
-    """Base of the sync clients: their own connections, closed by `close()` or `with`."""
+    """Base of the sync clients: their own connections, closed by `close()` or `with`.
+
+    `timeout` is every call's deadline unless a call gives its own; `connections` channels
+    of its own, used in turn; `token`, `ca`, `cert`, `key` as the module docstring says.
+    A client only names its stub (`_make_stub`)."""
 
     def __init__(
         self,
-        target: str,
-        make_stub: Callable[[grpc.Channel], StubT],
-        timeout: float,
-        connections: int,
-        security: Security | None = None,
+        target: str = DEFAULT_TARGET,
+        timeout: float = 10.0,
+        connections: int = 2,
+        *,
+        token: str | None = None,
+        ca: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
     ) -> None:
         self.timeout = timeout
-        self._pool = ChannelPool(target, make_stub, connections, security=security)
+        security = Security.of(token, ca, cert, key)
+        self._pool = ChannelPool(target, self._make_stub, connections, security=security)
+
+    def _make_stub(self, channel: grpc.Channel) -> StubT:
+        raise NotImplementedError
 
     def deadline(self, timeout: float | None) -> float:
         """A call's deadline in seconds: its own, else the client's."""
@@ -241,18 +253,25 @@ class PooledClient(Generic[StubT]):
 
 
 class AsyncPooledClient(Generic[StubT]):
-    """Base of the asyncio clients: their own connections, closed by `close()` or `async with`."""
+    """Base of the asyncio clients: as PooledClient, closed by `close()` or `async with`."""
 
     def __init__(
         self,
-        target: str,
-        make_stub: Callable[[grpc.aio.Channel], StubT],
-        timeout: float,
-        connections: int,
-        security: Security | None = None,
+        target: str = DEFAULT_TARGET,
+        timeout: float = 10.0,
+        connections: int = 2,
+        *,
+        token: str | None = None,
+        ca: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
     ) -> None:
         self.timeout = timeout
-        self._pool = AsyncChannelPool(target, make_stub, connections, security=security)
+        security = Security.of(token, ca, cert, key)
+        self._pool = AsyncChannelPool(target, self._make_stub, connections, security=security)
+
+    def _make_stub(self, channel: grpc.aio.Channel) -> StubT:
+        raise NotImplementedError
 
     def deadline(self, timeout: float | None) -> float:
         """A call's deadline in seconds: its own, else the client's."""

@@ -17,10 +17,11 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
-from inferstack.client.channels import AsyncPooledClient, PathLike, PooledClient, Security
+from inferstack.client.channels import AsyncPooledClient, PooledClient
 from inferstack.client.columns import Columns, decode_columns
 from inferstack.core.rowformat import Column, RowStatus, var_column
 from inferstack.core.types import NUMERIC_DTYPES, FeatureType
@@ -31,7 +32,6 @@ from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     import pandas as pd
 
-DEFAULT_TARGET = "127.0.0.1:6566"
 FOUND = int(RowStatus.FOUND)  # a plain int: numpy compares it faster than the enum
 Keys = Mapping[str, Sequence[Any] | npt.NDArray[Any]]
 
@@ -126,27 +126,10 @@ def column_of(values: Sequence[Any] | npt.NDArray[Any]) -> tuple[FeatureType, Co
 
 
 class FeatureStoreClient(PooledClient[pb_grpc.FeatureStoreStub]):
-    """Blocking client; thread-safe. `timeout` is every call's deadline unless a call gives
-    its own; `connections` channels of its own, used in turn."""
+    """Blocking client; thread-safe. Constructor arguments: see PooledClient."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        timeout: float = 10.0,
-        connections: int = 2,
-        *,
-        token: str | None = None,
-        ca: PathLike | None = None,
-        cert: PathLike | None = None,
-        key: PathLike | None = None,
-    ) -> None:
-        super().__init__(
-            target,
-            pb_grpc.FeatureStoreStub,
-            timeout,
-            connections,
-            Security.of(token, ca, cert, key),
-        )
+    def _make_stub(self, channel: grpc.Channel) -> pb_grpc.FeatureStoreStub:
+        return pb_grpc.FeatureStoreStub(channel)
 
     def retrieve(
         self,
@@ -178,27 +161,10 @@ class FeatureStoreClient(PooledClient[pb_grpc.FeatureStoreStub]):
 
 
 class AsyncFeatureStoreClient(AsyncPooledClient[pb_grpc.FeatureStoreStub]):
-    """asyncio client; `timeout` is every call's deadline unless a call gives its own;
-    `connections` channels of its own, used in turn."""
+    """asyncio client. Constructor arguments: see PooledClient."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        timeout: float = 10.0,
-        connections: int = 2,
-        *,
-        token: str | None = None,
-        ca: PathLike | None = None,
-        cert: PathLike | None = None,
-        key: PathLike | None = None,
-    ) -> None:
-        super().__init__(
-            target,
-            pb_grpc.FeatureStoreStub,
-            timeout,
-            connections,
-            Security.of(token, ca, cert, key),
-        )
+    def _make_stub(self, channel: grpc.aio.Channel) -> pb_grpc.FeatureStoreStub:
+        return pb_grpc.FeatureStoreStub(channel)
 
     async def retrieve(
         self,

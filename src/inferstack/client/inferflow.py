@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
-from inferstack.client.channels import AsyncPooledClient, PathLike, PooledClient, Security
+from inferstack.client.channels import AsyncPooledClient, PooledClient
 from inferstack.featurestore.wire import column_from_proto, to_numpy
 from inferstack.inferflow.wire import ContextValue, request_to_proto
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
@@ -27,7 +28,6 @@ from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     import pandas as pd
 
-DEFAULT_TARGET = "127.0.0.1:6566"
 Context = Mapping[str, ContextValue]
 
 
@@ -88,19 +88,8 @@ def decode_response(response: pb.InferResponse) -> Scores:
 
 
 class InferflowClient(PooledClient[pb_grpc.InferflowStub]):
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        timeout: float = 10.0,
-        connections: int = 2,
-        *,
-        token: str | None = None,
-        ca: PathLike | None = None,
-        cert: PathLike | None = None,
-        key: PathLike | None = None,
-    ) -> None:
-        security = Security.of(token, ca, cert, key)
-        super().__init__(target, pb_grpc.InferflowStub, timeout, connections, security)
+    def _make_stub(self, channel: grpc.Channel) -> pb_grpc.InferflowStub:
+        return pb_grpc.InferflowStub(channel)
 
     def infer(
         self,
@@ -117,19 +106,8 @@ class InferflowClient(PooledClient[pb_grpc.InferflowStub]):
 
 
 class AsyncInferflowClient(AsyncPooledClient[pb_grpc.InferflowStub]):
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        timeout: float = 10.0,
-        connections: int = 2,
-        *,
-        token: str | None = None,
-        ca: PathLike | None = None,
-        cert: PathLike | None = None,
-        key: PathLike | None = None,
-    ) -> None:
-        security = Security.of(token, ca, cert, key)
-        super().__init__(target, pb_grpc.InferflowStub, timeout, connections, security)
+    def _make_stub(self, channel: grpc.aio.Channel) -> pb_grpc.InferflowStub:
+        return pb_grpc.InferflowStub(channel)
 
     async def infer(
         self,

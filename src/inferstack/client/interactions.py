@@ -17,10 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
-from inferstack.client.channels import AsyncPooledClient, PathLike, PooledClient, Security
+from inferstack.client.channels import AsyncPooledClient, PooledClient
 from inferstack.client.featurestore import column_of
 from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP
 from inferstack.core.rowformat import VarColumn
@@ -34,7 +35,6 @@ from inferstack.proto.interactions.v1 import interactions_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     import pandas as pd
 
-DEFAULT_TARGET = "127.0.0.1:6566"
 BYTES = FeatureType("bytes")
 Values = Sequence[Any] | npt.NDArray[Any]
 
@@ -120,24 +120,8 @@ def _batch(
 
 
 class InteractionsClient(PooledClient[pb_grpc.InteractionsStub]):
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        timeout: float = 10.0,
-        connections: int = 2,
-        *,
-        token: str | None = None,
-        ca: PathLike | None = None,
-        cert: PathLike | None = None,
-        key: PathLike | None = None,
-    ) -> None:
-        super().__init__(
-            target,
-            pb_grpc.InteractionsStub,
-            timeout,
-            connections,
-            Security.of(token, ca, cert, key),
-        )
+    def _make_stub(self, channel: grpc.Channel) -> pb_grpc.InteractionsStub:
+        return pb_grpc.InteractionsStub(channel)
 
     def ingest(
         self,
@@ -180,24 +164,8 @@ class InteractionsClient(PooledClient[pb_grpc.InteractionsStub]):
 
 
 class AsyncInteractionsClient(AsyncPooledClient[pb_grpc.InteractionsStub]):
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        timeout: float = 10.0,
-        connections: int = 2,
-        *,
-        token: str | None = None,
-        ca: PathLike | None = None,
-        cert: PathLike | None = None,
-        key: PathLike | None = None,
-    ) -> None:
-        super().__init__(
-            target,
-            pb_grpc.InteractionsStub,
-            timeout,
-            connections,
-            Security.of(token, ca, cert, key),
-        )
+    def _make_stub(self, channel: grpc.aio.Channel) -> pb_grpc.InteractionsStub:
+        return pb_grpc.InteractionsStub(channel)
 
     async def ingest(
         self,

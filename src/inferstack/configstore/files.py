@@ -263,7 +263,29 @@ def _sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-class _PollingWatch:
+class _Poller:
+    """Calls `_poll` every `interval` seconds on a daemon thread until `stop()`."""
+
+    def __init__(self, name: str, interval: float) -> None:
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            self._poll()
+
+    def _poll(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if threading.current_thread() is not self._thread:  # stop() from inside a callback
+            self._thread.join(timeout=2)
+
+
+class _PollingWatch(_Poller):
     """Polls the file's identity; a rename changes the inode, so no change is missed."""
 
     def __init__(
@@ -271,56 +293,41 @@ class _PollingWatch:
     ) -> None:
         self._store = store
         self._on_change = on_change
-        self._stopped = threading.Event()
         self._seen = seen
-        self._thread = threading.Thread(target=self._run, name="config-watch", daemon=True)
-        self._thread.start()
+        super().__init__("config-watch", store.poll_interval)
 
-    def _run(self) -> None:
-        while not self._stopped.wait(self._store.poll_interval):
-            identity = self._store.identity()
-            if identity == self._seen:
-                continue
-            self._seen = identity
-            try:
-                self._on_change(self._store.load())
-            except Exception:  # a bad file must not kill the watch; keep the last good one
-                log.exception("could not load changed definitions from %s", self._store.path)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=2)
+    def _poll(self) -> None:
+        identity = self._store.identity()
+        if identity == self._seen:
+            return
+        self._seen = identity
+        try:
+            self._on_change(self._store.load())
+        except Exception:  # a bad file must not kill the watch; keep the last good one
+            log.exception("could not load changed definitions from %s", self._store.path)
 
 
-class _CacheFileWatch:
+class _CacheFileWatch(_Poller):
     """Reads the cache state file every `cache_poll_interval` and delivers what changed."""
 
     def __init__(self, store: FileConfigStore, follower: FeedFollower) -> None:
         self._store = store
         self._follower = follower
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cache-feed-watch", daemon=True)
-        self._thread.start()
+        super().__init__("cache-feed-watch", store.cache_poll_interval)
 
-    def _run(self) -> None:
+    def _poll(self) -> None:
         store = self._store
-        while not self._stopped.wait(store.cache_poll_interval):
-            try:
-                state = store._read_cache_state()
-                self._follower.update(state, store._read_slots, str(store.cache_directory))
-            except CorruptCacheFeedError:
-                log.exception("cache feed unreadable; dropping in-process caches")
-                self._follower.listener.messages_lost()
-            except Exception:  # the watch must outlive any surprise
-                log.exception("cache feed watch failed; retrying")
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=2)
+        try:
+            state = store._read_cache_state()
+            self._follower.update(state, store._read_slots, str(store.cache_directory))
+        except CorruptCacheFeedError:
+            log.exception("cache feed unreadable; dropping in-process caches")
+            self._follower.listener.messages_lost()
+        except Exception:  # the watch must outlive any surprise
+            log.exception("cache feed watch failed; retrying")
 
 
-class _CallersFileWatch:
+class _CallersFileWatch(_Poller):
     """Polls the callers file as often as the cache feed (a revocation must reach every
     worker within a second); delivers each new revision, including the first one seen."""
 
@@ -329,24 +336,16 @@ class _CallersFileWatch:
         self._on_change = on_change
         self._seen = -1
         self._failing = False
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="callers-watch", daemon=True)
-        self._thread.start()
+        super().__init__("callers-watch", store.cache_poll_interval)
 
-    def _run(self) -> None:
-        while not self._stopped.wait(self._store.cache_poll_interval):
-            try:
-                callers = self._store.load_callers()
-                self._failing = False
-                if callers.revision != self._seen:
-                    self._seen = callers.revision
-                    self._on_change(callers)
-            except Exception as exc:  # keep the last good callers; say why once
-                if not self._failing:
-                    log.error("could not read callers from %s: %s", self._store.callers_path, exc)
-                self._failing = True
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=2)
+    def _poll(self) -> None:
+        try:
+            callers = self._store.load_callers()
+            self._failing = False
+            if callers.revision != self._seen:
+                self._seen = callers.revision
+                self._on_change(callers)
+        except Exception as exc:  # keep the last good callers; say why once
+            if not self._failing:
+                log.error("could not read callers from %s: %s", self._store.callers_path, exc)
+            self._failing = True
