@@ -20,16 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from inferstack.client import FeatureStoreClient
+from inferstack.client import FeatureStoreClient, InferflowClient
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.server.supervisor import free_port
-from tests.servers import inferstack
+from tests.ranker import expected_scores, ranker_sample
+from tests.servers import inferstack, load_sample, start_server
 
 SAMPLE = Path(__file__).parents[2] / "src" / "inferstack" / "sampledata" / "ecommerce.yaml"
 RETRIEVE = {"entity": "user", "keys": {"user_id": [1]}, "features": ["user_profile"]}
@@ -279,3 +281,71 @@ def test_the_cli_takes_a_ca_and_a_client_certificate(data: Path, pki: Pki) -> No
         assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
     finally:
         assert stop(server) == 0
+
+
+def test_inferflow_reads_a_remote_feature_store_over_mutual_tls_with_a_token(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki
+) -> None:
+    """Inferflow in one server, features in another that requires client certificates and
+    tokens: deploy.yaml's `inferflow.feature_store_tls` and `feature_store_token_file` carry
+    them, and the scores equal a direct read of the store plus onnxruntime."""
+    sample = ranker_sample(tmp_path_factory.mktemp("ranker"), scale=0.01)
+    store = tmp_path_factory.mktemp("store")
+    load_sample(sample, store)
+    added = inferstack("callers", "add", "ranking", "--grant", "read:feature_group/*",
+                       "--grant", "read:interaction_type/*", "--json", data_dir=store)  # fmt: skip
+    token = json.loads(added.stdout)["token"]
+    cert, key = pki.server
+    remote = start_tls_server(
+        store, "--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(pki.ca)
+    )
+    own = tmp_path_factory.mktemp("definitions-only")  # no rows: only the remote has them
+    inferstack("apply", "-f", str(sample), data_dir=own)
+    token_file = own / "feature-store.token"
+    token_file.write_text(token + "\n")
+    deploy = own / "deploy.yaml"
+    deploy.write_text(
+        f"inferflow:\n"
+        f"  feature_store: {remote.grpc_target}\n"
+        f"  feature_store_token_file: {token_file}\n"
+        f"  feature_store_tls: {{ca: {pki.ca}, cert: {pki.client[0]}, key: {pki.client[1]}}}\n"
+    )
+    server = start_server(own, "--config", str(deploy), workers=1)
+    rng = np.random.default_rng(8)
+    try:
+        with (
+            FeatureStoreClient(remote.grpc_target, token=token, ca=pki.ca,
+                               cert=pki.client[0], key=pki.client[1]) as features,
+            InferflowClient(server.grpc_target, timeout=10) as client,
+        ):  # fmt: skip
+            for _ in range(3):
+                user = int(rng.integers(1, 101))
+                products = rng.choice(np.arange(1, 501), 30, replace=False).tolist()
+                assert features.retrieve("product", {"product_id": products}).found().all()
+                scores = client.infer("ranker", {"user_id": user, "product_ids": products})
+                expected = expected_scores(features, sample, user, products)
+                for name in ("pctr", "pcvr"):
+                    np.testing.assert_allclose(scores[name], expected[name], rtol=1e-6)
+    finally:
+        assert server.stop() == 0
+        assert stop(remote) == 0
+    assert token not in server.log.read_text() and token not in remote.log.read_text()
+
+
+def test_a_missing_remote_credential_file_is_one_clear_error(tmp_path: Path, pki: Pki) -> None:
+    deploy = tmp_path / "deploy.yaml"
+    missing = tmp_path / "absent.token"
+    deploy.write_text(
+        f"inferflow:\n  feature_store: 127.0.0.1:1\n  feature_store_token_file: {missing}\n"
+    )
+    result = inferstack("serve", "--config", str(deploy), "--port", "0", data_dir=tmp_path,
+                        check=False)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"inferflow.feature_store_token_file {missing}" in result.stderr
+    half = f"{{cert: {pki.client[0]}}}"  # a certificate without its key
+    deploy.write_text(f"inferflow:\n  feature_store: 127.0.0.1:1\n  feature_store_tls: {half}\n")
+    result = inferstack("serve", "--config", str(deploy), "--port", "0", data_dir=tmp_path,
+                        check=False)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "inferflow.feature_store_tls" in result.stderr
+    assert "needs both cert and key" in result.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +17,9 @@ import numpy.typing as npt
 from inferstack.core.keys import KeyValues
 from inferstack.core.rowformat import Column
 from inferstack.featurestore.service import FeatureService
+
+if TYPE_CHECKING:
+    from inferstack.client.featurestore import AsyncFeatureStoreClient
 
 FetchedColumn = Column | npt.NDArray[Any]  # VarColumn in process; str objects from a client
 
@@ -65,10 +68,8 @@ class LocalFeatureSource:
 class RemoteFeatureSource:
     """A feature store served elsewhere (`inferflow.feature_store` in deploy.yaml)."""
 
-    def __init__(self, target: str, timeout: float) -> None:
-        from inferstack.client.featurestore import AsyncFeatureStoreClient
-
-        self.client = AsyncFeatureStoreClient(target, timeout=timeout)
+    def __init__(self, client: AsyncFeatureStoreClient) -> None:
+        self.client = client
 
     async def fetch(self, queries: Sequence[FetchQuery]) -> list[Fetched]:
         from inferstack.client.featurestore import Query

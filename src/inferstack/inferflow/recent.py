@@ -12,13 +12,16 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from inferstack.core.errors import UnavailableError
 from inferstack.core.rowformat import VarColumn
+
+if TYPE_CHECKING:
+    from inferstack.client.interactions import AsyncInteractionsClient
 
 NEVER_SECONDS = 365 * 86_400.0  # recency when nothing matched and the fetch has no window
 
@@ -59,10 +62,8 @@ class LocalInteractionSource:
 class RemoteInteractionSource:
     """The interaction store served at `target` (next to a remote feature store)."""
 
-    def __init__(self, target: str, timeout: float) -> None:
-        from inferstack.client.interactions import AsyncInteractionsClient
-
-        self.client = AsyncInteractionsClient(target, timeout=timeout)
+    def __init__(self, client: AsyncInteractionsClient) -> None:
+        self.client = client
 
     async def recent(
         self, type_name: str, user: Any, last: int, since_ms: int | None

@@ -8,10 +8,11 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict
 
 from inferstack.configstore.base import ConfigStore, Watch
-from inferstack.core.errors import UnavailableError
+from inferstack.core.errors import InvalidArgumentError, UnavailableError
 from inferstack.core.registry import Registry
 from inferstack.featurestore.cache.base import RowCache
 from inferstack.featurestore.cache.coherence import CacheCoherence
@@ -35,10 +36,12 @@ from inferstack.interactions.service import InteractionService
 from inferstack.server.settings import (
     CassandraStorageSettings,
     CompactionSettings,
+    InferflowSettings,
     RedisCacheSettings,
     ServeSettings,
     ZooKeeperConfigSettings,
 )
+from inferstack.server.tls import read_pem
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,40 @@ def open_inference_log(settings: ServeSettings) -> InferenceLogger:
     return InferenceLogger(sink, capacity=log_settings.queue)
 
 
+class RemoteCredentials(TypedDict):
+    token: str | None
+    ca: Path | None
+    cert: Path | None
+    key: Path | None
+
+
+def remote_credentials(settings: InferflowSettings) -> RemoteCredentials:
+    """What inferflow presents to a remote feature store: a token read from its file (or
+    $INFERSTACK_TOKEN, which the clients read themselves) and the TLS files."""
+    token = None
+    if settings.feature_store_token_file is not None:
+        path = settings.feature_store_token_file
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise InvalidArgumentError(
+                f"inferflow.feature_store_token_file {path}: {exc.strerror or exc}"
+            ) from exc
+        if not token:
+            raise InvalidArgumentError(f"inferflow.feature_store_token_file {path} is empty")
+    tls = settings.feature_store_tls
+    for field in ("ca", "cert", "key"):
+        file: Path | None = getattr(tls, field, None)
+        if file is not None:  # checked here so the error names the setting
+            read_pem(file, f"inferflow.feature_store_tls.{field}")
+    return RemoteCredentials(
+        token=token,
+        ca=tls.ca if tls else None,
+        cert=tls.cert if tls else None,
+        key=tls.key if tls else None,
+    )
+
+
 def open_inferflow(
     settings: ServeSettings,
     config: ConfigStore,
@@ -203,8 +240,16 @@ def open_inferflow(
     recent: InteractionSource
     remote = settings.inferflow.feature_store
     if remote:  # the interaction store is served next to the remote feature store
-        source = RemoteFeatureSource(remote, settings.inferflow.feature_store_timeout)
-        recent = RemoteInteractionSource(remote, settings.inferflow.feature_store_timeout)
+        from inferstack.client import AsyncFeatureStoreClient, AsyncInteractionsClient
+
+        credentials = remote_credentials(settings.inferflow)
+        timeout = settings.inferflow.feature_store_timeout
+        source = RemoteFeatureSource(
+            AsyncFeatureStoreClient(remote, timeout=timeout, **credentials)
+        )
+        recent = RemoteInteractionSource(
+            AsyncInteractionsClient(remote, timeout=timeout, **credentials)
+        )
     else:
         source = LocalFeatureSource(service)
         recent = LocalInteractionSource(interactions)

@@ -12,10 +12,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from inferstack.core.durations import parse_duration
 from inferstack.core.errors import DefinitionError, located
@@ -106,10 +114,29 @@ class InferenceLogSettings(_Section):
     queue: int = Field(1000, ge=1)  # records waiting at most; beyond it they are dropped
 
 
+class ClientTlsSettings(_Section):
+    """TLS towards another inferstack server: `ca` verifies it (default: the system's
+    roots); `cert` and `key` identify this server to it when it asks (mutual TLS)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> Self:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both cert and key")
+        return self
+
+
 class InferflowSettings(_Section):
     # host:port of a feature store served elsewhere; default: this worker's own, in process
     feature_store: str | None = None
     feature_store_timeout: Seconds = 1.0
+    feature_store_tls: ClientTlsSettings | None = None  # None: plaintext
+    # A file holding the caller token this server presents to the remote store: deploy.yaml
+    # names where the secret is, never the secret. Default: $INFERSTACK_TOKEN, if set.
+    feature_store_token_file: Path | None = None
     inference_log: InferenceLogSettings = InferenceLogSettings()
 
 

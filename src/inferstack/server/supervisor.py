@@ -20,7 +20,12 @@ from typing import Any
 from inferstack import metrics
 from inferstack.core.errors import InferstackError
 from inferstack.server import auth, logs, tls, worker
-from inferstack.server.components import check_reachable, open_config_store, prepare_storage
+from inferstack.server.components import (
+    check_reachable,
+    open_config_store,
+    prepare_storage,
+    remote_credentials,
+)
 from inferstack.server.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,8 @@ def access_problem(settings: ServeSettings) -> str | None:
     are checked here so a bad one is one clear line, not a failure in every worker."""
     if settings.tls is not None:
         tls.http_ssl_context(settings.tls)
+    if settings.inferflow.feature_store:
+        remote_credentials(settings.inferflow)
     config = open_config_store(settings)
     try:
         callers = config.load_callers()
