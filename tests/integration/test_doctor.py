@@ -61,10 +61,13 @@ def test_an_embedded_deployment_after_apply_and_ingest_is_all_ok(embedded: Path)
         "config store": "ok",
         "storage": "ok",
         "feature group tables": "ok",
+        "interaction type tables": "ok",
         "free disk": "ok",
     }
     assert "revision 1: 3 entities, 3 feature groups" in checks["config store"]["detail"]
     assert "each of the 3 feature groups" in checks["feature group tables"]["detail"]
+    types = checks["interaction type tables"]["detail"]
+    assert "interactions/cold" in types and "each of the 5 interaction types" in types
     assert all(check["fix"] == "" for check in checks.values())
 
     text = inferstack("doctor", data_dir=embedded)
@@ -92,6 +95,26 @@ def test_a_missing_group_database_fails_naming_it_with_the_fix(
     assert checks["storage"]["state"] == "ok"
 
     # What the fix says repairs it: serve's supervisor creates the database before workers.
+    start_server(data, workers=1).stop()
+    assert doctor(data_dir=data)[0] == 0
+
+
+def test_a_missing_cold_tier_database_fails_naming_the_interaction_type(
+    sample: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "d"
+    inferstack("apply", "-f", str(sample / "ecommerce.yaml"), data_dir=data)
+    environment = lmdb.open(str(data / "interactions" / "cold"), max_dbs=16)
+    with environment.begin(write=True) as txn:
+        txn.drop(environment.open_db(b"ic_order", txn=txn, create=False), delete=True)
+    environment.close()
+
+    code, checks = doctor(data_dir=data)
+    assert code == 1
+    types = checks["interaction type tables"]
+    assert types["state"] == "fail"
+    assert "no database for interaction type(s) order (4 of 5 present)" in types["detail"]
+    assert checks["feature group tables"]["state"] == "ok"
     start_server(data, workers=1).stop()
     assert doctor(data_dir=data)[0] == 0
 
@@ -311,6 +334,7 @@ def test_a_distributed_deployment_is_all_ok(
         "config store": "ok",
         "storage": "ok",
         "feature group tables": "ok",
+        "interaction type tables": "ok",
         "clock skew": "ok",
         "shared cache": "ok",
         "interactions hot tier": "ok",

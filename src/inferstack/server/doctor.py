@@ -238,7 +238,26 @@ class Doctor:
             if self._registry is not None:
                 groups = sorted(self._registry.feature_groups)
                 missing = [g for g in groups if not storage.has_database(g)]
-                self._tables("lmdb", str(path), "database", groups, missing)
+                self._tables("feature group", f"lmdb {path}", "database", groups, missing)
+        finally:
+            storage.close_sync()
+        await self._lmdb_cold_tier()
+
+    async def _lmdb_cold_tier(self) -> None:
+        from inferstack.featurestore.storage.lmdb import LmdbStorage
+        from inferstack.interactions.cold.lmdb import database_name
+
+        types = sorted(self._registry.interaction_types) if self._registry else []
+        if not types:
+            return
+        path = self.settings.data_dir / "interactions" / "cold"
+        if not (path / "data.mdb").is_file():  # opening would create it: the doctor must not
+            self._tables("interaction type", f"lmdb {path}", "database", types, types)
+            return
+        storage = await bounded(self.timeout, in_thread(lambda: LmdbStorage(path)))
+        try:
+            missing = [t for t in types if not storage.has_database(database_name(t))]
+            self._tables("interaction type", f"lmdb {path}", "database", types, missing)
         finally:
             storage.close_sync()
 
@@ -272,32 +291,50 @@ class Doctor:
             else:
                 self._add("storage", "ok", f"{where}: keyspace '{settings.keyspace}' present")
                 if self._registry is not None:
-                    groups = sorted(self._registry.feature_groups)
-                    missing = [g for g in groups if storage.table_of(g) not in tables]
-                    self._tables(settings.type, settings.keyspace, "table", groups, missing)
+                    self._cassandra_tables(settings, tables, storage.table_of)
             await self._clock_skew(storage, where)
         finally:
             with contextlib.suppress(Exception):  # best effort: the results are what matter
                 await bounded(self.timeout, storage.close())
 
-    def _tables(
-        self, kind: str, where: str, noun: str, groups: list[str], missing: list[str]
+    def _cassandra_tables(
+        self,
+        settings: CassandraStorageSettings,
+        tables: set[str],
+        table_of: Callable[[str], str],
     ) -> None:
+        """A table per feature group, and one per interaction type (the cold tier)."""
+        from inferstack.featurestore.storage.cassandra import table_name
+        from inferstack.interactions.cold.cassandra import TABLE_PREFIX as COLD_PREFIX
+
+        assert self._registry is not None
+        where = f"{settings.type} {settings.keyspace}"
+        groups = sorted(self._registry.feature_groups)
+        missing = [g for g in groups if table_of(g) not in tables]
+        self._tables("feature group", where, "table", groups, missing)
+        types = sorted(self._registry.interaction_types)
+        if types:
+            missing = [
+                t for t in types if table_name(t, COLD_PREFIX, "interaction type") not in tables
+            ]
+            self._tables("interaction type", where, "table", types, missing)
+
+    def _tables(
+        self, kind: str, where: str, noun: str, names: list[str], missing: list[str]
+    ) -> None:
+        """One check per kind of table ("feature group tables", "interaction type tables")."""
+        check = f"{kind} tables"
         if missing:
             self._add(
-                "feature group tables",
+                check,
                 "fail",
-                f"{kind} {where}: no {noun} for feature group(s) {', '.join(missing)} "
-                f"({len(groups) - len(missing)} of {len(groups)} present)",
+                f"{where}: no {noun} for {kind}(s) {', '.join(missing)} "
+                f"({len(names) - len(missing)} of {len(names)} present)",
                 "run `inferstack serve` with this deployment (its supervisor creates missing "
                 f"{noun}s before workers start), or apply the definitions again",
             )
         else:
-            self._add(
-                "feature group tables",
-                "ok",
-                f"{kind} {where}: a {noun} for each of the {len(groups)} feature groups",
-            )
+            self._add(check, "ok", f"{where}: a {noun} for each of the {len(names)} {kind}s")
 
     async def _clock_skew(self, storage: Any, where: str) -> None:
         """Our clock against each node's: row expiry and cache generations are wall-clock."""
