@@ -1,6 +1,7 @@
 """The "empty call" ceiling: the same gRPC stack as `inferstack serve` (grpc.aio, uvloop,
 the generated FeatureStore messages, N workers sharing one port) answering Retrieve and
-RetrieveBatch with a recorded answer of the real size for the request's shape.
+RetrieveBatch with a recorded answer of the real size for the request's shape, and Persist
+with the number of rows sent (all a real answer holds: nothing to record).
 
 gRPC still parses each request and serialises each response, exactly as for the real
 server; the only thing missing is the feature store's own work, so it is what the feature
@@ -29,10 +30,12 @@ from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
 Shape = tuple[int, int]
 
 
+def values_of(column: pb.KeyColumn) -> int:
+    return len(column.int64_values) + len(column.uint64_values) + len(column.string_values)
+
+
 def keys_of(request: pb.RetrieveRequest) -> int:
-    return sum(
-        len(k.int64_values) + len(k.uint64_values) + len(k.string_values) for k in request.keys
-    )
+    return sum(values_of(k) for k in request.keys)
 
 
 def shape_of(request: pb.RetrieveBatchRequest) -> Shape:
@@ -58,6 +61,11 @@ class EmptyFeatureStore(pb_grpc.FeatureStoreServicer):  # type: ignore[misc]  # 
         self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RetrieveResponse:
         return self.singles[keys_of(request)]
+
+    async def Persist(  # noqa: N802
+        self, request: pb.PersistRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PersistResponse:
+        return pb.PersistResponse(written=max((values_of(k) for k in request.keys), default=0))
 
 
 async def serve(answers: dict[str, dict[bytes, bytes]], port: int) -> None:

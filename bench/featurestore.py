@@ -2,19 +2,25 @@
 
 Every request draws fresh keys from the whole data set (users uniform, products uniform or
 Zipf s = 1.1) and goes through the public clients (bench/traffic.py), with the in-process
-cache off (the embedded default) and on. Patterns, all features of every group:
-  (a) 1 user + 100 products + their 100 user x category rows, in one RetrieveBatch and in
-      two round trips (the second keyed by the categories the first returned)
-  (b) the same with 500 products, one RetrieveBatch
-  (c) one product
+cache off (the embedded default) and on. Patterns (--patterns indexes), all features of
+every group:
+  0 (a) 1 user + 100 products + their 100 user x category rows, in one RetrieveBatch, and
+  1     in two round trips (the second keyed by the categories the first returned)
+  2 (b) the same with 500 products, one RetrieveBatch
+  3 (c) one product
+  4 (p1) Persist of one product's product_stats row (--no-persist: reads only)
+  5 (p100) Persist of 100 products' rows: each Persist writes to LMDB, then drops the keys
+      from the in-process caches, publishing them on the file config store's key feed
 Each at 1, 16 and 64 requests in flight, with the server's CPU per request read from /proc,
 next to two ceilings measured in the same run with the same traffic:
   - empty call: a gRPC server on the same stack returning recorded answers of the same size,
-    called through the same clients (so client decoding is in the ceiling too)
-  - raw LMDB: encoding the same keys and reading them from LMDB in this process (no decode)
+    called through the same clients (so client decoding is in the ceiling too); a Persist
+    gets its row count back
+  - raw LMDB: encoding the same keys and reading them from LMDB in this process (no decode);
+    for a Persist, encoding keys and rows and writing them in one LMDB transaction
 Also reports each worker's memory after reading every stored row once.
 
-    python bench/featurestore.py [--seconds 3] [--scale 1.0] [--workers N]
+    python bench/featurestore.py [--seconds 3] [--scale 1.0] [--workers N] [--no-persist]
 """
 
 from __future__ import annotations
@@ -33,9 +39,21 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from traffic import KeyDraw, Pattern, Window, batch_of, derived_keys, measure, patterns
+from traffic import (
+    PERSIST_GROUP,
+    KeyDraw,
+    Pattern,
+    Persist,
+    Read,
+    Window,
+    batch_of,
+    derived_keys,
+    measure,
+    patterns,
+    persist_patterns,
+)
 
-from inferstack.client.featurestore import Query, build_request, decode_response
+from inferstack.client.featurestore import Query, build_request, column_of, decode_response
 from inferstack.core.keys import encode_keys
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.storage.lmdb import LmdbStorage
@@ -66,6 +84,7 @@ class Row:
     p99_ms: float
     requests_per_s: float
     values_per_s: float
+    rows_per_s: float  # rows returned or written
     server_cpu_ms: float | None = None  # server CPU (all processes) per request
     keys: str = ""  # uniform | zipf
     cache: str = ""  # in-process cache per worker
@@ -117,6 +136,7 @@ def summarise(
     timings: list[float],
     seconds: float,
     values: int,
+    rows: int,
     *,
     server_cpu_ms: float | None = None,
     keys: str = "",
@@ -127,7 +147,7 @@ def summarise(
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
     rate = len(timings) / seconds
     return Row(
-        shape, target, in_flight, len(timings), p50, p95, p99, rate, rate * values,
+        shape, target, in_flight, len(timings), p50, p95, p99, rate, rate * values, rate * rows,
         server_cpu_ms, keys, cache, errors,
     )  # fmt: skip
 
@@ -143,6 +163,7 @@ def row_of(
         window.latencies,
         window.seconds,
         pattern.values,
+        pattern.rows,
         server_cpu_ms=1000 * window.server_cpu_s / served if served else None,
         keys=keys,
         cache=cache,
@@ -155,13 +176,14 @@ def format_row(row: Row) -> str:
     return (
         f"| {row.shape} | {row.target} | {row.keys} | {row.cache} | {row.in_flight} | "
         f"{row.p50_ms:.2f} | {row.p95_ms:.2f} | {row.p99_ms:.2f} | {row.requests_per_s:,.0f} | "
-        f"{row.values_per_s / 1e6:,.2f} | {cpu} | {row.errors} |"
+        f"{row.values_per_s / 1e6:,.2f} | {row.rows_per_s:,.0f} | {cpu} | {row.errors} |"
     )
 
 
 HEADER = (
     "| pattern | target | keys | cache | in flight | p50 ms | p95 ms | p99 ms | requests/s | "
-    "M values/s | server CPU ms/req | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "M values/s | rows/s | server CPU ms/req | errors |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -191,7 +213,8 @@ def run_patterns(
 def record_answers(
     target: str, shapes: list[Pattern], scale: float
 ) -> dict[str, dict[bytes, bytes]]:
-    """One real answer per RPC each pattern makes, replayed by the empty-call ceiling."""
+    """One real answer per RPC each read pattern makes, replayed by the empty-call ceiling
+    (which answers a Persist with its row count: nothing to record)."""
     keys = KeyDraw(scale, "uniform", seed=1)
     answers: dict[str, dict[bytes, bytes]] = {"batch": {}, "single": {}}
     with grpc.insecure_channel(
@@ -216,6 +239,8 @@ def record_answers(
             return response
 
         for pattern in shapes:
+            if not isinstance(pattern, Read):
+                continue
             user, products = pattern.draw(keys)
             if pattern.products == 0:
                 ask_single(Query("product", {"product_id": products}))
@@ -229,41 +254,81 @@ def record_answers(
 
 
 def raw_lmdb(store: Path, shapes: list[Pattern], scale: float, seconds: float) -> list[Row]:
-    """Encode the keys and read every row of a request straight from LMDB, in this process."""
-    from inferstack.configstore.files import FileConfigStore
-
-    catalog = Catalog(FileConfigStore(store).load())
+    """Each pattern's storage work alone, in this process, one request at a time: a read
+    encodes the keys and reads every row from LMDB; a Persist encodes keys and rows and
+    writes them in one transaction (as the server does; no invalidation, no transport)."""
+    catalog = catalog_of(store)
     storage = LmdbStorage(store / "lmdb")
     keys = KeyDraw(scale, "uniform", seed=2)
     rows = []
-    for pattern in shapes:
-        if pattern.round_trips != 1:
-            continue  # the same keys as the one-batch pattern
-        timings: list[float] = []
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            user, products = pattern.draw(keys)
-            queries = (
-                [Query("product", {"product_id": products})]
-                if pattern.products == 0
-                else batch_of(user, products)
+    try:
+        for pattern in shapes:
+            if isinstance(pattern, Persist):
+                target = "raw LMDB write"
+                timings = raw_write(catalog, storage, pattern, keys, seconds)
+            elif isinstance(pattern, Read) and pattern.round_trips == 1:
+                target = "raw LMDB read"
+                timings = raw_read(catalog, storage, pattern, keys, seconds)
+            else:
+                continue  # two round trips: the same keys as the one-batch pattern
+            row = summarise(
+                pattern.name, target, 1, timings, seconds, 0, pattern.rows, keys="uniform"
             )
-            started = time.perf_counter()
-            for query in queries:
-                encoded = encode_keys(catalog.entity(query.entity), dict(query.keys))
-                storage.read_sync(GROUP_OF[query.entity], encoded)
-            timings.append(time.perf_counter() - started)
-        row = summarise(pattern.name, "raw LMDB read", 1, timings, seconds, 0, keys="uniform")
-        print(format_row(row), flush=True)
-        rows.append(row)
+            print(format_row(row), flush=True)
+            rows.append(row)
+    finally:
+        storage.close_sync()
     return rows
+
+
+def raw_read(
+    catalog: Catalog, storage: LmdbStorage, pattern: Read, keys: KeyDraw, seconds: float
+) -> list[float]:
+    timings: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        user, products = pattern.draw(keys)
+        queries = (
+            [Query("product", {"product_id": products})]
+            if pattern.products == 0
+            else batch_of(user, products)
+        )
+        started = time.perf_counter()
+        for query in queries:
+            encoded = encode_keys(catalog.entity(query.entity), dict(query.keys))
+            storage.read_sync(GROUP_OF[query.entity], encoded)
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def raw_write(
+    catalog: Catalog, storage: LmdbStorage, pattern: Persist, keys: KeyDraw, seconds: float
+) -> list[float]:
+    codec = catalog.codecs[PERSIST_GROUP]
+    entity = catalog.entity(codec.definition.entity)
+    timings: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        _, products = pattern.draw(keys)
+        key_columns, features = pattern.request(products)
+        started = time.perf_counter()
+        encoded = encode_keys(entity, dict(key_columns))
+        columns = {name: column_of(values)[1] for name, values in features.items()}
+        encoded_rows = codec.current.encode(columns, len(encoded), codec.expiry_for(time.time()))
+        storage.write_sync(PERSIST_GROUP, list(zip(encoded, encoded_rows, strict=True)))
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def catalog_of(store: Path) -> Catalog:
+    from inferstack.configstore.files import FileConfigStore
+
+    return Catalog(FileConfigStore(store).load())
 
 
 def values_per_row(store: Path) -> dict[str, int]:
     """Feature values one key returns per entity (a float32[16] counts 16)."""
-    from inferstack.configstore.files import FileConfigStore
-
-    catalog = Catalog(FileConfigStore(store).load())
+    catalog = catalog_of(store)
     counts: dict[str, int] = {}
     for codec in catalog.codecs.values():
         entity = codec.definition.entity
@@ -357,15 +422,25 @@ def main() -> None:
     parser.add_argument("--cache-mb", default="0,256", help="in-process cache sizes to run")
     parser.add_argument("--keys", default="uniform,zipf", help="product key distributions")
     parser.add_argument("--in-flight", default="1,16,64")
-    parser.add_argument("--patterns", default="", help="indexes of the patterns to run, e.g. 0,1")
+    parser.add_argument(
+        "--patterns", default="", help="indexes of the patterns to run (see above), e.g. 0,3,5"
+    )
+    parser.add_argument(
+        "--persist",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the Persist patterns (4, 5): writes rows into the bench store",
+    )
     args = parser.parse_args()
     in_flights: list[int] = [int(n) for n in _list(args.in_flight)]
     distributions: list[str] = _list(args.keys)
 
-    _, store = prepare_data(args.scale)
-    shapes = patterns(values_per_row(store))
+    sample, store = prepare_data(args.scale)
+    shapes = patterns(values_per_row(store)) + persist_patterns(catalog_of(store), sample)
     if args.patterns:
         shapes = [shapes[i] for i in [int(n) for n in _list(args.patterns)]]
+    if not args.persist:
+        shapes = [shape for shape in shapes if not isinstance(shape, Persist)]
     print(f"{args.workers} workers, data scale {args.scale:g}, load {os.getloadavg()[0]:.2f}")
     print(HEADER)
     rows: list[Row] = []

@@ -8,6 +8,9 @@ through the public `AsyncFeatureStoreClient` the way a ranking service does:
       product's category_id read from the first answer
   (a) 1 RetrieveBatch: the user, the 100 products and their user x category rows at once
   (c) one product
+  (p1), (p100) one Persist of 1 / 100 products' product_stats rows (--no-persist: reads only):
+      the Cassandra write, then the written keys dropped from every cache: this worker's,
+      Redis (tombstones), and every other worker's through the key feed in ZooKeeper
 
 Users are drawn uniformly from all users; products uniformly from all products, or with Zipf
 s = 1.1 (a few hot products, a long tail). Every request is drawn fresh (no pool of requests is
@@ -20,8 +23,10 @@ Per cache mode (a fresh server each) and shape:
     read path) reading the same keys in this process, right before the request.
   - traffic: uniform, then Zipf, each after --warmup seconds of the same traffic, for
     --seconds at 1, 16 and 64 in flight (the caches fill the way traffic fills them).
-Each row reports client latency p50/p99, requests/s, errors (admission control may refuse
-calls at 64 in flight), and CPU per request of the server's workers, Cassandra and Redis
+The Persist patterns have no cold measurement (a write finds no cache to miss); they run as
+traffic, after the reads. Each row reports client latency p50/p95/p99, requests/s, rows/s
+(returned or written), errors (admission control may refuse calls at 64 in flight), and CPU
+per request of the server's workers, Cassandra and Redis
 (/proc/<pid>/stat around the timed window), plus the cache hit rates in the window (the
 server's /metrics: in-process, Redis, and keys that reached Cassandra).
 
@@ -55,7 +60,7 @@ import grpc
 import numpy as np
 import pyarrow.parquet as pq
 import redis
-from traffic import ZIPF_S, KeyDraw, Pattern
+from traffic import ZIPF_S, KeyDraw, Pattern, Read, persist_patterns
 
 from inferstack.client.featurestore import AsyncFeatureStoreClient
 from inferstack.core.keys import encode_keys
@@ -300,11 +305,12 @@ class Request:
         await self.pattern.acall(client, self.user, self.products)
 
 
-# The patterns of bench/traffic.py this benchmark runs (values/s is not reported here).
+# The read patterns of bench/traffic.py this benchmark runs (values/s is not reported here);
+# its Persist patterns come from `persist_patterns`, built from the catalog and sample data.
 SHAPES = (
-    Pattern("(a) 2 round trips", PRODUCTS_PER_REQUEST, 2, 0),
-    Pattern("(a) 1 RetrieveBatch", PRODUCTS_PER_REQUEST, 1, 0),
-    Pattern("(c) 1 product", 0, 1, 0),
+    Read("(a) 2 round trips", PRODUCTS_PER_REQUEST, 0, round_trips=2),
+    Read("(a) 1 RetrieveBatch", PRODUCTS_PER_REQUEST, 0, round_trips=1),
+    Read("(c) 1 product", 0, 0, round_trips=1),
 )
 
 
@@ -449,8 +455,10 @@ class Result:
     requests: int
     errors: int
     p50_ms: float
+    p95_ms: float
     p99_ms: float
     requests_per_s: float
+    rows_per_s: float  # rows returned or written
     server_cpu_ms: float  # per request (both round trips for "2 round trips")
     cassandra_cpu_ms: float
     redis_cpu_ms: float
@@ -500,7 +508,7 @@ def result_of(
 ) -> Result:
     latencies, errors, wall, begin, end = run
     done = max(1, len(latencies))
-    p50, p99 = np.percentile(np.array(latencies or [0.0]) * 1000, [50, 99])
+    p50, p95, p99 = np.percentile(np.array(latencies or [0.0]) * 1000, [50, 95, 99])
     delta = {k: end.metrics[k] - begin.metrics[k] for k in end.metrics}
     local = delta["local_hit"] + delta["local_miss"]
     shared = delta["shared_hit"] + delta["shared_miss"]
@@ -512,8 +520,10 @@ def result_of(
         len(latencies),
         sum(errors.values()),
         float(p50),
+        float(p95),
         float(p99),
         len(latencies) / wall,
+        len(latencies) * shape.rows / wall,
         1000 * (end.server - begin.server) / done,
         1000 * (end.cassandra - begin.cassandra) / done,
         1000 * (end.redis - begin.redis) / done,
@@ -530,19 +540,20 @@ def percent(value: float | None) -> str:
 
 def print_header() -> None:
     print(
-        "| cache | shape | traffic | in flight | requests | errors | p50 ms | p99 ms | req/s "
-        "| server CPU ms/req | Cassandra CPU ms/req | Redis CPU ms/req | local hits "
-        "| Redis hits | storage keys/req |"
+        "| cache | shape | traffic | in flight | requests | errors | p50 ms | p95 ms | p99 ms "
+        "| req/s | rows/s | server CPU ms/req | Cassandra CPU ms/req | Redis CPU ms/req "
+        "| local hits | Redis hits | storage keys/req |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def print_result(row: Result) -> None:
     keys = "-" if row.storage_keys_per_request is None else f"{row.storage_keys_per_request:.0f}"
     print(
         f"| {row.cache} | {row.shape} | {row.traffic} | {row.in_flight} | {row.requests} | "
-        f"{row.errors} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.requests_per_s:,.0f} | "
-        f"{row.server_cpu_ms:.2f} | {row.cassandra_cpu_ms:.2f} | {row.redis_cpu_ms:.2f} | "
+        f"{row.errors} | {row.p50_ms:.2f} | {row.p95_ms:.2f} | {row.p99_ms:.2f} | "
+        f"{row.requests_per_s:,.0f} | {row.rows_per_s:,.0f} | {row.server_cpu_ms:.2f} | "
+        f"{row.cassandra_cpu_ms:.2f} | {row.redis_cpu_ms:.2f} | "
         f"{percent(row.local_hit_rate)} | {percent(row.redis_hit_rate)} | {keys} |",
         flush=True,
     )
@@ -654,8 +665,14 @@ async def measure_traffic(ctx: Context, shape: Pattern) -> list[Result]:
 
 
 async def measure_server(
-    args: argparse.Namespace, endpoints: Endpoints, catalog: Catalog, cache_on: bool
+    args: argparse.Namespace,
+    endpoints: Endpoints,
+    catalog: Catalog,
+    cache_on: bool,
+    persists: list[Pattern],
 ) -> list[Result]:
+    """Reads cold, then reads as traffic, then `persists` as traffic (after the reads, so
+    their invalidations never empty a cache a read measurement relies on)."""
     server = start_server(cache_on)
     pids = {"cassandra": service_pid("cassandra"), "redis": service_pid("redis")}
     users, products = sizes(args.scale)
@@ -682,8 +699,8 @@ async def measure_server(
         ctx.redis.flushdb()
         for shape in SHAPES:  # first, while no key has been asked yet
             rows += await measure_cold(ctx, shape)
-        for shape in SHAPES:
-            rows += await measure_traffic(ctx, shape)
+        for pattern in [*SHAPES, *persists]:
+            rows += await measure_traffic(ctx, pattern)
     finally:
         await client.close()
         await storage.close()
@@ -752,6 +769,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=100, help="per cold measurement")
     parser.add_argument("--rounds", type=int, default=3, help="candidate comparison rounds")
     parser.add_argument("--skip-candidates", action="store_true")
+    parser.add_argument(
+        "--persist",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the Persist patterns too: writes product rows into the keyspace",
+    )
     parser.add_argument("--write-rows", type=int, default=20_000, help="per write candidate")
     parser.add_argument(
         "--name", default=NAME, help="keyspace <name>_s<scale> and ZooKeeper root (own data)"
@@ -772,6 +795,7 @@ def main() -> None:
     state = ingest(sample, args.scale, endpoints)
     wait_for_compactions(endpoints.cassandra, keyspace_of(args.scale))
     catalog = load_catalog()
+    persists = persist_patterns(catalog, sample) if args.persist else []
     users, products = sizes(args.scale)
     reads: list[cassandra_reads.ReadRow] = []
     writes: list[cassandra_reads.WriteRow] = []
@@ -798,7 +822,7 @@ def main() -> None:
     print_header()
     rows: list[Result] = []
     for cache_on in (True, False):
-        rows += asyncio.run(measure_server(args, endpoints, catalog, cache_on))
+        rows += asyncio.run(measure_server(args, endpoints, catalog, cache_on, persists))
     print()
     figures = targets(rows, reads)
     end_load = os.getloadavg()

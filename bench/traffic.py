@@ -9,6 +9,9 @@ A ranking service needs shape (a) in one of two ways:
   - one RetrieveBatch: it already knows each candidate's category (here `category_of`);
   - two round trips: user + candidates first, then the user x category rows keyed by each
     candidate's `product_stats.category_id` from the first answer.
+
+Writes are patterns too (`Persist`): whole `product_stats` rows of products drawn the same
+way, whose cost includes dropping the written keys from every cache (see `Persist`).
 """
 
 from __future__ import annotations
@@ -16,23 +19,30 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow.parquet as pq
 
 from inferstack.client.featurestore import (
     AsyncFeatureStoreClient,
     FeatureFrame,
     FeatureStoreClient,
+    Keys,
     Query,
 )
-from inferstack.sampledata.generate import FULL_SIZES, category_of
+from inferstack.core.definitions import FeatureGroup
+from inferstack.featurestore.catalog import Catalog
+from inferstack.sampledata.generate import FULL_SIZES, GROUP_FILES, category_of
 
 ZIPF_S = 1.1
+PERSIST_GROUP = "product_stats"  # what the Persist patterns write, keyed by PERSIST_KEY
+PERSIST_KEY = "product_id"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -72,13 +82,48 @@ class KeyDraw:
 
 
 @dataclass(frozen=True)
-class Pattern:
-    """One way a caller asks: `call` (sync) and `acall` (asyncio) make one request."""
+class Pattern(ABC):
+    """One way a caller calls: `draw` picks a request's keys (before any timer starts),
+    `call` (sync) and `acall` (asyncio) make the request. `Read`s and `Persist`s share the
+    measuring loops below and the benchmarks' tables."""
 
     name: str
-    products: int  # candidates per request; 0 = one product alone (shape c)
+    products: int  # products per request; 0 = one product alone (read shape c)
+    values: int  # feature values per request (returned, or written), for values/s
+
+    @property
+    @abstractmethod
+    def rows(self) -> int:
+        """Rows per request (returned, or written), for rows/s."""
+
+    @abstractmethod
+    def draw(self, keys: KeyDraw) -> tuple[int, list[int]]:
+        """(user, products) of one request; user 0 when the pattern has none."""
+
+    @abstractmethod
+    def call(self, client: FeatureStoreClient, user: int, products: list[int]) -> int: ...
+
+    @abstractmethod
+    async def acall(
+        self, client: AsyncFeatureStoreClient, user: int, products: list[int]
+    ) -> int: ...
+
+    def budget(self, seconds: float) -> int:
+        """Requests drawn up front, each used once: more than a window can serve on 2 cores
+        (a window that runs out ends early and reports its real length)."""
+        per_second = 5000 if self.products <= 1 else 150_000 // self.products
+        return int(seconds * per_second) + 100
+
+
+@dataclass(frozen=True)
+class Read(Pattern):
+    """Shapes (a)-(c): Retrieve / RetrieveBatch of every feature of every group."""
+
     round_trips: int
-    values: int  # feature values in the answer, for values/s
+
+    @property
+    def rows(self) -> int:
+        return 1 if self.products == 0 else 1 + 2 * self.products
 
     def draw(self, keys: KeyDraw) -> tuple[int, list[int]]:
         if self.products == 0:
@@ -104,6 +149,40 @@ class Pattern:
         return _total([*first, second])
 
 
+@dataclass(frozen=True)
+class Persist(Pattern):
+    """Whole `product_stats` rows of `products` drawn products, in one Persist: the write,
+    then the written keys dropped from every cache (this worker's, Redis, and every other
+    worker's through the config store's key feed).
+
+    `columns` holds every feature's values for `products` rows, built once (see
+    `persist_columns`) and sent for whichever products are drawn; only `category_id`
+    follows the keys (`category_of`, as generated), so the read patterns' user x category
+    keys stay right."""
+
+    columns: Mapping[str, npt.NDArray[Any]] = field(compare=False)
+
+    @property
+    def rows(self) -> int:
+        return self.products
+
+    def draw(self, keys: KeyDraw) -> tuple[int, list[int]]:
+        return 0, keys.products_for(self.products)
+
+    def request(self, products: list[int]) -> tuple[Keys, dict[str, npt.NDArray[Any] | list[str]]]:
+        """The keys and feature columns of one Persist of `products`."""
+        return {PERSIST_KEY: products}, {
+            **self.columns,
+            "category_id": category_of(np.array(products)),
+        }
+
+    def call(self, client: FeatureStoreClient, user: int, products: list[int]) -> int:
+        return client.persist(PERSIST_GROUP, *self.request(products))
+
+    async def acall(self, client: AsyncFeatureStoreClient, user: int, products: list[int]) -> int:
+        return await client.persist(PERSIST_GROUP, *self.request(products))
+
+
 def batch_of(user: int, products: list[int]) -> list[Query]:
     """Shape (a)/(b) in one batch; the caller knows each product's category."""
     return [
@@ -127,20 +206,54 @@ def _total(frames: list[FeatureFrame]) -> int:
 
 
 def patterns(values_per_row: dict[str, int]) -> list[Pattern]:
-    """The shapes of bench/README.md, (a) both ways a caller can ask."""
+    """The read shapes of bench/README.md, (a) both ways a caller can ask."""
     user, product, pair = (values_per_row[e] for e in ("user", "product", "user_category"))
 
     def values(n: int) -> int:
         return user + n * (product + pair)
 
     return [
-        Pattern("(a) 1 user + 100 products + 100 user x category, one RetrieveBatch", 100, 1,
-                values(100)),
-        Pattern("(a) the same in two round trips", 100, 2, values(100)),
-        Pattern("(b) 1 user + 500 products + 500 user x category, one RetrieveBatch", 500, 1,
-                values(500)),
-        Pattern("(c) 1 product", 0, 1, product),
+        Read("(a) 1 user + 100 products + 100 user x category, one RetrieveBatch", 100,
+             values(100), round_trips=1),
+        Read("(a) the same in two round trips", 100, values(100), round_trips=2),
+        Read("(b) 1 user + 500 products + 500 user x category, one RetrieveBatch", 500,
+             values(500), round_trips=1),
+        Read("(c) 1 product", 0, product, round_trips=1),
     ]  # fmt: skip
+
+
+def persist_patterns(catalog: Catalog, sample: Path) -> list[Pattern]:
+    """The writes of bench/README.md: one product row, and 100 products' rows, per Persist."""
+    group = catalog.group(PERSIST_GROUP)
+    per_row = sum(max(1, f.type.length) for f in group.features)  # a float32[16] counts 16
+    out: list[Pattern] = []
+    for name, count in (
+        ("(p1) Persist 1 product row", 1),
+        ("(p100) Persist 100 product rows", 100),
+    ):
+        columns = persist_columns(group, sample, count)
+        rows = len(next(iter(columns.values())))  # fewer than `count` on a tiny data set
+        out.append(Persist(name, rows, rows * per_row, columns))
+    return out
+
+
+def persist_columns(
+    group: FeatureGroup, sample: Path, count: int, seed: int = 11
+) -> dict[str, npt.NDArray[Any]]:
+    """`count` rows of every feature of `group` but `category_id` (which Persist derives
+    from the keys), copied from random rows of the sample data: the generator's values, each
+    column of its feature's type (numpy dtype; vectors [count, length]; strings and bytes as
+    object arrays), as a caller holding real rows would send them."""
+    names = [f.name for f in group.features if f.name != "category_id"]
+    table = pq.read_table(sample / GROUP_FILES[group.name], columns=names)
+    count = min(count, table.num_rows)
+    picked = table.take(np.random.default_rng(seed).choice(table.num_rows, count, replace=False))
+    columns: dict[str, npt.NDArray[Any]] = {}
+    for feature in group.features:
+        if feature.name in names:
+            values = np.array(picked[feature.name].to_pylist(), dtype=feature.type.numpy_dtype)
+            columns[feature.name] = values.reshape(count, -1) if feature.type.length else values
+    return columns
 
 
 @dataclass
@@ -176,7 +289,7 @@ def run_sync(
     with FeatureStoreClient(target) as client:
         for _ in range(3):  # connect; not a cache warm-up: keys are fresh every call
             pattern.call(client, *pattern.draw(keys))
-        drawn = [pattern.draw(keys) for _ in range(_budget(pattern, seconds))]
+        drawn = [pattern.draw(keys) for _ in range(pattern.budget(seconds))]
         latencies: list[float] = []
         errors: dict[str, int] = {}
         cpu_before = sum(map(process_tree_cpu, server_pids))
@@ -211,7 +324,7 @@ async def run_async(
     client = make_async_client(target, connections)
     try:
         await asyncio.gather(*(pattern.acall(client, *pattern.draw(keys)) for _ in range(4)))
-        drawn = [pattern.draw(keys) for _ in range(_budget(pattern, seconds))]
+        drawn = [pattern.draw(keys) for _ in range(pattern.budget(seconds))]
         latencies: list[float] = []
         errors: dict[str, int] = {}
         next_request = iter(drawn)
@@ -242,13 +355,6 @@ async def run_async(
 
 def make_async_client(target: str, connections: int) -> AsyncFeatureStoreClient:
     return AsyncFeatureStoreClient(target, connections=connections)
-
-
-def _budget(pattern: Pattern, seconds: float) -> int:
-    """Requests drawn up front, each used once: more than a window can serve on 2 cores
-    (a window that runs out ends early and reports its real length)."""
-    per_second = 5000 if pattern.products == 0 else 150_000 // pattern.products
-    return int(seconds * per_second) + 100
 
 
 def measure(
