@@ -1,23 +1,30 @@
 """One contract for blob storage (model files) in every config store.
 
 `inferstack apply` uploads a model file with `put_blob` and every server fetches it by digest,
-so both adapters must round-trip any size, never show half a blob, and detect damage. Each
-test runs against the embedded file store and a real ZooKeeper (a fresh root per test).
+so both adapters must round-trip any size, never show half a blob, and detect damage.
+`inferstack models prune` lists blobs and deletes old ones, so both must report what is
+stored, delete atomically for readers, and never delete a blob stored again after it was
+listed. Each test runs against the embedded file store and a real ZooKeeper (a fresh root
+per test).
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 from kazoo.client import KazooClient
 
+from inferstack.configstore import zookeeper
 from inferstack.configstore.base import (
+    BlobInfo,
     BlobNotFoundError,
     ConfigStore,
     CorruptBlobError,
@@ -31,7 +38,11 @@ from inferstack.core.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from tests.contract.test_configstore_contract import apply_once, delete_zookeeper_root
+from tests.contract.test_configstore_contract import (
+    apply_once,
+    delete_zookeeper_root,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 ABSENT = blob_digest(b"never stored")
@@ -43,6 +54,37 @@ def random_bytes(size: int, seed: int = 7) -> bytes:
 
 MODEL = random_bytes(3 * MiB)  # many ZooKeeper chunks, above its ~1 MiB node limit
 assert len(MODEL) > 5 * BLOB_CHUNK_BYTES
+SMALL_MODEL = random_bytes(5 * BLOB_CHUNK_BYTES // 2, seed=11)  # a few chunks: quick rounds
+
+
+def after_clock_moves(stored_at: float) -> None:
+    """Wait until the clock is past `stored_at`, so storing again gives a later stored_at
+    (file mtimes and ZooKeeper's milliseconds could otherwise tie within one tick)."""
+    wait_until(lambda: time.time() > stored_at + 0.01, 5, "the clock to move on")
+
+
+def listed(store: ConfigStore) -> dict[str, BlobInfo]:
+    return {blob.digest: blob for blob in store.list_blobs()}
+
+
+def run_together(*calls: Callable[[], object]) -> list[BaseException]:
+    """Run each call on its own thread, all released at once; what they raised."""
+    start = threading.Barrier(len(calls))
+    failures: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> None:
+        start.wait()
+        try:
+            call()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return failures
 
 
 class Location(Protocol):
@@ -51,7 +93,7 @@ class Location(Protocol):
     def open(self) -> ConfigStore: ...
 
     def stamp(self, digest: str) -> object:
-        """Something that changes whenever the stored blob is written again."""
+        """Something that changes whenever the stored blob's bytes are written again."""
         ...
 
     def corrupt(self, digest: str) -> None:
@@ -72,8 +114,7 @@ class FileLocation:
         return FileConfigStore(self.data_dir)
 
     def stamp(self, digest: str) -> object:
-        stat = (self.blobs / digest).stat()
-        return (stat.st_ino, stat.st_mtime_ns)
+        return (self.blobs / digest).stat().st_ino  # every write renames a new file in
 
     def corrupt(self, digest: str) -> None:
         path = self.blobs / digest
@@ -98,9 +139,10 @@ class ZooKeeperLocation:
         return ZooKeeperConfigStore(self.hosts, self.root)
 
     def stamp(self, digest: str) -> object:
+        # The node's creation and each chunk's last write (a re-put sets the header only).
         path = f"{self.blobs}/{digest}"
         children = sorted(self.client.get_children(path))
-        return [self.client.get(path)[1].mzxid] + [
+        return [self.client.get(path)[1].czxid] + [
             self.client.get(f"{path}/{child}")[1].mzxid for child in children
         ]
 
@@ -158,14 +200,18 @@ def test_digest_is_accepted_in_either_case(store: ConfigStore) -> None:
     assert store.has_blob(digest.upper())
 
 
-def test_putting_the_same_bytes_again_writes_nothing(
+def test_putting_the_same_bytes_again_rewrites_nothing_but_refreshes_stored_at(
     store: ConfigStore, location: Location
 ) -> None:
     digest = store.put_blob(MODEL)
     before = location.stamp(digest)
+    [first] = store.list_blobs()
+    after_clock_moves(first.stored_at)
     assert store.put_blob(MODEL) == digest
     assert location.stamp(digest) == before
     assert store.get_blob(digest) == MODEL
+    [again] = store.list_blobs()
+    assert again.stored_at > first.stored_at  # an apply re-using a file makes it young
 
 
 def test_different_bytes_are_different_blobs(store: ConfigStore) -> None:
@@ -196,7 +242,8 @@ def test_missing_digest_in_an_empty_store_raises_not_found(store: ConfigStore) -
 
 @pytest.mark.parametrize("bad", ["", "abc", "../registry.json", "g" * 64, ABSENT + "0"])
 def test_malformed_digest_is_refused_naming_it(store: ConfigStore, bad: str) -> None:
-    for call in (store.get_blob, store.has_blob):
+    calls: list[Callable[[str], object]] = [store.get_blob, store.has_blob, store.delete_blob]
+    for call in calls:
         with pytest.raises(InvalidArgumentError) as raised:
             call(bad)
         assert repr(bad) in str(raised.value)
@@ -323,3 +370,172 @@ def test_a_reader_during_a_write_sees_no_blob_or_all_of_it(location: Location) -
         assert set(seen) <= {"absent", "whole"}, f"{digest}: {seen}"
         # Once whole, it stays whole; and after all writes, every blob is whole.
         assert "absent" not in seen[seen.index("whole") :], f"{digest}: {seen}"
+
+
+# -- listing and deleting (inferstack models prune) -------------------------------------------
+
+
+def test_an_empty_store_lists_no_blobs_and_deletes_nothing(store: ConfigStore) -> None:
+    assert store.list_blobs() == []
+    assert store.delete_blob(ABSENT) is False
+
+
+def test_list_reports_every_blob_with_its_size_and_when_it_was_stored(
+    store: ConfigStore,
+) -> None:
+    before = time.time()
+    digests = [store.put_blob(data) for data in (b"", b"a small model", MODEL)]
+    after = time.time()
+    store.put_blob(b"x")
+    apply_once(store)  # the registry and other nodes are not blobs
+    blobs = listed(store)
+    assert set(blobs) == {*digests, blob_digest(b"x")}
+    assert [blobs[d].size for d in digests] == [0, len(b"a small model"), len(MODEL)]
+    for digest in digests:
+        # Unix seconds (not ms), from the file's mtime or the znode's (1 s for clock ticks).
+        assert before - 1 <= blobs[digest].stored_at <= after + 1
+
+
+def test_a_deleted_blob_is_gone_for_every_reader_and_others_stay(location: Location) -> None:
+    store, other = location.open(), location.open()
+    try:
+        doomed, kept = store.put_blob(MODEL), store.put_blob(b"another model")
+        assert other.get_blob(doomed) == MODEL  # a reader that had it before
+        assert store.delete_blob(doomed) is True
+        for reader in (store, other):
+            assert not reader.has_blob(doomed)
+            with pytest.raises(BlobNotFoundError, match=doomed):
+                reader.get_blob(doomed)
+            assert set(listed(reader)) == {kept}
+            assert reader.get_blob(kept) == b"another model"
+        assert store.delete_blob(doomed) is False  # already gone: not an error
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_digest_in_either_case_deletes_the_blob(store: ConfigStore) -> None:
+    digest = store.put_blob(b"model")
+    assert store.delete_blob(digest.upper()) is True
+    assert not store.has_blob(digest)
+
+
+def test_a_deleted_blob_can_be_stored_again(store: ConfigStore) -> None:
+    digest = store.put_blob(MODEL)
+    assert store.delete_blob(digest)
+    assert store.put_blob(MODEL) == digest
+    assert store.get_blob(digest) == MODEL
+    assert set(listed(store)) == {digest}
+
+
+def test_a_conditional_delete_removes_the_blob_as_it_was_listed(store: ConfigStore) -> None:
+    digest = store.put_blob(MODEL)
+    [blob] = store.list_blobs()
+    assert store.delete_blob(digest, if_stored_at=blob.stored_at) is True
+    assert not store.has_blob(digest)
+
+
+def test_a_blob_stored_again_after_it_was_listed_is_not_deleted(store: ConfigStore) -> None:
+    """What protects an apply that re-uses an old model file from a prune running meanwhile."""
+    digest = store.put_blob(MODEL)
+    [blob] = store.list_blobs()
+    after_clock_moves(blob.stored_at)
+    store.put_blob(MODEL)  # the apply
+    assert store.delete_blob(digest, if_stored_at=blob.stored_at) is False
+    assert store.get_blob(digest) == MODEL
+
+
+def test_a_put_racing_a_conditional_delete_always_leaves_the_blob_whole(
+    location: Location,
+) -> None:
+    """Whichever wins, a put that returned means the blob is there for the registry it is
+    about to save: kept if the put came first, stored anew if the delete did."""
+    putter, pruner = location.open(), location.open()
+    digest = blob_digest(SMALL_MODEL)
+    try:
+        for _ in range(8):
+            putter.put_blob(SMALL_MODEL)
+            stored_at = listed(pruner)[digest].stored_at
+            after_clock_moves(stored_at)
+            failures = run_together(
+                lambda: putter.put_blob(SMALL_MODEL),
+                functools.partial(pruner.delete_blob, digest, if_stored_at=stored_at),
+            )
+            assert failures == []
+            assert pruner.get_blob(digest) == SMALL_MODEL
+    finally:
+        putter.close()
+        pruner.close()
+
+
+def test_a_reader_during_deletes_sees_no_blob_or_all_of_it(location: Location) -> None:
+    writer, reader = location.open(), location.open()
+    digest = blob_digest(MODEL)
+    outcomes: list[str] = []
+    done = threading.Event()
+
+    def read_while_deleting() -> None:
+        while not done.is_set():
+            try:
+                outcomes.append("whole" if reader.get_blob(digest) == MODEL else "wrong bytes")
+            except BlobNotFoundError:
+                outcomes.append("absent")
+            except Exception as exc:
+                outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=read_while_deleting)
+    thread.start()
+    try:
+        for _ in range(6):
+            writer.put_blob(MODEL)
+            wait_until(lambda: "whole" in outcomes, 30, "a reader to see the blob")
+            assert writer.delete_blob(digest) is True
+            outcomes.append("deleted")
+    finally:
+        done.set()
+        thread.join(timeout=60)
+        writer.close()
+        reader.close()
+    assert set(outcomes) <= {"absent", "whole", "deleted"}, outcomes
+
+
+@pytest.mark.services
+def test_zookeeper_lists_and_deletes_what_a_dead_writer_left(zookeeper_endpoint: str) -> None:
+    root = f"/inferstack-test/{uuid.uuid4().hex}"
+    location = ZooKeeperLocation(zookeeper_endpoint, root)
+    store = location.open()
+    try:
+        digest = blob_digest(MODEL)
+        location.leave_unfinished_write(MODEL)
+        [blob] = store.list_blobs()
+        left = len(b"garbage from an older write") + BLOB_CHUNK_BYTES
+        assert (blob.digest, blob.size) == (digest, left)  # what deleting it frees
+        assert store.delete_blob(digest, if_stored_at=blob.stored_at) is True
+        assert location.client.exists(f"{location.blobs}/{digest}") is None
+    finally:
+        store.close()
+        location.close()
+        delete_zookeeper_root(zookeeper_endpoint, root)
+
+
+@pytest.mark.services
+def test_zookeeper_deletes_a_blob_too_large_for_one_request_in_steps(
+    zookeeper_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete in several transactions: readers see the whole blob or none throughout, and
+    it ends with the node and every chunk gone."""
+    monkeypatch.setattr(zookeeper, "MAX_DELETE_REQUEST_BYTES", 1200)  # ~8 chunks a step
+    root = f"/inferstack-test/{uuid.uuid4().hex}"
+    location = ZooKeeperLocation(zookeeper_endpoint, root)
+    store = location.open()
+    try:
+        digest = store.put_blob(MODEL)
+        path = f"{location.blobs}/{digest}"
+        assert len(zookeeper._delete_batches(path, location.client.get_children(path))) > 3
+        test_a_reader_during_deletes_sees_no_blob_or_all_of_it(location)
+        assert location.client.exists(path) is None
+        assert store.list_blobs() == []
+    finally:
+        store.close()
+        location.close()
+        delete_zookeeper_root(zookeeper_endpoint, root)

@@ -2,6 +2,9 @@
 
 Blobs are content-addressed: stored under the sha256 of their bytes, so a config names a
 model file by digest and every server fetches exactly those bytes, whichever store it uses.
+Nothing deletes a blob on its own: `inferstack models prune` (configstore/pruning.py) lists
+them, keeps those the current registry references or that were stored within a grace period
+(an apply stores its files before the registry naming them), and deletes the rest.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Protocol
 
 from inferstack.configstore.cachefeed import CacheListener, CacheState, KeyBatch
@@ -36,12 +40,28 @@ def blob_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def is_digest(name: str) -> bool:
+    """Whether `name` is a digest as stores name blobs (lowercase sha256 hex)."""
+    return _DIGEST.fullmatch(name) is not None
+
+
 def check_digest(digest: str) -> str:
     """`digest` in lowercase if it is a sha256 in hex; it becomes a file or znode name."""
     normalised = digest.lower() if isinstance(digest, str) else ""
     if not _DIGEST.fullmatch(normalised):
         raise InvalidArgumentError(f"not a sha256 digest (64 hex digits): {digest!r}")
     return normalised
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """One stored blob as `list_blobs` reports it."""
+
+    digest: str
+    size: int  # bytes
+    # Unix seconds of the last put_blob of these bytes: storing bytes already stored
+    # refreshes it, so a blob an apply in progress relies on always looks young.
+    stored_at: float
 
 
 class Watch(Protocol):
@@ -51,9 +71,9 @@ class Watch(Protocol):
 class ConfigStore(Protocol):
     """Stores the registry as one document so readers never see half an apply.
 
-    It also stores blobs (model files) by digest. Blobs are never deleted through this
-    interface, so a model version an older registry names stays readable; pruning blobs no
-    registry references any more is future work.
+    It also stores blobs (model files) by digest. Blobs stay until `delete_blob` removes
+    them; `inferstack models prune` does that for blobs the current registry does not
+    reference and that are older than a grace period (see configstore/pruning.py).
     """
 
     def load(self) -> Registry:
@@ -69,8 +89,9 @@ class ConfigStore(Protocol):
         ...
 
     def put_blob(self, data: bytes) -> str:
-        """Store bytes under their sha256 (hex) and return it; storing the same bytes twice
-        is a no-op. Readers never see a blob half written."""
+        """Store bytes under their sha256 (hex) and return it. Storing the same bytes again
+        writes no bytes but refreshes the blob's `stored_at`, so pruning spares it while the
+        apply that stored it finishes. Readers never see a blob half written."""
         ...
 
     def get_blob(self, digest: str) -> bytes:
@@ -80,6 +101,23 @@ class ConfigStore(Protocol):
 
     def has_blob(self, digest: str) -> bool:
         """Whether a complete blob is stored under `digest` (its bytes are not re-checked)."""
+        ...
+
+    def list_blobs(self) -> list[BlobInfo]:
+        """Every blob stored, sorted by digest. A blob a writer left unfinished is listed
+        too when the store names it by digest (ZooKeeper: its size is what its chunks
+        hold), so pruning can delete it; the file store's are nameless temporary files."""
+        ...
+
+    def delete_blob(self, digest: str, *, if_stored_at: float | None = None) -> bool:
+        """Delete the blob stored under `digest`; True if something was deleted, False if
+        there was none (not an error). Readers see the whole blob or BlobNotFoundError.
+
+        With `if_stored_at` (the `stored_at` list_blobs reported), the blob is deleted only
+        if nobody stored it since: a put_blob racing the delete (an apply re-using the same
+        file) either refreshes it first, so it is kept and False returned, or stores it anew
+        after it is gone.
+        """
         ...
 
     # The cache feed (cachefeed.py): how every worker's caches follow writes.

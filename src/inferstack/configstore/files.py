@@ -11,7 +11,10 @@ Blobs (model files) live next to it, one file per blob named by its sha256::
 Each blob is written to a temporary file in the same directory, synced and renamed into
 place, so a reader sees the whole blob or none; concurrent writers of the same blob each
 rename their own complete copy. A writer that dies leaves only a `.blob-*` temporary file.
-Blobs are never deleted here; pruning those no registry references is future work.
+A blob's `stored_at` is its file's mtime; putting bytes already stored touches the file.
+Deleting is an unlink: a reader that opened the file still reads all of it, later ones get
+BlobNotFoundError. Touching, renaming into place and deleting hold `blobs/.lock`, so a
+conditional delete (`if_stored_at`) never removes a blob stored again after its check.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from inferstack.configstore.base import (
+    BlobInfo,
     BlobNotFoundError,
     ConfigConflictError,
     CorruptBlobError,
     blob_digest,
     check_digest,
+    is_digest,
 )
 from inferstack.configstore.cachefeed import (
     CacheListener,
@@ -114,11 +119,9 @@ class FileConfigStore:
 
     def put_blob(self, data: bytes) -> str:
         digest = blob_digest(data)
-        try:
-            if blob_digest(self._blob_path(digest).read_bytes()) == digest:
-                return digest
-        except FileNotFoundError:
-            pass
+        path = self._blob_path(digest)
+        if self._is_stored(path, digest) and self._touch(path):
+            return digest
         # Absent, or damaged on disk: (re)write it. Same bytes, so racing writers agree.
         self.blobs_directory.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=self.blobs_directory, prefix=".blob-")
@@ -127,7 +130,8 @@ class FileConfigStore:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(temp, self._blob_path(digest))
+            with self._locked(self.blobs_directory):  # not between a delete's check and unlink
+                os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
@@ -151,6 +155,37 @@ class FileConfigStore:
 
     def has_blob(self, digest: str) -> bool:
         return self._blob_path(check_digest(digest)).is_file()
+
+    def list_blobs(self) -> list[BlobInfo]:
+        try:
+            entries = list(os.scandir(self.blobs_directory))
+        except FileNotFoundError:
+            return []
+        blobs = []
+        for entry in entries:
+            if not is_digest(entry.name):  # .lock, or a dead writer's .blob-* file
+                continue
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:  # deleted since the directory was read
+                continue
+            blobs.append(BlobInfo(entry.name, stat.st_size, stat.st_mtime))
+        return sorted(blobs, key=lambda blob: blob.digest)
+
+    def delete_blob(self, digest: str, *, if_stored_at: float | None = None) -> bool:
+        path = self._blob_path(check_digest(digest))
+        if not self.blobs_directory.is_dir():
+            return False  # nothing ever stored; do not create the directory to find that out
+        with self._locked(self.blobs_directory):
+            try:
+                stored_at = path.stat().st_mtime
+            except FileNotFoundError:
+                return False
+            if if_stored_at is not None and stored_at != if_stored_at:
+                return False  # stored again since it was listed: an apply is using it
+            path.unlink()
+        _sync_directory(self.blobs_directory)  # the unlink survives a power cut too
+        return True
 
     def close(self) -> None:
         pass
@@ -242,6 +277,23 @@ class FileConfigStore:
 
     def _blob_path(self, digest: str) -> Path:
         return self.blobs_directory / digest
+
+    @staticmethod
+    def _is_stored(path: Path, digest: str) -> bool:
+        """Whether `path` holds an intact copy of the blob named `digest`."""
+        try:
+            return blob_digest(path.read_bytes()) == digest
+        except FileNotFoundError:
+            return False
+
+    def _touch(self, path: Path) -> bool:
+        """Make a stored blob's `stored_at` now; False if it was deleted meanwhile."""
+        with self._locked(self.blobs_directory):
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return False
+        return True
 
     @contextmanager
     def _locked(self, directory: Path | None = None) -> Iterator[None]:
