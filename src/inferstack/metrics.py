@@ -7,6 +7,7 @@ into memory-mapped files there, and any worker's `/metrics` answers for all of t
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -22,10 +23,26 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+if os.environ.get(MULTIPROC_ENV):
+    # Multi-process values ask for the pid on every update, to notice a fork; a request
+    # makes a dozen updates, and getpid is a system call. Keep the pid here instead, renewed
+    # in a forked child, so forks are still noticed.
+    _pid = os.getpid()
+
+    def _renew_pid() -> None:
+        global _pid
+        _pid = os.getpid()
+
+    os.register_at_fork(after_in_child=_renew_pid)
+    values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
+        process_identifier=lambda: _pid
+    )
 
 REQUESTS = Counter(
     "inferstack_requests_total", "Calls answered, by method and status code.", ["method", "code"]
@@ -99,6 +116,31 @@ AUTH_DENIALS = Counter(
     "and reason (no_token, bad_token, permission).",
     ["caller", "method", "reason"],
 )
+
+
+# Label children resolved once: the label sets are few (methods x codes, feature groups),
+# and `labels()` takes a lock and builds a key on every call.
+
+
+@functools.lru_cache(maxsize=4096)
+def _request_children(method: str, code: str) -> tuple[Counter, Histogram]:
+    return REQUESTS.labels(method, code), LATENCY.labels(method)
+
+
+@functools.lru_cache(maxsize=4096)
+def _keys_child(group: str) -> Counter:
+    return KEYS.labels(group)
+
+
+def count_request(method: str, code: str, seconds: float) -> None:
+    """One call answered: its status code and how long the server took."""
+    requests, latency = _request_children(method, code)
+    requests.inc()
+    latency.observe(seconds)
+
+
+def count_keys(group: str, keys: int) -> None:
+    _keys_child(group).inc(keys)
 
 
 def render() -> bytes:

@@ -390,8 +390,7 @@ async def _as_call(
         code = "INTERNAL"
         raise
     finally:
-        metrics.REQUESTS.labels(method, code).inc()
-        metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
+        metrics.count_request(method, code, time.perf_counter() - started)
 
 
 def _environment() -> Environment:

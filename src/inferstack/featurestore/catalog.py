@@ -7,22 +7,33 @@ so a request sees one complete version of the definitions from start to finish.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from inferstack.core.definitions import Entity, FeatureGroup
 from inferstack.core.errors import InvalidArgumentError, NotFoundError
 from inferstack.core.registry import Registry
 from inferstack.core.rowformat import GroupCodec
+from inferstack.core.types import FeatureType
 
 MEMO_LIMIT = 4096
 
 
 @dataclass(frozen=True)
+class SelectedColumn:
+    feature: str
+    name: str  # "group.feature", as results name it
+    type: FeatureType
+    type_name: str  # str(type), as responses carry it
+
+
+@dataclass(frozen=True)
 class Selection:
-    """Features asked of one feature group."""
+    """Features asked of one feature group, with what each result column needs worked out
+    once (selections are memoised per catalog), not per request."""
 
     group: str
     features: tuple[str, ...]
+    columns: tuple[SelectedColumn, ...] = field(default=(), compare=False, repr=False)
 
 
 class Catalog:
@@ -35,7 +46,7 @@ class Catalog:
             self.groups_by_entity.setdefault(stored.definition.entity, []).append(name)
         self._everything = {  # what an empty selector list means, per entity
             entity: [
-                Selection(name, tuple(f.name for f in self.codecs[name].definition.features))
+                self._selection(name, [f.name for f in self.codecs[name].definition.features])
                 for name in groups
             ]
             for entity, groups in self.groups_by_entity.items()
@@ -93,4 +104,12 @@ class Catalog:
                 raise NotFoundError(f"feature '{group_name}.{feature_name}' not found")
             else:
                 features[feature_name] = None
-        return [Selection(group, tuple(features)) for group, features in chosen.items()]
+        return [self._selection(group, list(features)) for group, features in chosen.items()]
+
+    def _selection(self, group: str, features: list[str]) -> Selection:
+        codec = self.codecs[group]
+        columns = tuple(
+            SelectedColumn(name, f"{group}.{name}", codec.types[name], codec.type_names[name])
+            for name in features
+        )
+        return Selection(group, tuple(features), columns)

@@ -18,7 +18,7 @@ from inferstack.core.errors import (
     ResourceExhaustedError,
 )
 from inferstack.core.rowformat import Column, VarColumn
-from inferstack.featurestore.service import FeatureService, RetrieveResult
+from inferstack.featurestore.service import FeatureService, Query, RetrieveResult
 from inferstack.featurestore.wire import column_from_proto, keys_from_proto
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
@@ -79,8 +79,7 @@ def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 
 
 def _count(method: str, code: str, started: float) -> None:
-    metrics.REQUESTS.labels(method, code).inc()
-    metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
+    metrics.count_request(method, code, time.perf_counter() - started)
 
 
 class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc]  # generated
@@ -106,14 +105,14 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
                 raise ResourceExhaustedError(
                     f"{total} keys requested in one batch; the maximum is {self.service.max_keys}"
                 )
-            # The queries of a batch are independent: let their storage reads overlap.
-            results = await asyncio.gather(
-                *(self._retrieve(query) for query in request.requests), return_exceptions=True
+            results = await self.service.retrieve_all(
+                [
+                    Query(query.entity, keys_from_proto(query.keys), list(query.features))
+                    for query in request.requests
+                ]
             )
             response = pb.RetrieveBatchResponse()
             for result in results:
-                if isinstance(result, BaseException):
-                    raise result
                 fill_response(result, response.responses.add())
             return response
 

@@ -103,8 +103,7 @@ def json_route(method: str, work: JsonWork, needs: BodyNeeds | None = None) -> R
             finally:
                 gate.leave(method, time.perf_counter() - admitted)
         code = "OK" if response.status == 200 else CODE_OF_STATUS.get(response.status, "INTERNAL")
-        metrics.REQUESTS.labels(method, code).inc()
-        metrics.LATENCY.labels(method).observe(time.perf_counter() - started)
+        metrics.count_request(method, code, time.perf_counter() - started)
         return response
 
     return route

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,12 @@ class ResultColumn(NamedTuple):
     type: FeatureType
     values: Column
     type_name: str  # str(type), computed once per catalog rather than per response
+
+
+class Query(NamedTuple):
+    entity: str
+    keys: Mapping[str, KeyValues]
+    features: Sequence[str] = ()
 
 
 @dataclass
@@ -72,24 +78,32 @@ class FeatureService:
         columns: list[ResultColumn] = []
         status: dict[str, npt.NDArray[np.uint8]] = {}
         for selection, (group_status, group_columns) in zip(selections, decoded, strict=True):
-            codec = catalog.codecs[selection.group]
             status[selection.group] = group_status
             columns += [
-                ResultColumn(
-                    f"{selection.group}.{name}",
-                    codec.types[name],
-                    group_columns[name],
-                    codec.type_names[name],
-                )
-                for name in selection.features
+                ResultColumn(c.name, c.type, group_columns[c.feature], c.type_name)
+                for c in selection.columns
             ]
         return RetrieveResult(entity, len(encoded), columns, status)
+
+    async def retrieve_all(self, queries: Sequence[Query]) -> list[RetrieveResult]:
+        """Independent retrieves, answered in order; the first that fails raises. Their
+        storage reads overlap, unless storage reads inline (LMDB): reads that never yield
+        cannot overlap, and tasks would only add their own cost."""
+        if len(queries) == 1 or self.rows.storage.reads_inline:
+            return [await self.retrieve(*query) for query in queries]
+        results = await asyncio.gather(
+            *(self.retrieve(*query) for query in queries), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return cast(list[RetrieveResult], results)
 
     async def _read_group(
         self, catalog: Catalog, selection: Selection, keys: list[bytes], now: float
     ) -> tuple[npt.NDArray[np.uint8], dict[str, Column]]:
         codec = catalog.codecs[selection.group]
-        metrics.KEYS.labels(selection.group).inc(len(keys))
+        metrics.count_keys(selection.group, len(keys))
         rows = await self.rows.read(selection.group, keys, codec.definition.cache)
         decoded = codec.decode(rows, selection.features, now)
         return decoded.status, decoded.columns

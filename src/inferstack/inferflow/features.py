@@ -6,7 +6,6 @@ the fetches a plan runs concurrently also travel together.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,7 +15,7 @@ import numpy.typing as npt
 
 from inferstack.core.keys import KeyValues
 from inferstack.core.rowformat import Column
-from inferstack.featurestore.service import FeatureService
+from inferstack.featurestore.service import FeatureService, Query
 
 if TYPE_CHECKING:
     from inferstack.client.featurestore import AsyncFeatureStoreClient
@@ -51,15 +50,13 @@ class LocalFeatureSource:
         self.service = service
 
     async def fetch(self, queries: Sequence[FetchQuery]) -> list[Fetched]:
-        if len(queries) == 1 or self.service.rows.storage.reads_inline:
-            # Reads that never yield cannot overlap: tasks would only add their own cost.
-            return [await self._one(query) for query in queries]
-        return list(await asyncio.gather(*(self._one(query) for query in queries)))
-
-    async def _one(self, query: FetchQuery) -> Fetched:
-        result = await self.service.retrieve(query.entity, query.keys, query.features)
-        columns = {column.name: column.values for column in result.columns}
-        return Fetched(result.count, columns, result.status)
+        results = await self.service.retrieve_all(
+            [Query(query.entity, query.keys, query.features) for query in queries]
+        )
+        return [
+            Fetched(result.count, {c.name: c.values for c in result.columns}, result.status)
+            for result in results
+        ]
 
     async def close(self) -> None:
         pass  # the feature service belongs to the worker
