@@ -2,7 +2,7 @@
 
 Shape (a) is 1 user + 100 products + their 100 user x category rows, every feature of every
 group (50 columns, 3 of them strings). The response is produced by the real read path
-(FeatureService + fill_response over LMDB holding the sample data), serialised, and then
+(FeatureService + encode_responses over LMDB holding the sample data), serialised, and then
 parsed afresh before every decode, as gRPC hands a client a freshly parsed message.
 
 Reported, in microseconds per call (median and p99 over --rounds):
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from inferstack.client.featurestore import Query, build_batch, decode_response
-from inferstack.featurestore.grpc_service import fill_response
+from inferstack.featurestore.grpc_service import encode_responses
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.sampledata.generate import (
     FULL_SIZES,
@@ -82,13 +82,13 @@ async def serve_once(data_dir: Path, queries: list[Query]) -> bytes:
     components = await build(load_settings(None, {"data_dir": str(data_dir)}), watch=False)
     try:
         request = build_batch(queries)
-        response = pb.RetrieveBatchResponse()
-        for query, message in zip(queries, request.requests, strict=True):
-            keys = {k: list(v) for k, v in query.keys.items()}
-            result = await components.service.retrieve(query.entity, keys, list(message.features))
-            fill_response(result, response.responses.add())
-        wire: bytes = response.SerializeToString()
-        return wire
+        results = [
+            await components.service.retrieve(
+                query.entity, {k: list(v) for k, v in query.keys.items()}, list(message.features)
+            )
+            for query, message in zip(queries, request.requests, strict=True)
+        ]
+        return encode_responses(results, batch=True)
     finally:
         await components.close()
 

@@ -8,9 +8,8 @@ so each step of the handler can be timed alone:
     encode keys  encode_keys of the three queries (core/keys.py)
     read         LmdbStorage.read_sync of the three groups (no cache)
     decode       GroupCodec.decode of the three groups (core/rowformat.py)
-    fill         fill_response of the three results into one RetrieveBatchResponse
-    handler      all of it through FeatureService.retrieve (LMDB, caches off) + fill_response
-    serialise    SerializeToString of that response (gRPC's work, for scale)
+    encode       encode_responses of the three results: the RetrieveBatchResponse's bytes
+    handler      all of it through FeatureService.retrieve_all (LMDB, caches off) + encode
 
 Rows are the sample catalog's (src/inferstack/sampledata/ecommerce.yaml) with values like the
 generated sample's, written to a temporary LMDB: every user and product exists; a user has 5
@@ -42,9 +41,9 @@ from inferstack.core.keys import KeyValues, encode_keys
 from inferstack.core.registry import Registry, plan
 from inferstack.core.rowformat import Column, GroupCodec, var_column
 from inferstack.featurestore.catalog import Catalog
-from inferstack.featurestore.grpc_service import fill_response
+from inferstack.featurestore.grpc_service import encode_responses
 from inferstack.featurestore.rows import RowSource
-from inferstack.featurestore.service import FeatureService, ResultColumn, RetrieveResult
+from inferstack.featurestore.service import FeatureService, Query, ResultColumn, RetrieveResult
 from inferstack.featurestore.storage.lmdb import LmdbStorage
 from inferstack.featurestore.wire import keys_from_proto
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
@@ -241,39 +240,33 @@ def measure(seconds: float) -> list[Step]:
                 c.decode(r, f, now) for c, f, r in zip(codecs, features, rs, strict=True)
             ]
 
-        def fill(done: list[RetrieveResult]) -> Callable[[], Any]:
-            def run() -> pb.RetrieveBatchResponse:
-                response = pb.RetrieveBatchResponse()
-                for result in done:
-                    fill_response(result, response.responses.add())
-                return response
+        def encode_answer(done: list[RetrieveResult]) -> Callable[[], Any]:
+            return lambda: encode_responses(done, batch=True)
 
-            return run
-
-        async def handle(r: pb.RetrieveBatchRequest) -> pb.RetrieveBatchResponse:
-            response = pb.RetrieveBatchResponse()
-            for query in r.requests:
-                result = await service.retrieve(
-                    query.entity, keys_from_proto(query.keys), list(query.features)
-                )
-                fill_response(result, response.responses.add())
-            return response
+        async def handle(r: pb.RetrieveBatchRequest) -> bytes:
+            results = await service.retrieve_all(
+                [
+                    Query(query.entity, keys_from_proto(query.keys), list(query.features))
+                    for query in r.requests
+                ]
+            )
+            return encode_responses(results, batch=True)
 
         def handler(r: pb.RetrieveBatchRequest) -> Callable[[], Awaitable[Any]]:
             return lambda: handle(r)
 
         loop = asyncio.new_event_loop()
-        responses = [loop.run_until_complete(handle(r)) for r in requests]
+        for r in requests[:10]:  # every answer parses as the message it claims to be
+            pb.RetrieveBatchResponse.FromString(loop.run_until_complete(handle(r)))
         steps = [
             time_step("proto keys", [proto_keys(r) for r in requests], seconds),
             time_step("encode keys", [encode(k) for k in keys], seconds),
             time_step("read (LMDB)", [read(e) for e in encoded], seconds),
             time_step("decode", [decode(r) for r in rows], seconds),
-            time_step("fill response", [fill(r) for r in results], seconds),
+            time_step("encode response", [encode_answer(r) for r in results], seconds),
             loop.run_until_complete(
                 time_async_step("handler (all of it)", [handler(r) for r in requests], seconds)
             ),
-            time_step("serialise (gRPC's)", [m.SerializeToString for m in responses], seconds),
         ]
         loop.close()
         return steps

@@ -1,6 +1,7 @@
 """Type stubs of the compiled hot path (native/src/*.rs); see those files for the details."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,3 +26,9 @@ def decode_rows(
     now: int,
 ) -> tuple[bytearray, bytes, list[tuple[bytes, bytes]], list[int]]:
     """(status, joined prefixes, (lengths, data) per wanted variable feature, other versions)."""
+
+def encode_retrieve_responses(
+    results: list[tuple[str, int, list[Any], list[tuple[str, npt.NDArray[np.uint8]]]]],
+    batch: bool,
+) -> bytes:
+    """The protobuf bytes of one RetrieveResponse (batch=False) or a RetrieveBatchResponse."""

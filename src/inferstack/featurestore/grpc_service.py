@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
+import inferstack_native
 
 from inferstack import metrics
 from inferstack.core.errors import (
@@ -17,7 +18,7 @@ from inferstack.core.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from inferstack.core.rowformat import Column, VarColumn
+from inferstack.core.rowformat import Column
 from inferstack.featurestore.service import FeatureService, Query, RetrieveResult
 from inferstack.featurestore.wire import column_from_proto, keys_from_proto
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
@@ -88,18 +89,16 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
 
     async def Retrieve(  # noqa: N802 (gRPC method names)
         self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.RetrieveResponse:
-        async def work() -> pb.RetrieveResponse:
-            response = pb.RetrieveResponse()
-            fill_response(await self._retrieve(request), response)
-            return response
+    ) -> bytes:  # an encoded RetrieveResponse (server/grpc_handlers.py sends it as it is)
+        async def work() -> bytes:
+            return encode_responses([await self._retrieve(request)], batch=False)
 
         return await answer("Retrieve", context, work, lambda: self._reads(request))
 
     async def RetrieveBatch(  # noqa: N802
         self, request: pb.RetrieveBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.RetrieveBatchResponse:
-        async def work() -> pb.RetrieveBatchResponse:
+    ) -> bytes:  # an encoded RetrieveBatchResponse
+        async def work() -> bytes:
             total = sum(max((_key_count(k) for k in r.keys), default=0) for r in request.requests)
             if total > self.service.max_keys:
                 raise ResourceExhaustedError(
@@ -111,10 +110,7 @@ class FeatureStoreServicer(pb_grpc.FeatureStoreServicer):  # type: ignore[misc] 
                     for query in request.requests
                 ]
             )
-            response = pb.RetrieveBatchResponse()
-            for result in results:
-                fill_response(result, response.responses.add())
-            return response
+            return encode_responses(results, batch=True)
 
         def needs() -> list[auth.Need]:
             return [need for query in request.requests for need in self._reads(query)]
@@ -167,25 +163,12 @@ def groups_read(service: FeatureService, entity: str, features: Sequence[str]) -
     return [selection.group for selection in service.catalog.select(entity, [])]
 
 
-def fill_response(result: RetrieveResult, message: pb.RetrieveResponse) -> None:
-    """Write a result into a (possibly nested) message; `add` beats building sub-messages."""
-    message.entity = result.entity
-    message.count = result.count
-    add_column = message.columns.add
-    for column in result.columns:
-        values = column.values
-        if isinstance(values, VarColumn):
-            add_column(
-                name=column.name,
-                type=column.type_name,
-                values=values.data,
-                lengths=values.lengths.tobytes(),
-            )
-        else:
-            add_column(name=column.name, type=column.type_name, values=values.tobytes())
-    add_group = message.groups.add
-    for group, status in result.status.items():
-        add_group(feature_group=group, status=status.tobytes())
+def encode_responses(results: Sequence[RetrieveResult], batch: bool) -> bytes:
+    """The protobuf bytes of a RetrieveResponse (one result) or a RetrieveBatchResponse, in
+    one native call: each column's values are copied once, straight from the decoded rows."""
+    return inferstack_native.encode_retrieve_responses(
+        [(r.entity, r.count, r.columns, list(r.status.items())) for r in results], batch
+    )
 
 
 def _key_count(column: pb.KeyColumn) -> int:

@@ -6,7 +6,8 @@ protobuf descriptor, through one wrapper that
   escape into grpc, which answers UNKNOWN and logs a traceback per request);
 - runs the call in a request context (server/requestcontext.py): the request id from the
   caller's `x-request-id` metadata or a new one, sent back in the trailing metadata;
-- writes the request log line (server/logs.py) when the call ends.
+- writes the request log line (server/logs.py) when the call ends;
+- sends a response the servicer already encoded (bytes) as it is.
 
 Only unary-unary methods exist in our services; another kind is refused at start-up.
 """
@@ -73,7 +74,6 @@ def add_service(
         if method.client_streaming or method.server_streaming:
             raise TypeError(f"{service.full_name}/{method.name}: only unary methods are served")
         request_class = GetMessageClass(method.input_type)
-        response_class = GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             _wrap(
                 f"{service.name}/{method.name}",
@@ -81,13 +81,21 @@ def add_service(
                 getattr(servicer, method.name),
             ),
             request_deserializer=tolerant_deserializer(request_class),
-            response_serializer=response_class.SerializeToString,
+            response_serializer=_serialize,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
     # The faster lookup of grpcio >= 1.63, as generated code does it (newer than the stubs).
     server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
+
+
+def _serialize(response: Any) -> bytes:
+    """A response message, or its bytes when the servicer encoded it already (the feature
+    store's retrieve answers are encoded natively: featurestore/grpc_service.py)."""
+    if isinstance(response, bytes):
+        return response
+    return bytes(response.SerializeToString())
 
 
 def _wrap(method: str, metric_label: str, behavior: Behavior) -> Behavior:
