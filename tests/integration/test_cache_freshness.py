@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from inferstack.client import FeatureStoreClient
+from inferstack.configstore.files import FileConfigStore
 from inferstack.server.supervisor import free_port
 from tests.conftest import ROOT
 from tests.servers import RunningServer, inferstack, start_server
@@ -346,3 +347,41 @@ def test_persist_while_redis_is_unreachable_is_not_lost(
             for worker in deployed.workers:
                 assert versions(worker, keys) == [2] * len(keys), f"worker {worker.pid}"
             time.sleep(0.1)
+
+
+# -- a server without a cache next to one with it ------------------------------------------------
+
+
+def test_a_cacheless_server_publishes_keys_only_while_another_caches(tmp_path: Path) -> None:
+    """The embedded default caches nothing, so its Persists publish no keys; once a server
+    with a cache shares the data directory, they do, and reach its workers within a second."""
+    data = tmp_path / "mixed"
+    data.mkdir()
+    (data / "defs.yaml").write_text(DEFINITIONS)
+    inferstack("apply", "-f", str(data / "defs.yaml"), data_dir=data)
+    inferstack("ingest", "-g", GROUP, str(write_version(data, 1, KEYS)), data_dir=data)
+    feed = FileConfigStore(data)
+    keys = KEYS[:5]
+    plain = start_server(data, workers=1)  # no cache: the embedded default
+    (writer,) = clients_per_worker("plain", plain, 1)
+    try:
+        persist_version(writer, keys, 2)
+        assert feed.load_cache_state().sequence == 0  # nobody caches: nothing published
+        caching = start_server(data, workers=2, env={"INFERSTACK_CACHE__LOCAL__MAX_BYTES": "64MiB"})
+        readers = clients_per_worker("caching", caching, 2)
+        try:
+            warm(readers, keys, 2)
+            persist_version(writer, keys, 3)
+            published = feed.load_cache_state().sequence
+            assert published >= 1
+            expect_everywhere([*readers, writer], keys, 3, "Persist on the cacheless server")
+        finally:
+            for reader in readers:
+                reader.client.close()
+            assert caching.stop() == 0
+        persist_version(writer, keys, 4)  # the caching server is gone: nothing to tell
+        assert feed.load_cache_state().sequence == published
+        assert versions(writer, keys) == [4] * len(keys)
+    finally:
+        writer.client.close()
+        assert plain.stop() == 0

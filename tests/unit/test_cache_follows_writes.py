@@ -4,6 +4,7 @@ and the coalescing publisher over a real file config store."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -217,8 +218,50 @@ async def test_a_publish_that_cannot_reach_the_config_store_fails_the_persist(
     coherence = CacheCoherence(store, source, loop)
     coherence.start()
     coherence.stop()  # (its watch would only log the breakage below every 50 ms)
-    # Nothing can be written: where the feed's directory should be is a plain file.
-    (tmp_path / "config").mkdir(exist_ok=True)
-    (tmp_path / "config" / "cache").write_text("not a directory")
-    with pytest.raises(UnavailableError, match="rows of g were written"):
-        await source.invalidate("g", [b"k"])
+    caching = store.subscribe_keys()  # another worker caches rows: keys must be published
+    # Nothing can be written: where the feed's state file should be is a directory.
+    (tmp_path / "config" / "cache" / "state.json").mkdir()
+    try:
+        with pytest.raises(UnavailableError, match="rows of g were written"):
+            await source.invalidate("g", [b"k"])
+    finally:
+        caching.stop()
+
+
+async def test_keys_are_not_published_while_no_process_caches(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    store = FileConfigStore(tmp_path)
+    storage = LmdbStorage(tmp_path / "lmdb")
+    writer = CacheCoherence(store, RowSource(storage), loop)
+    writer.start()  # no cache: it does not subscribe
+    try:
+        await writer.rows.invalidate("g", [b"a"])
+        assert (writer.published, writer.skipped) == (0, 1)
+        assert store.load_cache_state().sequence == 0
+        reader = CacheCoherence(store, RowSource(storage, MemoryCache()), loop)
+        reader.start()  # caches: subscribes before it reads anything
+        try:
+            await writer.rows.invalidate("g", [b"b"])
+            assert (writer.published, writer.skipped) == (1, 1)
+            assert store.load_cache_state().sequence == 1
+        finally:
+            reader.stop()
+        await writer.rows.invalidate("g", [b"c"])
+        assert (writer.published, writer.skipped) == (1, 2)
+    finally:
+        writer.stop()
+
+
+def test_a_dead_processs_subscription_does_not_count(tmp_path: Path) -> None:
+    store = FileConfigStore(tmp_path)
+    assert not store.has_key_subscribers()
+    subscription = store.subscribe_keys()
+    assert store.has_key_subscribers()
+    subscription.stop()
+    assert not store.has_key_subscribers()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / "config" / "cache" / "subscribers" / f"{dead.pid}-0000"
+    stale.touch()  # what a worker killed with SIGKILL leaves behind
+    assert not store.has_key_subscribers()
+    assert not stale.exists()

@@ -139,6 +139,18 @@ class ConfigStore(Protocol):
         """Deliver generation changes and invalidated keys to `listener` until stopped."""
         ...
 
+    def subscribe_keys(self) -> Watch:
+        """Declare, until stopped, that this process caches rows and needs the keys others
+        write. Call it before caching anything: a publisher that finds no subscriber after
+        its write may skip publishing keys, and any cache that subscribes later only reads
+        rows written before."""
+        ...
+
+    def has_key_subscribers(self) -> bool:
+        """Whether publishing keys may matter: some live process subscribed. A store that
+        cannot tell cheaply answers True."""
+        ...
+
     # Callers (core/callers.py): who may call, with hashes of their tokens.
 
     def load_callers(self) -> Callers:

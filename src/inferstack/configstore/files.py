@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterator
@@ -241,6 +242,28 @@ class FileConfigStore:
             self._replace(self.cache_state_path, CacheState(state.generations, sequence).encode())
         return {}
 
+    def subscribe_keys(self) -> _Subscription:
+        """A file named after this process in `cache/subscribers/`, removed by `stop()`."""
+        directory = self.cache_directory / SUBSCRIBERS_DIRECTORY
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{os.getpid()}-{secrets.token_hex(4)}"
+        path.touch()
+        return _Subscription(path)
+
+    def has_key_subscribers(self) -> bool:
+        """Any subscriber file of a live process; a dead one's (a worker killed) is removed."""
+        try:
+            entries = list(os.scandir(self.cache_directory / SUBSCRIBERS_DIRECTORY))
+        except FileNotFoundError:
+            return False
+        for entry in entries:
+            pid = entry.name.partition("-")[0]
+            if pid.isdigit() and _alive(int(pid)):
+                return True
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+        return False
+
     def watch_cache(self, listener: CacheListener) -> _CacheFileWatch:
         start = self._cache_loaded if self._cache_loaded is not None else self._read_cache_state()
         return _CacheFileWatch(self, FeedFollower(listener, start))
@@ -313,6 +336,30 @@ def _sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+SUBSCRIBERS_DIRECTORY = "subscribers"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a reused pid reads as alive: that only costs a
+    publish nobody needed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Subscription:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def stop(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
 
 
 class _Poller:

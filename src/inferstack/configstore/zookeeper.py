@@ -586,6 +586,14 @@ class ZooKeeperConfigStore:
                 made.discard(index)
         raise UnavailableError(self._contended())
 
+    def subscribe_keys(self) -> _NoSubscription:
+        return _NoSubscription()
+
+    def has_key_subscribers(self) -> bool:
+        """Always: distributed workers cache in process by default, and finding out would
+        cost a ZooKeeper read per publish."""
+        return True
+
     def watch_cache(self, listener: CacheListener) -> _CacheWatch:
         start = self._cache_loaded if self._cache_loaded is not None else self.load_cache_state()
         watch = _CacheWatch(self, FeedFollower(listener, start))
@@ -1096,3 +1104,10 @@ class _CallersWatch:
 
     def stop(self) -> None:
         self._stopped = True
+
+
+class _NoSubscription:
+    """Publishers always publish (has_key_subscribers), so there is nothing to record."""
+
+    def stop(self) -> None:
+        pass

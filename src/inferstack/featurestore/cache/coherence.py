@@ -10,6 +10,11 @@ cache feed (configstore/cachefeed.py, delivered on the store's watch thread):
   Persists costs one config-store write per round trip, not one per call. A Persist whose
   shared-cache invalidation failed (Redis down, breaker open) asks for a generation bump
   of its group instead, which needs no Redis: old entries become unreachable everywhere.
+
+A worker with any cache subscribes to keys before it caches anything. When no live process
+has subscribed (the embedded default: no cache anywhere), keys are not published at all: a
+publish would cost a config-store write for nobody, and a cache that subscribes later only
+reads rows written before it did.
 """
 
 from __future__ import annotations
@@ -35,14 +40,19 @@ class CacheCoherence:
         self.rows = rows
         self.loop = loop
         self.published = 0  # config-store writes made for Persists, for tests and metrics
+        self.skipped = 0  # key publishes left out: no process caches rows
         self._keys: dict[str, list[bytes]] = {}
         self._bumps: set[str] = set()
         self._next: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._watch: Watch | None = None
+        self._subscription: Watch | None = None
 
     def start(self) -> None:
-        """Take the current generations, then follow the feed from exactly there."""
+        """Subscribe if this worker caches, take the current generations, then follow the
+        feed from exactly there."""
+        if self.rows.caches:
+            self._subscription = self.store.subscribe_keys()
         self.rows.set_generations(self.store.load_cache_state().generations)
         self.rows.publisher = self
         self._watch = self.store.watch_cache(self)
@@ -51,6 +61,9 @@ class CacheCoherence:
         if self._watch is not None:
             self._watch.stop()
             self._watch = None
+        if self._subscription is not None:
+            self._subscription.stop()
+            self._subscription = None
 
     # -- CacheListener: called on the store's watch thread ---------------------------------
 
@@ -118,6 +131,9 @@ class CacheCoherence:
         need not be published."""
         generations: dict[str, int] = {}
         keys = {group: batch for group, batch in keys.items() if group not in bumps}
+        if keys and not self.store.has_key_subscribers():  # the rows are written already
+            self.skipped += 1
+            keys = {}
         if keys:
             try:
                 generations.update(self.store.invalidate_keys(keys))
