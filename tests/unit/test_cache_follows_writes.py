@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -252,16 +253,29 @@ async def test_keys_are_not_published_while_no_process_caches(tmp_path: Path) ->
         writer.stop()
 
 
-def test_a_dead_processs_subscription_does_not_count(tmp_path: Path) -> None:
+def test_a_subscription_lives_as_long_as_its_process(tmp_path: Path) -> None:
     store = FileConfigStore(tmp_path)
     assert not store.has_key_subscribers()
     subscription = store.subscribe_keys()
     assert store.has_key_subscribers()
     subscription.stop()
     assert not store.has_key_subscribers()
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stale = tmp_path / "config" / "cache" / "subscribers" / f"{dead.pid}-0000"
-    stale.touch()  # what a worker killed with SIGKILL leaves behind
+    # Another process subscribes, then is killed (SIGKILL: it cannot clean up).
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; "
+         "from inferstack.configstore.files import FileConfigStore; "
+         "FileConfigStore(Path(sys.argv[1])).subscribe_keys(); print('ready', flush=True); "
+         "time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        assert store.has_key_subscribers()
+    finally:
+        child.kill()
+        child.wait()
+    left = list((tmp_path / "config" / "cache" / "subscribers").iterdir())
+    assert len(left) == 1  # its file stays behind, no longer locked by anyone
     assert not store.has_key_subscribers()
-    assert not stale.exists()
+    assert not left[0].exists()  # and is removed on the way

@@ -243,25 +243,38 @@ class FileConfigStore:
         return {}
 
     def subscribe_keys(self) -> _Subscription:
-        """A file named after this process in `cache/subscribers/`, removed by `stop()`."""
+        """A file in `cache/subscribers/` that this process keeps locked (flock) until
+        `stop()`. The lock is the proof of life: the kernel drops it when the process dies,
+        however it dies, and it works across PID namespaces (containers sharing the data
+        dir), where a pid would not. The file is locked before it gets its name, so a reader
+        never finds a subscriber's file unlocked."""
         directory = self.cache_directory / SUBSCRIBERS_DIRECTORY
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{os.getpid()}-{secrets.token_hex(4)}"
-        path.touch()
-        return _Subscription(path)
+        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        temporary = directory / f".{name}"
+        descriptor = os.open(temporary, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(temporary, directory / name)
+        except BaseException:
+            os.close(descriptor)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        return _Subscription(directory / name, descriptor)
 
     def has_key_subscribers(self) -> bool:
-        """Any subscriber file of a live process; a dead one's (a worker killed) is removed."""
+        """Whether a subscriber's file is still locked by its process; the file of one that
+        died (a worker killed) is removed on the way."""
         try:
             entries = list(os.scandir(self.cache_directory / SUBSCRIBERS_DIRECTORY))
         except FileNotFoundError:
             return False
         for entry in entries:
-            pid = entry.name.partition("-")[0]
-            if pid.isdigit() and _alive(int(pid)):
+            if entry.name.startswith("."):
+                continue  # being created: locked and named in a moment, by a live process
+            if _held(entry.path):
                 return True
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
         return False
 
     def watch_cache(self, listener: CacheListener) -> _CacheFileWatch:
@@ -341,25 +354,37 @@ def _sync_directory(directory: Path) -> None:
 SUBSCRIBERS_DIRECTORY = "subscribers"
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process with this pid exists (a reused pid reads as alive: that only costs a
-    publish nobody needed)."""
+def _held(path: str) -> bool:
+    """Whether the subscriber file at `path` is locked by a live process; if it is not, the
+    file is removed (its process is gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # stopped meanwhile
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         return False
-    except PermissionError:
-        return True
-    return True
+    finally:
+        os.close(descriptor)  # releases our probe's lock too
 
 
 class _Subscription:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, descriptor: int) -> None:
         self._path = path
+        self._descriptor: int | None = descriptor
 
     def stop(self) -> None:
+        if self._descriptor is None:
+            return
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
+        os.close(self._descriptor)
+        self._descriptor = None
 
 
 class _Poller:
