@@ -60,6 +60,7 @@ import grpc
 import numpy as np
 import pyarrow.parquet as pq
 import redis
+from procstat import worker_pids
 from traffic import ZIPF_S, KeyDraw, Pattern, Read, persist_patterns
 
 from inferstack.client.featurestore import AsyncFeatureStoreClient
@@ -383,20 +384,6 @@ def stop_server(server: Server) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait(5)
-
-
-def worker_pids(server_pid: int) -> list[int]:
-    """The serve supervisor's worker processes (spawned; not multiprocessing's helpers)."""
-    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
-    pids = []
-    for pid in children:
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if b"spawn_main" in command:
-            pids.append(int(pid))
-    return pids
 
 
 _LABEL = re.compile(r'(\w+)="([^"]*)"')

@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
+from procstat import cpu_seconds, worker_pids
 
 from inferstack.client import AsyncFeatureStoreClient, AsyncInferflowClient, Query, Scores
 from inferstack.inferflow.wire import request_to_proto
@@ -225,30 +226,6 @@ def stop_server(process: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # the supervisor and its workers
         process.wait(5)
-
-
-def worker_pids(server_pid: int) -> list[int]:
-    """The serve supervisor's worker processes (spawned; not multiprocessing's helpers)."""
-    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
-    pids = []
-    for pid in children:
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if b"spawn_main" in command:
-            pids.append(int(pid))
-    return pids
-
-
-def cpu_seconds(pids: Sequence[int]) -> npt.NDArray[np.float64]:
-    """utime + stime of each of these processes, all their threads."""
-    ticks = []
-    for pid in pids:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        ticks.append(int(fields[11]) + int(fields[12]))  # fields 14 and 15 of stat(5)
-    return np.array(ticks, dtype=np.float64) / os.sysconf("SC_CLK_TCK")
 
 
 class EmptyInferflow(pb_grpc.InferflowServicer):  # type: ignore[misc]  # generated

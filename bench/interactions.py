@@ -66,6 +66,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 import redis.asyncio as aioredis
+from procstat import cpu_seconds, worker_pids
 
 from inferstack.client.interactions import (
     AsyncInteractionsClient,
@@ -280,20 +281,6 @@ def encoded_rows(catalog: InteractionCatalog, events: Events) -> EncodedRows:
 # --- processes and CPU ---------------------------------------------------------------------
 
 
-def cpu_seconds(pids: Sequence[int]) -> npt.NDArray[np.float64]:
-    """utime + stime of each process, all its threads (0 for one that is gone)."""
-    ticks = []
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            ticks.append(0)
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        ticks.append(int(fields[11]) + int(fields[12]))  # utime, stime: fields 14, 15 of stat(5)
-    return np.array(ticks, dtype=np.float64) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuWindow:
     """CPU seconds used between `start()` and `stop()` by the server's workers, named other
     processes (Redis, Cassandra) and this process."""
@@ -357,7 +344,7 @@ class Server:
             start_new_session=True,
         )
         self._wait_ready()
-        self.workers = self._worker_pids()
+        self.workers = worker_pids(self.process.pid)
         if len(self.workers) != workers:
             self.stop()
             raise SystemExit(f"expected {workers} workers, found {self.workers}")
@@ -375,18 +362,8 @@ class Server:
         self.stop()
         raise SystemExit(f"inferstack serve did not start; see {self.log}")
 
-    def _worker_pids(self) -> list[int]:
-        pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids = []
-        for child in children:
-            with contextlib.suppress(FileNotFoundError):
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    pids.append(int(child))
-        return pids
-
     def restarted_workers(self) -> bool:
-        return sorted(self._worker_pids()) != sorted(self.workers)
+        return sorted(worker_pids(self.process.pid)) != sorted(self.workers)
 
     def stop(self) -> None:
         if self.process.poll() is not None:

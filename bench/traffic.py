@@ -17,7 +17,6 @@ way, whose cost includes dropping the written keys from every cache (see `Persis
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
+from procstat import process_tree_cpu
 
 from inferstack.client.featurestore import (
     AsyncFeatureStoreClient,
@@ -43,7 +43,6 @@ from inferstack.sampledata.generate import FULL_SIZES, GROUP_FILES, category_of
 ZIPF_S = 1.1
 PERSIST_GROUP = "product_stats"  # what the Persist patterns write, keyed by PERSIST_KEY
 PERSIST_KEY = "product_id"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class KeyDraw:
@@ -264,22 +263,6 @@ class Window:
     seconds: float
     server_cpu_s: float
     errors: dict[str, int]
-
-
-def process_tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants, from /proc."""
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # it exited while we looked
-    return total
 
 
 def run_sync(
