@@ -245,6 +245,8 @@ class RowSource:
     def forget(self, group: str, keys: Sequence[bytes]) -> None:
         """Keys written somewhere: out of the in-process cache, and no read that began
         before now may back-fill them."""
+        if not self.caches and self.storage.reads_inline:
+            return  # nothing cached, filled or in flight here (the embedded default)
         self._invalidations += 1
         now = time.monotonic()
         count = self._invalidations
