@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -48,3 +54,38 @@ def drop_keyspace(endpoint: str, keyspace: str) -> None:
         cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
     finally:
         cluster.shutdown()
+
+
+_READER = """
+import importlib, pathlib, sys, time
+module, name = sys.argv[1].split(":")
+adapter = getattr(importlib.import_module(module), name)(pathlib.Path(sys.argv[2]))
+env = adapter._env if hasattr(adapter, "_env") else adapter._storage._env
+txn = env.begin()  # takes a reader slot and pins the current snapshot
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+@contextmanager
+def reading_process(adapter: str, path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A process that opens the LMDB environment at `path` through `adapter` ("module:Class",
+    so with the adapter's own flags) and holds a read transaction open; SIGKILLed (inside the
+    transaction, so its reader slot is left behind) on leaving."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _READER, adapter, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready", "the reading process failed"
+        yield process
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+
+
+def kill_mid_read(adapter: str, path: Path) -> int:
+    """Leave a stale reader slot in the environment at `path` (see `reading_process`);
+    returns the dead process's pid."""
+    with reading_process(adapter, path) as process:
+        return process.pid

@@ -117,6 +117,14 @@ AUTH_DENIALS = Counter(
     ["caller", "method", "reason"],
 )
 
+# LMDB (featurestore/storage/lmdb.py): a process killed mid-read leaves its reader slot
+# pinning an old snapshot, so no page freed since can be reused, until a check frees it.
+LMDB_STALE_READERS = Counter(
+    "inferstack_lmdb_stale_readers_cleared_total",
+    "LMDB reader slots of dead processes freed, by environment directory.",
+    ["path"],
+)
+
 
 # Label children resolved once: the label sets are few (methods x codes, feature groups),
 # and `labels()` takes a lock and builds a key on every call.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from inferstack.core.errors import NotFoundError, UnavailableError
 from inferstack.core.interactiontypes import InteractionType
 from inferstack.core.registry import Registry, plan
 from inferstack.featurestore.storage.cassandra import parse_contact_point
-from inferstack.interactions.cold.base import ColdStore
+from inferstack.interactions.cold.base import ColdStore, ColdWrite
 from inferstack.interactions.cold.cassandra import CassandraColdStore
 from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.coldrow import decode_history, encode_history
@@ -101,6 +102,18 @@ def cold(request: pytest.FixtureRequest) -> ColdStore:
     return store
 
 
+def fence() -> int:
+    """A fence as claims make them: microseconds of the clock (Cassandra write timestamps)."""
+    return time.time_ns() // 1000
+
+
+async def put(store: ColdStore, kind: str, rows: list[tuple[bytes, bytes]]) -> None:
+    """Write rows as a sweeper does: after reading what they replace, under a new fence."""
+    current = await store.read(kind, [u for u, _ in rows], latest=True)
+    writes = [ColdWrite(u, row, read) for (u, row), read in zip(rows, current, strict=True)]
+    assert await store.write(kind, writes, fence()) == []
+
+
 async def prepared(store: ColdStore, *types: str) -> Registry:
     registry = registry_of(*types)
     await store.prepare(registry)
@@ -115,7 +128,7 @@ async def test_round_trip_and_missing_users_read_as_none(
 ) -> None:
     kind = new_type()
     await prepared(cold, kind)
-    await cold.write(kind, [(user(1), history(1)), (user(3), history(3))])
+    await put(cold, kind, [(user(1), history(1)), (user(3), history(3))])
     answer = await cold.read(kind, [user(0), user(1), user(2), user(3), user(4)])
     assert answer == [None, history(1), None, history(3), None]
     row = answer[1]
@@ -128,8 +141,8 @@ async def test_a_write_replaces_the_previous_row(
 ) -> None:
     kind = new_type()
     await prepared(cold, kind)
-    await cold.write(kind, [(user(1), history("old", events=50)), (user(2), history("kept"))])
-    await cold.write(kind, [(user(1), history("new", events=1))])  # shorter than before
+    await put(cold, kind, [(user(1), history("old", events=50)), (user(2), history("kept"))])
+    await put(cold, kind, [(user(1), history("new", events=1))])  # shorter than before
     assert await cold.read(kind, [user(1), user(2)]) == [history("new", events=1), history("kept")]
 
 
@@ -139,7 +152,7 @@ async def test_many_users_in_one_read_keep_order_and_duplicates(
     kind = new_type()
     await prepared(cold, kind)
     rows = {user(n): history(n, events=n % 7) for n in range(500)}
-    await cold.write(kind, list(rows.items()))
+    await put(cold, kind, list(rows.items()))
     wanted = list(rows)
     random.Random(5).shuffle(wanted)
     wanted += wanted[:100]  # duplicates
@@ -147,11 +160,29 @@ async def test_many_users_in_one_read_keep_order_and_duplicates(
     assert await cold.read(kind, wanted) == [rows.get(u) for u in wanted]
 
 
+async def test_a_write_never_replaces_a_row_written_under_a_later_fence(
+    cold: ColdStore, new_type: Callable[[], str]
+) -> None:
+    """A sweeper that stalled past its lease wakes up and writes what it merged: the row of
+    the sweeper that took over (a later claim, a larger fence) stays."""
+    kind = new_type()
+    await prepared(cold, kind)
+    stale_fence = fence()
+    await put(cold, kind, [(user(2), history("untouched"))])
+    newer = await cold.write(kind, [ColdWrite(user(1), history("newer"), None)], fence())
+    assert newer == []
+    stale = [ColdWrite(user(1), history("stale"), None), ColdWrite(user(2), history(2), None)]
+    refused = await cold.write(kind, stale, stale_fence)
+    assert set(refused) <= {user(1), user(2)}  # Cassandra cannot tell; LMDB tells both
+    assert await cold.read(kind, [user(1), user(2)]) == [history("newer"), history("untouched")]
+    assert await cold.read(kind, [user(1)], latest=True) == [history("newer")]
+
+
 async def test_types_are_kept_apart(cold: ColdStore, new_type: Callable[[], str]) -> None:
     clicks, orders = new_type(), new_type()
     await prepared(cold, clicks, orders)
-    await cold.write(clicks, [(user(1), history("click")), (user(2), history("click 2"))])
-    await cold.write(orders, [(user(1), history("order"))])
+    await put(cold, clicks, [(user(1), history("click")), (user(2), history("click 2"))])
+    await put(cold, orders, [(user(1), history("order"))])
     assert await cold.read(clicks, [user(1), user(2)]) == [history("click"), history("click 2")]
     assert await cold.read(orders, [user(1), user(2)]) == [history("order"), None]
 
@@ -169,7 +200,7 @@ async def test_empty_batches(cold: ColdStore, new_type: Callable[[], str]) -> No
     kind = new_type()
     await prepared(cold, kind)
     assert await cold.read(kind, []) == []
-    await cold.write(kind, [])
+    await put(cold, kind, [])
     assert await cold.read(kind, [user(1)]) == [None]
 
 
@@ -179,7 +210,7 @@ async def test_large_rows_and_binary_users(cold: ColdStore, new_type: Callable[[
     big = encode_history([random.Random(2).randbytes(1 << 20)])  # 1 MiB, incompressible
     odd_users = [b"\x00", b"\x00\x00", bytes(range(256)), b"'; DROP TABLE x; --"]
     small = [(name, history(i)) for i, name in enumerate(odd_users[1:])]
-    await cold.write(kind, [(odd_users[0], big), *small])
+    await put(cold, kind, [(odd_users[0], big), *small])
     assert await cold.read(kind, odd_users) == [big, history(0), history(1), history(2)]
     assert await cold.read(kind, [b"\x00\x00\x00"]) == [None]  # no prefix matches
 
@@ -189,12 +220,12 @@ async def test_prepare_is_idempotent_and_types_added_later_get_prepared(
 ) -> None:
     first, later = new_type(), new_type()
     registry = await prepared(cold, first)
-    await cold.write(first, [(user(1), history("first"))])
+    await put(cold, first, [(user(1), history("first"))])
     await cold.prepare(registry)
     extended = registry_of(later, base=registry)
     assert set(extended.interaction_types) == {first, later}
     await cold.prepare(extended)
-    await cold.write(later, [(user(1), history("later"))])
+    await put(cold, later, [(user(1), history("later"))])
     assert await cold.read(first, [user(1)]) == [history("first")]
     assert await cold.read(later, [user(1)]) == [history("later")]
 
@@ -204,7 +235,7 @@ async def test_concurrent_calls(cold: ColdStore, new_type: Callable[[], str]) ->
     await prepared(cold, kind)
     rows = {user(n): history(n) for n in range(200)}
     items = list(rows.items())
-    await asyncio.gather(*(cold.write(kind, items[i::4]) for i in range(4)))
+    await asyncio.gather(*(put(cold, kind, items[i::4]) for i in range(4)))
     batches = [[*list(rows)[i::5], user(9_000 + i)] for i in range(10)]
     answers = await asyncio.gather(*(cold.read(kind, batch) for batch in batches))
     for batch, answer in zip(batches, answers, strict=True):
@@ -233,12 +264,18 @@ async def test_cassandra_rows_live_in_ic_tables_without_a_ttl(
 ) -> None:
     kind = new_type()
     await prepared(cassandra_cold, kind)
-    await cassandra_cold.write(kind, [(user(7), history(7))])
+    await put(cassandra_cold, kind, [(user(7), history(7))])
     table = f'{cassandra_cold.keyspace}."ic_{kind}"'
     rows = await asyncio.to_thread(
         _query, cassandra_endpoint, f"SELECT v, TTL(v) FROM {table} WHERE k = %s", user(7)
     )
     assert [(bytes(row[0]), row[1]) for row in rows] == [(history(7), None)]
+    written_at = fence()
+    await cassandra_cold.write(kind, [ColdWrite(user(8), history(8), None)], written_at)
+    stamps = await asyncio.to_thread(
+        _query, cassandra_endpoint, f"SELECT WRITETIME(v) FROM {table} WHERE k = %s", user(8)
+    )
+    assert [row[0] for row in stamps] == [written_at]  # the fence orders a row's writes
     comment = await asyncio.to_thread(
         _query,
         cassandra_endpoint,
@@ -255,7 +292,7 @@ async def test_cassandra_write_to_an_unprepared_type_names_it(
 ) -> None:
     kind = new_type()
     with pytest.raises(NotFoundError, match=f"interaction type '{kind}' has no table"):
-        await cassandra_cold.write(kind, [(user(1), history(1))])
+        await put(cassandra_cold, kind, [(user(1), history(1))])
 
 
 @pytest.mark.services
@@ -279,7 +316,7 @@ async def test_cassandra_stores_share_a_keyspace_with_the_feature_store_without_
         await features.prepare(registry_from(spec))
         await prepared(cassandra_cold, name)
         await features.write(name, [(user(1), b"feature row")], None)
-        await cassandra_cold.write(name, [(user(1), history("cold"))])
+        await put(cassandra_cold, name, [(user(1), history("cold"))])
         assert await features.read(name, [user(1)]) == [b"feature row"]
         assert await cassandra_cold.read(name, [user(1)]) == [history("cold")]
     finally:
@@ -294,8 +331,8 @@ async def test_cassandra_long_type_names_fit_table_names(
     long_a = (stem + "a" * 60)[:63]
     long_b = long_a[:62] + "b"  # the same leading characters: only the hash tells them apart
     await prepared(cassandra_cold, long_a, long_b)
-    await cassandra_cold.write(long_a, [(user(1), history("a"))])
-    await cassandra_cold.write(long_b, [(user(1), history("b"))])
+    await put(cassandra_cold, long_a, [(user(1), history("a"))])
+    await put(cassandra_cold, long_b, [(user(1), history("b"))])
     assert await cassandra_cold.read(long_a, [user(1)]) == [history("a")]
     assert await cassandra_cold.read(long_b, [user(1)]) == [history("b")]
 
@@ -312,7 +349,7 @@ async def test_cassandra_down_raises_unavailable_naming_the_address() -> None:
     try:
         for call in (
             store.read("click", [user(1)]),
-            store.write("click", [(user(1), history(1))]),
+            store.write("click", [ColdWrite(user(1), history(1), None)], fence()),
             store.prepare(registry_of("click")),
         ):
             with pytest.raises(UnavailableError, match=f"cassandra at {address} did not answer"):
@@ -346,6 +383,22 @@ def _conforms(lmdb_store: LmdbColdStore, cassandra_store: CassandraColdStore) ->
 # --- LMDB only ----------------------------------------------------------------------------
 
 
+async def test_lmdb_writes_only_rows_that_are_still_what_the_writer_read(
+    lmdb_cold: LmdbColdStore, new_type: Callable[[], str]
+) -> None:
+    kind = new_type()
+    await prepared(lmdb_cold, kind)
+    await put(lmdb_cold, kind, [(user(1), history("first")), (user(2), history("first 2"))])
+    writes = [
+        ColdWrite(user(1), history("second"), history("first")),  # still what was read
+        ColdWrite(user(2), history("lost race"), history("something else")),
+        ColdWrite(user(3), history("new"), history("thought it existed")),
+    ]
+    assert await lmdb_cold.write(kind, writes, fence()) == [user(2), user(3)]
+    found = await lmdb_cold.read(kind, [user(1), user(2), user(3)])
+    assert found == [history("second"), history("first 2"), None]
+
+
 async def test_lmdb_rows_are_durable_and_in_ic_databases(
     tmp_path: Path, new_type: Callable[[], str]
 ) -> None:
@@ -353,7 +406,7 @@ async def test_lmdb_rows_are_durable_and_in_ic_databases(
     kind = new_type()
     store = LmdbColdStore(path)
     await prepared(store, kind)
-    await store.write(kind, [(user(1), history(1)), (user(2), history(2))])
+    await put(store, kind, [(user(1), history(1)), (user(2), history(2))])
     await store.close()
     reopened = LmdbColdStore(path)
     assert await reopened.read(kind, [user(2), user(1)]) == [history(2), history(1)]

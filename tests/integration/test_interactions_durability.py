@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -43,12 +44,12 @@ from inferstack.client.interactions import InteractionsClient
 from inferstack.core.documents import DefinitionsFile
 from inferstack.core.registry import Registry, plan
 from inferstack.core.rowformat import VarColumn
-from inferstack.interactions.cold.base import ColdStore
+from inferstack.interactions.cold.base import ColdStore, ColdWrite
 from inferstack.interactions.cold.cassandra import CassandraColdStore
 from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.coldrow import decode_history
 from inferstack.interactions.events import EventBatch, History, InteractionCatalog, decode_rows
-from inferstack.interactions.hot.base import Claim, HotEvent, HotTier
+from inferstack.interactions.hot.base import Claim, HotEvent, HotRange, HotTier
 from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.hot.redis import RedisHotTier
 from inferstack.interactions.service import InteractionService, SweepResult
@@ -444,11 +445,14 @@ class ColdWriteStalls:
     async def prepare(self, registry: Registry) -> None:
         await self.inner.prepare(registry)
 
-    async def read(self, type: str, users: Sequence[bytes]) -> list[bytes | None]:
-        return await self.inner.read(type, users)
+    async def read(
+        self, type: str, users: Sequence[bytes], *, latest: bool = False
+    ) -> list[bytes | None]:
+        return await self.inner.read(type, users, latest=latest)
 
-    async def write(self, type: str, rows: Sequence[tuple[bytes, bytes]]) -> None:
+    async def write(self, type: str, rows: Sequence[ColdWrite], fence: int) -> list[bytes]:
         stall(self.marker, f"writing {len(rows)} cold rows of {type}")
+        return []
 
     async def close(self) -> None:
         await self.inner.close()
@@ -471,6 +475,14 @@ class ReleaseStalls:
     ) -> list[tuple[int, bytes]]:
         return await self.inner.read(user, type, limit, since)
 
+    async def read_range(
+        self, user: bytes, type: str, limit: int | None = None, since: int | None = None
+    ) -> HotRange:
+        return await self.inner.read_range(user, type, limit, since)
+
+    async def fence(self) -> int:
+        return await self.inner.fence()
+
     async def claim(self, now: int, lease: int, limit: int) -> list[Claim]:
         return await self.inner.claim(now, lease, limit)
 
@@ -479,7 +491,12 @@ class ReleaseStalls:
     ) -> dict[str, list[tuple[int, bytes]]]:
         return await self.inner.events_of(user, types)
 
-    async def release(self, claim: Claim, moved: Mapping[str, Sequence[bytes]]) -> bool:
+    async def release(
+        self,
+        claim: Claim,
+        moved: Mapping[str, Sequence[bytes]],
+        complete_from: Mapping[str, int] | None = None,
+    ) -> bool:
         stall(self.marker, "releasing after the cold writes")
         return False
 
@@ -489,8 +506,10 @@ class ReleaseStalls:
         events: Mapping[str, Sequence[tuple[int, bytes]]],
         caps: Mapping[str, int],
         deadline: int,
+        complete_from: Mapping[str, int] | None = None,
+        fence: int | None = None,
     ) -> None:
-        await self.inner.load(user, events, caps, deadline)
+        await self.inner.load(user, events, caps, deadline, complete_from, fence)
 
     async def scheduled(self, user: bytes) -> int | None:
         return await self.inner.scheduled(user)
@@ -644,5 +663,147 @@ async def test_a_sweeper_killed_mid_flush_loses_nothing_and_doubles_nothing(
                 assert set(cold) == expected[name][user]
                 (encoded,) = service.catalog.encode_users(name, [user])
                 assert await service.hot.read(encoded, name) == []
+    finally:
+        await service.close()
+
+
+# ---- a sweeper frozen past its lease -------------------------------------------------------
+
+
+class FreezesBeforeWriting:
+    """A cold store that, when told, stops its whole process (SIGSTOP to itself) right before
+    a write: the sweeper has claimed, read the hot events and the cold rows, and merged. It
+    stays frozen, as a GC or VM pause would leave it, until the test sends SIGCONT."""
+
+    def __init__(self, inner: ColdStore) -> None:
+        self.inner = inner
+        self.freeze = False
+
+    async def prepare(self, registry: Registry) -> None:
+        await self.inner.prepare(registry)
+
+    async def read(
+        self, type: str, users: Sequence[bytes], *, latest: bool = False
+    ) -> list[bytes | None]:
+        return await self.inner.read(type, users, latest=latest)
+
+    async def write(self, type: str, rows: Sequence[ColdWrite], fence: int) -> list[bytes]:
+        if self.freeze:
+            self.freeze = False
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return await self.inner.write(type, rows, fence)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def sweeper_process(config: str) -> None:
+    """A sweeper of its own (`python -c` runs this): each line "AHEAD FREEZE" on stdin runs
+    one sweep with its clock AHEAD seconds ahead, frozen before its cold write if FREEZE is 1;
+    the result goes to stdout as a JSON line."""
+    asyncio.run(_sweeper_process(SharedTiers(**json.loads(config))))
+
+
+async def _sweeper_process(tiers: SharedTiers) -> None:
+    clock = Clock()
+    service = await open_service(tiers, clock)
+    cold = service.cold = FreezesBeforeWriting(service.cold)
+    for line in sys.stdin:  # blocking, but nothing else runs in this process
+        ahead, freeze = line.split()
+        clock.ahead = float(ahead)
+        cold.freeze = freeze == "1"
+        result = await service.sweep(limit=1000)
+        print(json.dumps(asdict(result)), flush=True)
+    await service.close()
+
+
+class SweeperProcess:
+    def __init__(self, tiers: SharedTiers, log: Path) -> None:
+        code = (
+            "import sys; from tests.integration.test_interactions_durability import "
+            "sweeper_process; sweeper_process(sys.argv[1])"
+        )
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(asdict(tiers))],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log.open("wb"),
+        )
+
+    def sweep(self, ahead: float, freeze: bool) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{ahead} {int(freeze)}\n".encode())
+        self.process.stdin.flush()
+
+    def wait_frozen(self) -> None:
+        def stopped() -> bool:
+            assert self.process.poll() is None, f"the sweeper exited:\n{self.log.read_text()}"
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+        wait_for(stopped, "the sweeper to freeze before its cold write", bound=60)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def result(self) -> dict[str, int]:
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], 60)
+        assert ready, f"the sweeper did not answer:\n{self.log.read_text()}"
+        line = self.process.stdout.readline()
+        assert line, f"the sweeper exited:\n{self.log.read_text()}"
+        answer: dict[str, int] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGCONT)
+        self.process.kill()
+        self.process.wait(timeout=BOUND)
+
+
+async def test_a_sweeper_frozen_past_its_lease_overwrites_nothing(
+    tiers: SharedTiers, tmp_path: Path
+) -> None:
+    """The auditor's sequence: A freezes between its cold read and write; B takes the user
+    over after A's lease and freezes too; A wakes and finishes, then sweeps the user again
+    after more events; B wakes last with a merge that lacks them. Every event must stay."""
+    service = await open_service(tiers, Clock())
+    user = 7
+    sent: list[str] = []
+
+    async def ingest(tag: str) -> None:
+        batch = _batch("click", [user], 10, tag)
+        await service.ingest([batch])
+        sent.extend(batch.event_ids)
+
+    a = SweeperProcess(tiers, tmp_path / "a.log")
+    b = SweeperProcess(tiers, tmp_path / "b.log")
+    try:
+        await ingest("a")
+        a.sweep(AHEAD, freeze=True)  # the user is due for A: it claims, reads, merges
+        a.wait_frozen()
+        await ingest("b")
+        b.sweep(AHEAD + LEASE + 1, freeze=True)  # A's lease has run out for B
+        b.wait_frozen()
+        a.resume()  # A writes what it merged; its claim is B's now, so it releases nothing
+        assert a.result()["users"] == 0
+        await ingest("c")
+        a.sweep(AHEAD + 2 * (LEASE + 1), freeze=False)  # B's lease ran out: A takes the user
+        assert a.result()["users"] == 1  # ... moves a, b and c to the cold tier
+        b.resume()  # B wakes with a merge of a and b only
+        late = b.result()
+        assert (late["users"], late["lost_claims"]) == (0, 1)
+    finally:
+        a.close()
+        b.close()
+    try:
+        (found,) = await service.get(user, ["click"], limit=1000)
+        assert len(event_ids(found)) == len(sent), f"{len(event_ids(found))} of {len(sent)}"
+        assert sorted(event_ids(found)) == sorted(sent)
+        assert found.hot == 0
+        assert sorted(await _cold_ids(service, "click", user)) == sorted(sent)
     finally:
         await service.close()

@@ -162,9 +162,10 @@ async def test_events_arriving_during_a_sweep_stay_hot(
     clock.now += 46 * MINUTE
     original = service.cold.write
 
-    async def write_then_ingest(type_name: str, rows: Any) -> None:
-        await original(type_name, rows)
+    async def write_then_ingest(type_name: str, rows: Any, fence: int) -> list[bytes]:
+        refused = await original(type_name, rows, fence)
         await service.ingest([clicks(7, 3, 1, clock)])  # the user came back meanwhile
+        return refused
 
     service.cold.write = write_then_ingest  # type: ignore[method-assign]
     await service.sweep()

@@ -2,15 +2,21 @@
 
     ingest:  check every batch -> encode rows -> hot tier (one atomic, durable write) with
              each user's inactivity deadline pushed forward
-    get:     hot tier newest first; if it holds fewer than asked, merged with the cold row
-    hydrate: the cold rows -> newest `hot_cap` per type -> hot tier (COLD members), scheduled
+    get:     hot tier newest first, alone only where its coverage proves the answer (it holds
+             every cold event at least as new as the oldest one answered); else merged with
+             the cold row
+    hydrate: the cold rows -> newest `hot_cap` per type -> hot tier (COLD members), scheduled,
+             with the coverage of what was loaded
     sweep:   claim users past their deadline -> their hot events -> merged into one cold row
-             per (user, type), written durably -> only then release: remove exactly the moved
-             members (events that arrived meanwhile stay hot)
+             per (user, type), written durably and only if nobody wrote the row since it was
+             read (the claim's fence) -> only then release: remove exactly the moved members
+             (events that arrived meanwhile stay hot)
 
 A sweeper that dies after writing cold rows but before releasing leaves the members hot and
 the claim to expire; the next sweep merges them again, and merging de-duplicates by event id,
-so nothing is lost and nothing doubles.
+so nothing is lost and nothing doubles. A sweeper that stalls past its lease and wakes up
+cannot replace the row of the sweeper that took over (`cold/base.py`), and its release fails:
+what it held is the other sweeper's now.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.interactiontypes import TIMESTAMP
 from inferstack.core.registry import Registry
-from inferstack.interactions.cold.base import ColdStore
+from inferstack.interactions.cold.base import ColdStore, ColdWrite
 from inferstack.interactions.coldrow import (
     ColdRowError,
     UnreadableEventError,
@@ -44,7 +50,7 @@ from inferstack.interactions.events import (
     decode_rows,
     encode_batch,
 )
-from inferstack.interactions.hot.base import COLD, NEW, HotEvent, HotTier
+from inferstack.interactions.hot.base import COLD, NEW, HotEvent, HotRange, HotTier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +65,7 @@ class SweepResult:
     users: int = 0  # users whose hot events moved to the cold tier
     events: int = 0  # hot events moved
     lost_claims: int = 0  # claims that expired before release (another sweeper took over)
+    conflicts: int = 0  # cold rows another sweeper had written since this one read them
 
 
 class InteractionService:
@@ -134,17 +141,17 @@ class InteractionService:
     ) -> History:
         kind = catalog.type(name)
         (encoded,) = catalog.encode_users(name, [user])
-        hot = await self.hot.read(encoded, name, limit, since)
-        rows = [member[1:] for _, member in hot]
+        hot = await self.hot.read_range(encoded, name, limit, since)
+        rows = [member[1:] for _, member in hot.events]
         hot_rows = set(rows)  # served from the hot tier (hydrated events included)
         codec = catalog.codecs[name]
-        if limit is not None and len(rows) >= limit:
+        if _hot_alone(hot, limit, since):
             # A hydrated event delivered again is in the hot tier twice (the two copies
             # differ in their origin byte): one merge de-duplicates by event id.
-            rows = merge([], rows, codec, limit, since if since is not None else FAR_PAST)
-        # The newest `limit` are all hot when the hot tier holds that many distinct ones;
-        # otherwise the cold history may hold some of them.
-        if limit is None or len(rows) < limit:
+            rows = merge([], rows, codec, limit or len(rows), since or FAR_PAST)
+        if not _hot_alone(hot, limit, since) or (limit is not None and len(rows) < limit):
+            # The cold row may hold events the answer needs: newer than some hot ones (late
+            # events, or copies a cap trimmed), or older ones when the hot tier has too few.
             cold = await self._cold_rows(name, [encoded])
             rows = merge(
                 cold[0],
@@ -162,24 +169,35 @@ class InteractionService:
         catalog = self.catalog
         names = list(types) or sorted(catalog.types)
         now = self._now_ms()
+        # Read before the cold rows: if a flush changes them meanwhile, the fence moves and
+        # the load does not claim to cover them.
+        fence = await self.hot.fence()
         loaded: dict[str, int] = {}
         by_user: dict[bytes, dict[str, list[tuple[int, bytes]]]] = {}
         caps: dict[bytes, dict[str, int]] = {}
+        coverage: dict[bytes, dict[str, int]] = {}
         deadlines: dict[bytes, int] = {}
         for name in names:
             kind = catalog.type(name)
             (encoded,) = catalog.encode_users(name, [user])
-            rows = (await self._cold_rows(name, [encoded], limit=kind.hot_cap))[0]
+            rows = (await self._cold_rows(name, [encoded], limit=kind.hot_cap + 1))[0]
+            whole = len(rows) <= kind.hot_cap
+            rows = rows[: kind.hot_cap]
             stamps = _timestamps(catalog, name, rows)
             by_user.setdefault(encoded, {})[name] = [
                 (ts, COLD + row) for ts, row in zip(stamps, rows, strict=True)
             ]
+            # The whole row is hot now, or every event after the oldest loaded one (an
+            # event of the same millisecond as that one may have stayed behind).
+            coverage.setdefault(encoded, {})[name] = FAR_PAST if whole else min(stamps) + 1
             caps.setdefault(encoded, {})[name] = kind.hot_cap
             deadline = now + int(kind.inactivity * 1000)
             deadlines[encoded] = max(deadlines.get(encoded, 0), deadline)
             loaded[name] = len(rows)
         for encoded, events in by_user.items():
-            await self.hot.load(encoded, events, caps[encoded], deadlines[encoded])
+            await self.hot.load(
+                encoded, events, caps[encoded], deadlines[encoded], coverage[encoded], fence
+            )
         return loaded
 
     async def sweep(self, limit: int = 500) -> SweepResult:
@@ -195,12 +213,15 @@ class InteractionService:
         # than a connection pool serves without queueing past the tier's timeout.
         hot = await _bounded(self.hot.events_of(claim.user, names) for claim in claims)
         moved: list[dict[str, list[bytes]]] = [{} for _ in claims]
+        complete_from: list[dict[str, int]] = [{} for _ in claims]
+        lost: set[int] = set()  # claims whose cold row another sweeper wrote: not released
         for name in names:
             kind = catalog.types[name]
             users = [i for i, events in enumerate(hot) if events.get(name)]
             if not users:
                 continue
-            cold = await self._cold_rows(name, [claims[i].user for i in users])
+            blobs = await self.cold.read(name, [claims[i].user for i in users], latest=True)
+            cold = self._decode_rows(name, [claims[i].user for i in users], blobs)
             oldest = now - int(kind.retention.age * 1000) if kind.retention.age else FAR_PAST
             members = [[member for _, member in hot[index][name]] for index in users]
             pairs = [
@@ -214,7 +235,8 @@ class InteractionService:
                 )
             except UnreadableEventError:
                 histories = [None] * len(users)  # find the user(s) at fault, one by one
-            rows: list[tuple[bytes, bytes]] = []
+            rows: list[ColdWrite] = []
+            written: list[tuple[int, int, list[bytes]]] = []  # (position, claim index, merged)
             for position, index in enumerate(users):
                 merged = histories[position]
                 if merged is None:
@@ -228,21 +250,45 @@ class InteractionService:
                             "sweep of %s for user %s waits: %s", name, claims[index].user.hex(), exc
                         )
                         continue
-                rows.append((claims[index].user, encode_history(merged)))
-                moved[index][name] = members[position]
-                result.events += sum(1 for m in members[position] if m[:1] != COLD)
-            await self.cold.write(name, rows)  # durable before anything leaves the hot tier
+                rows.append(ColdWrite(claims[index].user, encode_history(merged), blobs[position]))
+                written.append((position, index, merged))
+            # Durable before anything leaves the hot tier.
+            refused = set(await self.cold.write(name, rows, claims[0].fence))
+            result.conflicts += len(refused)
+            stamps = iter(_timestamps(catalog, name, [m[0] for _, _, m in written if m]))
+            for position, index, merged in written:
+                # The cold row holds nothing newer than its first event and the hot tier
+                # will hold none of it: it covers everything after that event.
+                complete_from[index][name] = next(stamps) + 1 if merged else FAR_PAST
+                if claims[index].user in refused:
+                    lost.add(index)  # another sweeper wrote the row since: the claim is lost
+                else:
+                    moved[index][name] = members[position]
+        kept = [index for index in range(len(claims)) if index not in lost]
         released = await _bounded(
-            self.hot.release(claim, members) for claim, members in zip(claims, moved, strict=True)
+            self.hot.release(claims[index], moved[index], complete_from[index]) for index in kept
         )
+        for index, done in zip(kept, released, strict=True):
+            if done:
+                result.events += sum(
+                    1 for members in moved[index].values() for m in members if m[:1] != COLD
+                )
         result.users = sum(released)
-        result.lost_claims = len(released) - result.users
+        result.lost_claims = len(claims) - result.users
         return result
 
     async def _cold_rows(
         self, name: str, users: list[bytes], limit: int | None = None
     ) -> list[list[bytes]]:
-        blobs = await self.cold.read(name, users)
+        return self._decode_rows(name, users, await self.cold.read(name, users), limit)
+
+    def _decode_rows(
+        self,
+        name: str,
+        users: Sequence[bytes],
+        blobs: Sequence[bytes | None],
+        limit: int | None = None,
+    ) -> list[list[bytes]]:
         histories: list[list[bytes]] = []
         for user, blob in zip(users, blobs, strict=True):
             if blob is None:
@@ -258,6 +304,17 @@ class InteractionService:
     async def close(self) -> None:
         await self.hot.close()
         await self.cold.close()
+
+
+def _hot_alone(hot: HotRange, limit: int | None, since: int | None) -> bool:
+    """Whether the hot events read are the whole answer: the hot tier holds every cold event
+    at or after `since`, or it returned `limit` events none older than its coverage."""
+    covered = hot.complete_from
+    if covered is None:
+        return False
+    if since is not None and since >= covered:
+        return True
+    return limit is not None and len(hot.events) >= limit and hot.events[-1][0] >= covered
 
 
 def _timestamps(catalog: InteractionCatalog, name: str, rows: Sequence[bytes]) -> list[int]:

@@ -304,6 +304,17 @@ class Components:
     coherence: CacheCoherence | None = None  # caches following writes (cache feed)
     compaction: asyncio.Task[None] | None = None  # expired rows, embedded storage
 
+    def clear_stale_readers(self) -> int:
+        """Free the reader slots that dead processes (a killed worker or CLI) left in every
+        LMDB environment this process has open: feature rows, hot and cold interactions.
+        Returns how many were freed; adapters of other systems have nothing to free."""
+        cleared = 0
+        for part in (self.service.rows.storage, self.interactions.hot, self.interactions.cold):
+            clear = getattr(part, "clear_stale_readers", None)  # the LMDB adapters
+            if clear is not None:
+                cleared += clear()
+        return cleared
+
     async def close(self) -> None:
         if self.watch is not None:
             self.watch.stop()

@@ -41,12 +41,15 @@ if TYPE_CHECKING:
     from inferstack.interactions.kafka import InteractionConsumer
 
 log = logging.getLogger(__name__)
+STALE_READERS_EVERY = 5.0  # seconds between two checks for LMDB readers of dead processes
 FEATURE_STORE_SERVICE = featurestore_pb2.DESCRIPTOR.services_by_name["FeatureStore"].full_name
 
 
 async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain calls in flight and stop."""
     components = await build(settings)
+    # First at once, so a worker replacing a killed one frees the slots it left.
+    readers = asyncio.create_task(_clear_stale_readers(components, STALE_READERS_EVERY))
     callers_watch = auth.start(components.config)  # who may call; revocations follow
     limits = settings.admission
     gate = admission.Gate(limits.max_in_flight, limits.max_queue, limits.max_queue_wait)
@@ -150,10 +153,23 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
         await consumer.stop()  # commits what it ingested; the rest is redelivered
     await server.stop(settings.shutdown_grace)
     publisher.cancel()
+    readers.cancel()
     if sweeper is not None:
         await sweeper  # `stop` is set: it finishes the sweep it is in, then returns
     callers_watch.stop()
     await components.close()
+
+
+async def _clear_stale_readers(components: Components, every: float) -> None:
+    """Free LMDB reader slots left by processes that died mid-read, now and every `every`
+    seconds: each such slot pins the snapshot it read, so until it is freed LMDB reuses no
+    page freed since and the data files grow with every write."""
+    while True:
+        try:
+            components.clear_stale_readers()
+        except Exception as exc:  # an LMDB error: try again next time
+            log.warning("could not check LMDB for stale readers: %s", exc)
+        await asyncio.sleep(every)
 
 
 def _service(module: ModuleType, name: str) -> Any:

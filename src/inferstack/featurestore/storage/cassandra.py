@@ -489,7 +489,10 @@ class CassandraStorage:
         insert = await session.create_prepared(
             f"INSERT INTO {table} (k, v) VALUES (?, ?) USING TTL ?"
         )
-        return _Statements(select, insert)
+        insert_at = await session.create_prepared(
+            f"INSERT INTO {table} (k, v) VALUES (?, ?) USING TTL ? AND TIMESTAMP ?"
+        )
+        return _Statements(select, insert, insert_at)
 
     def _table_name(self, group: str) -> str:
         return table_name(group, self.table_prefix, self.kind)
@@ -511,7 +514,12 @@ class CassandraStorage:
 
     # --- reads and writes ---------------------------------------------------------------
 
-    async def read(self, group: str, keys: Sequence[bytes]) -> list[bytes | None]:
+    async def read(
+        self, group: str, keys: Sequence[bytes], *, latest: bool = False
+    ) -> list[bytes | None]:
+        """The rows of `keys` (None where absent), at the read consistency; `latest` reads at
+        the write consistency instead, so that with quorum writes (the default) the answer
+        holds every write acknowledged before the read began."""
         if not keys:
             return []
         statements = await self._statements_for(group)
@@ -519,7 +527,7 @@ class CassandraStorage:
             return [None] * len(keys)
         unique = list(dict.fromkeys(keys))
         select = statements.select
-        consistency = self._read_consistency
+        consistency = self._write_consistency if latest else self._read_consistency
 
         def request(keys_of_group: list[bytes]) -> _Send:
             def send(session: Any, replica: Address | None) -> Awaitable[Any]:
@@ -542,9 +550,17 @@ class CassandraStorage:
         return [found.get(key) for key in keys]
 
     async def write(
-        self, group: str, rows: Sequence[tuple[bytes, bytes]], ttl: float | None
+        self,
+        group: str,
+        rows: Sequence[tuple[bytes, bytes]],
+        ttl: float | None,
+        timestamp: int | None = None,
     ) -> None:
-        """Upsert each row; not atomic across rows, but safe to retry (see module docstring)."""
+        """Upsert each row; not atomic across rows, but safe to retry (see module docstring).
+
+        `timestamp` (microseconds) is the rows' write time instead of the driver's clock:
+        Cassandra keeps, of two writes of a key, the one with the later write time, whatever
+        the order they arrive in."""
         if not rows:
             return
         statements = await self._statements_for(group)
@@ -554,7 +570,8 @@ class CassandraStorage:
                 f"'{self.keyspace}' at {self.where}: apply its definition first"
             )
         seconds = ttl_seconds(ttl)
-        insert = statements.insert
+        insert = statements.insert if timestamp is None else statements.insert_at
+        values: list[Any] = [seconds] if timestamp is None else [seconds, timestamp]
         consistency = self._write_consistency
 
         def request(batch: list[tuple[bytes, bytes]]) -> _Send:
@@ -563,12 +580,12 @@ class CassandraStorage:
                 # its first row, which is the shared primary of all its rows.
                 if len(batch) == 1:
                     key, value = batch[0]
-                    single = insert.bind([key, value, seconds], consistency=consistency)
+                    single = insert.bind([key, value, *values], consistency=consistency)
                     single.set_is_idempotent(True)
                     return session.execute(single)  # type: ignore[no-any-return]
                 unlogged = acsylla.create_batch_unlogged()
                 for key, value in batch:
-                    unlogged.add_statement(insert.bind([key, value, seconds]))
+                    unlogged.add_statement(insert.bind([key, value, *values]))
                 unlogged.set_consistency(consistency)
                 unlogged.set_is_idempotent(True)
                 return session.execute_batch(unlogged)  # type: ignore[no-any-return]
@@ -681,6 +698,7 @@ class CassandraStorage:
 class _Statements:
     select: Any  # acsylla PreparedStatement
     insert: Any
+    insert_at: Any  # with a write timestamp of the caller's
 
 
 # Sends one request through a session, pinned to a replica unless that is None.

@@ -9,11 +9,17 @@ LMDB never drops a row by itself, so expired rows are reclaimed by compaction
 (featurestore/compaction.py) through `scan` and `delete_if`: short read transactions to
 find candidates, then one short write transaction per batch that re-checks each row, so
 neither readers nor writers wait long and a row rewritten meanwhile is kept.
+
+A process killed inside a read transaction (a worker, a CLI) leaves its reader slot behind,
+pinning the snapshot it read: LMDB then reuses no page freed since, and the file grows with
+every write. `clear_stale_readers` frees such slots; every worker runs it at start-up and
+every few seconds on each environment it has open (server/worker.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,9 +27,24 @@ from typing import Any
 
 import lmdb
 
+from inferstack import metrics
 from inferstack.core.registry import Registry
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
+
+
+def clear_stale_readers(env: lmdb.Environment, path: Path) -> int:
+    """Free the reader slots of processes that died holding them (LMDB checks each slot's
+    process by its lock on lock.mdb); returns how many were freed. Cheap: one pass over
+    the reader table. Until freed, such a slot keeps LMDB from reusing any page freed after
+    the snapshot it pinned."""
+    cleared = int(env.reader_check())
+    if cleared:
+        metrics.LMDB_STALE_READERS.labels(str(path)).inc(cleared)
+        log.warning("LMDB %s: freed %d reader slot(s) left by dead processes", path, cleared)
+    return cleared
 
 
 class LmdbStorage:
@@ -88,6 +109,21 @@ class LmdbStorage:
         with self._env.begin(db=database, write=True) as txn, txn.cursor() as cursor:
             cursor.putmulti(rows)
 
+    def replace_if_sync(
+        self, group: str, rows: Sequence[tuple[bytes, bytes, bytes | None]]
+    ) -> list[bytes]:
+        """(key, row, expected) each: the row is written only where the key's current row
+        is still `expected` (None: absent), all in one transaction; the keys left alone."""
+        database = self._database(group, create=True)
+        refused: list[bytes] = []
+        with self._env.begin(db=database, write=True) as txn:
+            for key, row, expected in rows:
+                if txn.get(key) != expected:
+                    refused.append(key)
+                else:
+                    txn.put(key, row)
+        return refused
+
     def entry_count(self, group: str) -> int:
         database = self._database(group, create=False)
         if database is None:
@@ -130,6 +166,10 @@ class LmdbStorage:
                     deleted += 1
                     freed += len(key) + len(row)
         return deleted, freed
+
+    def clear_stale_readers(self) -> int:
+        """Free reader slots of dead processes (see `clear_stale_readers`)."""
+        return clear_stale_readers(self._env, self.path)
 
     async def close(self) -> None:
         self.close_sync()

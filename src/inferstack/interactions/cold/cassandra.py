@@ -12,6 +12,9 @@ Writes go out at the write consistency (LOCAL_QUORUM by default), so a sweep fre
 tier only once a majority of local replicas hold the row. Cold rows carry no TTL: retention
 is applied by `coldrow.merge` when the sweeper rewrites a row. Writes of one call are not
 atomic across users, but each user's row is replaced whole and a retried write is harmless.
+Each row's write timestamp is the sweeper's claim fence, so a sweeper that stalled past its
+lease can never replace the row of the one that took over (`cold/base.py` says why this and
+not a lightweight transaction); sweepers read with `latest`, at the write consistency.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 from inferstack.core.registry import Registry
 from inferstack.featurestore.storage.cassandra import DEFAULT_KEYSPACE, CassandraStorage
+from inferstack.interactions.cold.base import ColdWrite
 
 TABLE_PREFIX = "ic_"
 
@@ -63,11 +67,16 @@ class CassandraColdStore:
     async def prepare(self, registry: Registry) -> None:
         await self._storage.prepare_tables(registry.interaction_types)
 
-    async def read(self, type: str, users: Sequence[bytes]) -> list[bytes | None]:
-        return await self._storage.read(type, users)
+    async def read(
+        self, type: str, users: Sequence[bytes], *, latest: bool = False
+    ) -> list[bytes | None]:
+        return await self._storage.read(type, users, latest=latest)
 
-    async def write(self, type: str, rows: Sequence[tuple[bytes, bytes]]) -> None:
-        await self._storage.write(type, rows, None)  # no TTL: merge applies retention
+    async def write(self, type: str, rows: Sequence[ColdWrite], fence: int) -> list[bytes]:
+        # No TTL (merge applies retention); the fence orders the writes of a row.
+        pairs = [(row.user, row.row) for row in rows]
+        await self._storage.write(type, pairs, None, timestamp=fence)
+        return []  # a stale write is kept out of sight, not refused: nothing to report
 
     async def close(self) -> None:
         await self._storage.close()

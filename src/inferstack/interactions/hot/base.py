@@ -18,6 +18,20 @@ The schedule holds, per user, the deadline (unix ms) after which the sweeper may
 user's hot events to the cold tier. A claim takes a user off the schedule under a lease, so two
 sweepers never flush the same user at once; a sweeper that dies leaves the lease to expire and
 the user is claimed again. "Due now" (cap overflow) is the deadline 0 (`batches.DUE_NOW`).
+
+Fences order flushes without trusting clocks: the hot tier keeps one counter that every claim
+call and every release moves forward (to at least the claim's `now` in microseconds, so it
+also orders after writes made before fences existed). A claim carries the fence it was given;
+the cold tier orders a user's row writes by it, so a sweeper that stalled past its lease can
+never replace the row of a sweeper that claimed the user after it.
+
+Coverage says when the hot tier alone answers "the last N": per (user, type) the hot tier may
+know a time `complete_from` such that it holds every event of the cold tier at or after that
+time (None: not known, so a read must merge the cold row). A release sets it to just after the
+newest event of the row the sweeper wrote (the hot tier then holds none of the cold row); a
+hydrate's load sets it to where the copies it loaded begin, unless a flush happened since the
+hydrate read the cold row (its fence moved); trimming a COLD copy raises it past that copy. It
+is forgotten with the (user, type)'s last hot member.
 """
 
 from __future__ import annotations
@@ -44,6 +58,15 @@ class Claim:
     token: int  # the lease's expiry (unix ms); proves the claim when freeing
     # A user is only claimed once its previous lease has run out, so its tokens only grow,
     # as long as sweepers' clocks differ by less than a lease.
+    fence: int = 0  # the hot tier's fence for this claim: later claims get larger ones
+
+
+@dataclass(frozen=True)
+class HotRange:
+    """What `read_range` found: events newest first, and the coverage of the hot tier."""
+
+    events: list[tuple[int, bytes]]  # (ts, member)
+    complete_from: int | None  # every cold event at or after this ts (ms) is hot; None: unknown
 
 
 class HotTier(Protocol):
@@ -69,6 +92,16 @@ class HotTier(Protocol):
         """(ts, member) newest first: at most `limit`, none older than `since` (unix ms)."""
         ...
 
+    async def read_range(
+        self, user: bytes, type: str, limit: int | None = None, since: int | None = None
+    ) -> HotRange:
+        """`read`'s events and the (user, type)'s `complete_from`, as of one instant."""
+        ...
+
+    async def fence(self) -> int:
+        """The current fence (what the last claim or release moved it to; 0 before any)."""
+        ...
+
     async def claim(self, now: int, lease: int, limit: int) -> list[Claim]:
         """Atomically take up to `limit` users whose deadline or earlier lease has passed off
         the schedule, each under a lease until now + lease.
@@ -84,11 +117,19 @@ class HotTier(Protocol):
         """Every member of the user per type, oldest first (what a sweep moves)."""
         ...
 
-    async def release(self, claim: Claim, moved: Mapping[str, Sequence[bytes]]) -> bool:
+    async def release(
+        self,
+        claim: Claim,
+        moved: Mapping[str, Sequence[bytes]],
+        complete_from: Mapping[str, int] | None = None,
+    ) -> bool:
         """After the moved members are durable in the cold tier: remove exactly those members
         and end the claim, atomically, if the claim is still ours (False if its lease expired
         and someone else holds it: then nothing is removed). Members that arrived during the
-        flush stay, and their user stays on the schedule.
+        flush stay, and their user stays on the schedule. A release moves the fence forward.
+
+        `complete_from[type]` (just after the newest event of the cold row written) becomes
+        the coverage of each moved type that still has members.
 
         Their add scheduled the user; members that were there before the claim but not moved
         schedule it at `claim.token` (retried when the lease would have run out). Members no
@@ -101,10 +142,16 @@ class HotTier(Protocol):
         events: Mapping[str, Sequence[tuple[int, bytes]]],
         caps: Mapping[str, int],
         deadline: int,
+        complete_from: Mapping[str, int] | None = None,
+        fence: int | None = None,
     ) -> None:
         """Hydrate: add (ts, member) per type (members with the COLD origin byte), keep at most
         the cap (newest), and schedule the user at `deadline` (or later if already later).
         Idempotent.
+
+        `complete_from[type]`, where the loaded copies begin, becomes the type's coverage
+        (or stays lower if it was) only if the fence is still `fence`, the one the caller saw
+        before reading the cold rows: otherwise a flush may have changed them since.
 
         The cap is applied as in `add` (NEW members are never trimmed, and beyond the cap
         they make the user due now); a due-now deadline stays."""

@@ -23,6 +23,9 @@ DUE_NOW = 0
 # Times (event times, deadlines, leases) are unix ms below 2**53: Redis keeps scores as
 # doubles, which are exact up to there (that is the year 287396).
 MAX_TIME = (1 << 53) - 1
+# Fences count in microseconds of the claims' clocks (Cassandra write timestamps), and Redis's
+# Lua keeps numbers as doubles: below 2**53 (the year 2255) they are exact.
+MAX_FENCE = (1 << 53) - 1
 
 # User keys are the encoded key of the type's user key (core/keys.py). The bound keeps every
 # LMDB key (type + user + 24 bytes) below LMDB's 511-byte key limit, with room to spare.
@@ -41,6 +44,7 @@ class Group:
     cap: int
     new: list[tuple[int, bytes]] = field(default_factory=list)
     cold: list[tuple[int, bytes]] = field(default_factory=list)
+    complete_from: int | None = None  # a load's coverage for this type, if it gives one
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Batch:
 
     groups: list[Group]
     deadlines: dict[bytes, int]
+    fence: int | None = None  # a load's coverage holds only if the fence is still this
 
 
 def user_label(user: bytes) -> str:
@@ -139,24 +144,41 @@ def load_batch(
     events: Mapping[str, Sequence[tuple[int, bytes]]],
     caps: Mapping[str, int],
     deadline: int,
+    complete_from: Mapping[str, int] | None = None,
+    fence: int | None = None,
 ) -> Batch:
     """Check a hydrate: COLD members only, a cap for every type that has events."""
     check_user(user)
     check_time(deadline, "deadline")
+    coverage = check_coverage(complete_from or {}, "complete_from")
+    if fence is not None:
+        check_fence(fence, "fence")
     groups: list[Group] = []
     for type_name, items in events.items():
         check_type(type_name, "events")
         if not items:
             continue
         cap = check_cap(type_name, caps, f"events['{type_name}']")
-        group = Group(user, type_name, cap)
+        group = Group(user, type_name, cap, complete_from=coverage.get(type_name))
         for index, (ts, member) in enumerate(items):
             where = f"events['{type_name}'][{index}]"
             check_time(ts, f"{where}.ts")
             check_member(member, f"{where}.member", COLD)
             group.cold.append((ts, member))
         groups.append(group)
-    return Batch(groups, {user: deadline})
+    return Batch(groups, {user: deadline}, fence)
+
+
+def check_coverage(complete_from: Mapping[str, int], where: str) -> dict[str, int]:
+    for type_name, ts in complete_from.items():
+        check_type(type_name, where)
+        check_time(ts, f"{where}['{type_name}']")
+    return dict(complete_from)
+
+
+def check_fence(fence: int, where: str) -> None:
+    if not isinstance(fence, int) or isinstance(fence, bool) or not 0 <= fence <= MAX_FENCE:
+        raise InvalidArgumentError(f"{where}: {fence!r} is not a fence (0..2**53-1)")
 
 
 def check_claim(now: int, lease: int, limit: int) -> None:

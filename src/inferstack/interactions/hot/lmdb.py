@@ -7,12 +7,14 @@ Named databases (integers big-endian, so byte order is numeric order):
              backwards cursor walk from the range's end. The hash tells apart events of the
              same millisecond; an event stored twice has the same key, so it is stored once
              (a different member under the same key would be a hash collision: refused).
-    types    len(user) u32 | user | type  ->  members u64 | COLD members u64
+    types    len(user) u32 | user | type  ->  members u64 | COLD members u64 | coverage u64
              the types a user has hot, with the counts caps need (LMDB cannot count a range)
+             and `complete_from` + 1 (0: not known; absent in rows of older versions)
     sched    "d" | deadline u64 | user  ->  ""          deadlines in order, for claims
              "u" | user  ->  deadline u64               a user's deadline
     claims   "e" | expiry u64 | user  ->  ""            leases in expiry order
              "u" | user  ->  expiry u64                 a user's lease (= its claim token)
+             "f"  ->  fence u64                         the fence of the last claim or release
 
 Every operation is one write transaction: atomic, and durable when it returns (LMDB's default
 sync settings fsync each commit). LMDB lets one writer in at a time across every process that
@@ -42,13 +44,15 @@ from typing import Any, TypeVar
 import lmdb
 
 from inferstack.core.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
-from inferstack.interactions.hot.base import COLD, Claim, HotEvent
+from inferstack.featurestore.storage.lmdb import clear_stale_readers
+from inferstack.interactions.hot.base import COLD, Claim, HotEvent, HotRange
 from inferstack.interactions.hot.batches import (
     DUE_NOW,
     Batch,
     Group,
     add_batch,
     check_claim,
+    check_coverage,
     check_limit,
     check_time,
     check_type,
@@ -64,10 +68,11 @@ T = TypeVar("T")
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
-_COUNTS = struct.Struct(">QQ")  # members, COLD members
+_COUNTS = struct.Struct(">QQQ")  # members, COLD members, complete_from + 1 (0: unknown)
+_OLD_COUNTS = struct.Struct(">QQ")  # rows written before coverage was kept
 _COLD = COLD[0]
 _NEWEST = b"\xff" * 16  # after every (ts, hash) suffix of a range: ts < 2**53
-_DEADLINE, _LEASE, _OF_USER = b"d", b"e", b"u"
+_DEADLINE, _LEASE, _OF_USER, _FENCE = b"d", b"e", b"u", b"f"
 _DUE_NOW = _U64.pack(DUE_NOW)
 
 
@@ -82,6 +87,21 @@ def _event_key(prefix: bytes, ts: int, member: bytes) -> bytes:
 
 def _types_prefix(user: bytes) -> bytes:
     return _U32.pack(len(user)) + user
+
+
+def _unpack_counts(value: bytes | None) -> tuple[int, int, int | None]:
+    """(members, COLD members, complete_from) of a `types` row (zeros and None if absent)."""
+    if value is None:
+        return 0, 0, None
+    if len(value) == _OLD_COUNTS.size:
+        size, cold = _OLD_COUNTS.unpack(value)
+        return size, cold, None
+    size, cold, coverage = _COUNTS.unpack(value)
+    return size, cold, coverage - 1 if coverage else None
+
+
+def _pack_counts(size: int, cold: int, complete_from: int | None) -> bytes:
+    return _COUNTS.pack(size, cold, 0 if complete_from is None else complete_from + 1)
 
 
 class _Environment:
@@ -143,17 +163,29 @@ class LmdbHotTier:
     def read_sync(
         self, user: bytes, type: str, limit: int | None = None, since: int | None = None
     ) -> list[tuple[int, bytes]]:
+        return self.read_range_sync(user, type, limit, since).events
+
+    async def read_range(
+        self, user: bytes, type: str, limit: int | None = None, since: int | None = None
+    ) -> HotRange:
+        return self.read_range_sync(user, type, limit, since)
+
+    def read_range_sync(
+        self, user: bytes, type: str, limit: int | None = None, since: int | None = None
+    ) -> HotRange:
         check_user(user)
         check_type(type)
         check_limit(limit)
         if since is not None:
             check_time(since, "since")
-        if limit == 0:
-            return []
         prefix = _range(type, user)
         start = len(prefix)
         out: list[tuple[int, bytes]] = []
         with self._env.begin(db=self._events) as txn, txn.cursor() as cursor:
+            counts = txn.get(_types_prefix(user) + type.encode(), db=self._types)
+            complete_from = _unpack_counts(counts)[2]
+            if limit == 0:
+                return HotRange(out, complete_from)
             found = cursor.prev() if cursor.set_range(prefix + _NEWEST) else cursor.last()
             while found:
                 key = cursor.key()
@@ -166,7 +198,11 @@ class LmdbHotTier:
                 if len(out) == limit:
                     break
                 found = cursor.prev()
-        return out
+        return HotRange(out, complete_from)
+
+    async def fence(self) -> int:
+        with self._env.begin(db=self._claims) as txn:
+            return _read_fence(txn, self._claims)
 
     async def claim(self, now: int, lease: int, limit: int) -> list[Claim]:
         check_claim(now, lease, limit)
@@ -194,11 +230,17 @@ class LmdbHotTier:
                 out[type_name] = items
         return out
 
-    async def release(self, claim: Claim, moved: Mapping[str, Sequence[bytes]]) -> bool:
+    async def release(
+        self,
+        claim: Claim,
+        moved: Mapping[str, Sequence[bytes]],
+        complete_from: Mapping[str, int] | None = None,
+    ) -> bool:
         check_user(claim.user, "claim.user")
         check_time(claim.token, "claim.token")
         split = split_moved(moved)
-        return await self._commit(lambda txn: self._release(txn, claim, split))
+        coverage = check_coverage(complete_from or {}, "complete_from")
+        return await self._commit(lambda txn: self._release(txn, claim, split, coverage))
 
     async def load(
         self,
@@ -206,8 +248,10 @@ class LmdbHotTier:
         events: Mapping[str, Sequence[tuple[int, bytes]]],
         caps: Mapping[str, int],
         deadline: int,
+        complete_from: Mapping[str, int] | None = None,
+        fence: int | None = None,
     ) -> None:
-        batch = load_batch(user, events, caps, deadline)
+        batch = load_batch(user, events, caps, deadline, complete_from, fence)
         await self._commit(lambda txn: self._apply(txn, batch))
 
     async def scheduled(self, user: bytes) -> int | None:
@@ -225,6 +269,10 @@ class LmdbHotTier:
             if shared.tiers == 0:
                 del _environments[self._key]
                 shared.env.close()
+
+    def clear_stale_readers(self) -> int:
+        """Free reader slots of dead processes (featurestore/storage/lmdb.py)."""
+        return 0 if self._shared is None else clear_stale_readers(self._env, self.path)
 
     # -- writes: operations on a write transaction, run in a worker thread --------------------
 
@@ -283,8 +331,10 @@ class LmdbHotTier:
 
     def _apply(self, txn: Any, batch: Batch) -> None:
         overflow: set[bytes] = set()
+        # A load's coverage holds only if no flush changed the cold rows since it read them.
+        covered = batch.fence is not None and _read_fence(txn, self._claims) == batch.fence
         for group in batch.groups:
-            if self._store_group(txn, group):
+            if self._store_group(txn, group, covered):
                 overflow.add(group.user)
         for user, deadline in batch.deadlines.items():
             current = txn.get(_OF_USER + user, db=self._sched)
@@ -293,12 +343,13 @@ class LmdbHotTier:
             elif current is None or (current != _DUE_NOW and _U64.unpack(current)[0] < deadline):
                 self._schedule(txn, user, _U64.pack(deadline), current)
 
-    def _store_group(self, txn: Any, group: Group) -> bool:
+    def _store_group(self, txn: Any, group: Group, covered: bool) -> bool:
         """Put one (user, type)'s events and apply its cap; True if NEW members exceed it."""
         prefix = _range(group.type, group.user)
         counts_key = _types_prefix(group.user) + group.type.encode()
-        counts = txn.get(counts_key, db=self._types)
-        size, cold = (0, 0) if counts is None else _COUNTS.unpack(counts)
+        size, cold, complete_from = _unpack_counts(txn.get(counts_key, db=self._types))
+        if covered and group.complete_from is not None:
+            complete_from = min(group.complete_from, complete_from or group.complete_from)
         for items, is_cold in ((group.new, False), (group.cold, True)):
             for ts, member in items:
                 key = _event_key(prefix, ts, member)
@@ -311,26 +362,30 @@ class LmdbHotTier:
                         "share a key hash; the batch was not stored"
                     )
         if size > group.cap and cold > 0:
-            removed = self._trim_cold(txn, prefix, min(size - group.cap, cold))
+            removed, newest = self._trim_cold(txn, prefix, min(size - group.cap, cold))
             size -= removed
             cold -= removed
-        txn.put(counts_key, _COUNTS.pack(size, cold), db=self._types)
+            if complete_from is not None and removed:
+                complete_from = max(complete_from, newest + 1)  # the copies are gone
+        txn.put(counts_key, _pack_counts(size, cold, complete_from), db=self._types)
         return bool(size - cold > group.cap)
 
-    def _trim_cold(self, txn: Any, prefix: bytes, count: int) -> int:
-        """Delete the `count` oldest COLD members of a range; how many went."""
-        removed = 0
+    def _trim_cold(self, txn: Any, prefix: bytes, count: int) -> tuple[int, int]:
+        """Delete the `count` oldest COLD members of a range; how many went and the time of
+        the newest that went."""
+        removed = newest = 0
         start = len(prefix)
         with txn.cursor(db=self._events) as cursor:
             found = cursor.set_range(prefix)
             while found and removed < count and cursor.key()[:start] == prefix:
                 if cursor.value()[0] == _COLD:
+                    newest = _U64.unpack_from(cursor.key(), start)[0]
                     cursor.delete()  # moves to the next record
                     removed += 1
                     found = bool(cursor.key())
                 else:
                     found = cursor.next()
-        return removed
+        return removed, newest
 
     def _schedule(self, txn: Any, user: bytes, deadline: bytes, current: bytes | None) -> None:
         if current is not None:
@@ -365,13 +420,16 @@ class LmdbHotTier:
                     taken.append(user)
                     if len(taken) == limit:
                         break
+        if not taken:
+            return []
+        fence = _advance_fence(txn, self._claims, now * 1000)
         for user in taken:
             deadline = txn.get(_OF_USER + user, db=self._sched)
             if deadline is not None:
                 txn.delete(_DEADLINE + deadline + user, db=self._sched)
                 txn.delete(_OF_USER + user, db=self._sched)
             self._lease(txn, user, token)
-        return [Claim(user, now + lease) for user in taken]
+        return [Claim(user, now + lease, fence) for user in taken]
 
     def _lease(self, txn: Any, user: bytes, token: bytes | None) -> None:
         """Set (or with None end) the user's lease."""
@@ -385,14 +443,19 @@ class LmdbHotTier:
             txn.put(_OF_USER + user, token, db=self._claims)
 
     def _release(
-        self, txn: Any, claim: Claim, moved: Mapping[str, tuple[list[bytes], list[bytes]]]
+        self,
+        txn: Any,
+        claim: Claim,
+        moved: Mapping[str, tuple[list[bytes], list[bytes]]],
+        complete_from: Mapping[str, int],
     ) -> bool:
         user = claim.user
         token = _U64.pack(claim.token)
         if txn.get(_OF_USER + user, db=self._claims) != token:
             return False  # the lease ran out and another sweeper holds the user now
+        _advance_fence(txn, self._claims, 0)
         for type_name, (new, cold) in moved.items():
-            self._remove(txn, user, type_name, set(new) | set(cold))
+            self._remove(txn, user, type_name, set(new) | set(cold), complete_from.get(type_name))
         self._lease(txn, user, None)
         # Members the sweeper did not move (arrived during the flush, or left out) keep the
         # user on the schedule: at the deadline their add set, else at the token.
@@ -403,12 +466,21 @@ class LmdbHotTier:
             self._schedule(txn, user, token, None)
         return True
 
-    def _remove(self, txn: Any, user: bytes, type_name: str, members: set[bytes]) -> None:
+    def _remove(
+        self,
+        txn: Any,
+        user: bytes,
+        type_name: str,
+        members: set[bytes],
+        complete_from: int | None,
+    ) -> None:
         counts_key = _types_prefix(user) + type_name.encode()
         counts = txn.get(counts_key, db=self._types)
         if counts is None:
             return  # nothing of this type is hot
-        size, cold = _COUNTS.unpack(counts)
+        size, cold, coverage = _unpack_counts(counts)
+        if complete_from is not None:
+            coverage = complete_from
         prefix = _range(type_name, user)
         start = len(prefix)
         # Members come without their times: walk the range (what a sweep moves is most of it).
@@ -424,9 +496,21 @@ class LmdbHotTier:
                 else:
                     found = cursor.next()
         if size:
-            txn.put(counts_key, _COUNTS.pack(size, cold), db=self._types)
+            txn.put(counts_key, _pack_counts(size, cold, coverage), db=self._types)
         else:
             txn.delete(counts_key, db=self._types)
+
+
+def _read_fence(txn: Any, claims: Any) -> int:
+    value = txn.get(_FENCE, db=claims)
+    return 0 if value is None else int(_U64.unpack(value)[0])
+
+
+def _advance_fence(txn: Any, claims: Any, at_least: int) -> int:
+    """Move the fence past its last value (and to at least `at_least`); the new fence."""
+    fence = max(at_least, _read_fence(txn, claims) + 1)
+    txn.put(_FENCE, _U64.pack(fence), db=claims)
+    return fence
 
 
 def _settle(

@@ -4,9 +4,11 @@ Keys (all binary; `prefix` is ours to choose, default "ih:"):
 
     <prefix>h:<type>:<user>   sorted set: member = origin byte + event row, score = ts (ms)
     <prefix>t:<user>          hash: field = a type the user has hot, value = how many of its
-                              members are COLD (so caps know what they may trim without a scan)
+                              members are COLD (so caps know what they may trim without a scan);
+                              field "f:<type>" = the type's complete_from, when known
     <prefix>sched             sorted set: member = user, score = deadline (ms)
     <prefix>claims            sorted set: member = user, score = lease expiry (ms) = claim token
+    <prefix>fence             string: the fence of the last claim or release (an integer)
 
 User keys are used raw: Redis keys are binary-safe, a type name is `[a-z][a-z0-9_]*` (never
 ":"), and the user always ends the key, so no two (type, user) pairs share a key whatever the
@@ -55,12 +57,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from inferstack.core.errors import UnavailableError
-from inferstack.interactions.hot.base import COLD, Claim, HotEvent
+from inferstack.interactions.hot.base import COLD, Claim, HotEvent, HotRange
 from inferstack.interactions.hot.batches import (
     DUE_NOW,
     Batch,
     add_batch,
     check_claim,
+    check_coverage,
     check_limit,
     check_time,
     check_type,
@@ -78,6 +81,16 @@ _HELPERS = f"""
 local CHUNK = {_CHUNK}
 local COLD_BYTE = {COLD[0]}
 local DUE_NOW = {DUE_NOW}
+
+-- Move the fence (KEYS[2] of every script that uses it) past its last value, and to at least
+-- `at_least`; the new fence. Formatted by hand: Lua's own number to string conversion would
+-- round a 16-digit fence.
+local function advance_fence(at_least)
+  local fence = math.max(at_least, tonumber(redis.call('GET', KEYS[2]) or '0') + 1)
+  local text = string.format('%.0f', fence)
+  redis.call('SET', KEYS[2], text)
+  return text
+end
 
 -- ZADD NX of ARGV[first .. first + 2 * pairs - 1] (score, member pairs); how many were new.
 local function zadd_new(key, first, pairs)
@@ -106,35 +119,40 @@ local function zrem(key, list, first, count)
 end
 """
 
-# KEYS[1] schedule, KEYS[1 + i] types hash of user i (i = 1..U), KEYS[1 + U + g] events of
-# group g. ARGV: U, G, U x (user, deadline), then per group: user index, type, cap, #new,
-# #cold, then #new and #cold (ts, member) pairs.
+# KEYS[1] schedule, KEYS[2] fence, KEYS[2 + i] types hash of user i (i = 1..U), KEYS[2 + U + g]
+# events of group g. ARGV: U, G, fence ("" for an add), U x (user, deadline), then per group:
+# user index, type, cap, #new, #cold, complete_from (-1: none), then #new and #cold (ts,
+# member) pairs.
 _ADD = (
     "#!lua\n"
     + _HELPERS
     + """
--- Remove the `count` oldest COLD members of `key`; returns how many went.
+-- Remove the `count` oldest COLD members of `key`; how many went and the newest one's time.
 local function trim_cold(key, count)
   local victims = {}
+  local newest = 0
   local offset = 0
   while #victims < count do
-    local page = redis.call('ZRANGE', key, offset, offset + 255)
+    local page = redis.call('ZRANGE', key, offset, offset + 255, 'WITHSCORES')
     if #page == 0 then break end
-    for _, member in ipairs(page) do
-      if string.byte(member, 1) == COLD_BYTE then
-        victims[#victims + 1] = member
+    for i = 1, #page, 2 do
+      if string.byte(page[i], 1) == COLD_BYTE then
+        victims[#victims + 1] = page[i]
+        newest = tonumber(page[i + 1])
         if #victims == count then break end
       end
     end
-    offset = offset + #page
+    offset = offset + #page / 2
   end
-  return zrem(key, victims, 1, #victims)
+  return zrem(key, victims, 1, #victims), newest
 end
 
 local sched = KEYS[1]
 local users = tonumber(ARGV[1])
 local groups = tonumber(ARGV[2])
-local pos = 3 + 2 * users
+-- A load's coverage holds only if no flush changed the cold rows since it read them.
+local covered = ARGV[3] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') == tonumber(ARGV[3])
+local pos = 4 + 2 * users
 local overflow = {}
 for g = 1, groups do
   local u = tonumber(ARGV[pos])
@@ -142,30 +160,36 @@ for g = 1, groups do
   local cap = tonumber(ARGV[pos + 2])
   local new = tonumber(ARGV[pos + 3])
   local cold_in = tonumber(ARGV[pos + 4])
-  local key = KEYS[1 + users + g]
-  local types = KEYS[1 + u]
-  pos = pos + 5
+  local given = tonumber(ARGV[pos + 5])
+  local key = KEYS[2 + users + g]
+  local types = KEYS[2 + u]
+  local field = 'f:' .. type
+  pos = pos + 6
   zadd_new(key, pos, new)
   pos = pos + 2 * new
   local cold = tonumber(redis.call('HGET', types, type) or '0') + zadd_new(key, pos, cold_in)
   pos = pos + 2 * cold_in
+  local coverage = tonumber(redis.call('HGET', types, field) or '-1')
+  if covered and given >= 0 and (coverage < 0 or given < coverage) then coverage = given end
   local size = redis.call('ZCARD', key)
   if size > cap and cold > 0 then
-    local removed = trim_cold(key, math.min(size - cap, cold))
+    local removed, newest = trim_cold(key, math.min(size - cap, cold))
     size = size - removed
     cold = cold - removed
+    if coverage >= 0 and removed > 0 then coverage = math.max(coverage, newest + 1) end
   end
   if size - cold > cap then overflow[u] = true end
   redis.call('HSET', types, type, cold)
+  if coverage >= 0 then redis.call('HSET', types, field, string.format('%.0f', coverage)) end
 end
 for u = 1, users do
-  local user = ARGV[1 + 2 * u]
+  local user = ARGV[2 + 2 * u]
   if overflow[u] then
     redis.call('ZADD', sched, DUE_NOW, user)
   else
     local current = redis.call('ZSCORE', sched, user)
     if not current or tonumber(current) ~= DUE_NOW then
-      redis.call('ZADD', sched, 'GT', ARGV[2 + 2 * u], user)
+      redis.call('ZADD', sched, 'GT', ARGV[3 + 2 * u], user)
     end
   end
 end
@@ -173,11 +197,15 @@ return 0
 """
 )
 
-# KEYS[1] schedule, KEYS[2] claims. ARGV: now, token (= now + lease), limit.
+# KEYS[1] schedule, KEYS[2] fence, KEYS[3] claims. ARGV: now, token (= now + lease), limit.
 # Expired leases first (their sweeper died), then due users, skipping users whose lease is
 # still running (events that arrived during their flush put them back on the schedule).
-_CLAIM = """#!lua
-local sched, claims = KEYS[1], KEYS[2]
+# Returns the claim's fence, then the users (nothing at all when no user was due).
+_CLAIM = (
+    "#!lua\n"
+    + _HELPERS
+    + """
+local sched, claims = KEYS[1], KEYS[3]
 local now, token, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local taken = {}
 for _, user in ipairs(redis.call('ZRANGEBYSCORE', claims, '-inf', ARGV[1], 'LIMIT', 0, limit)) do
@@ -201,32 +229,39 @@ while #taken < limit do
     end
   end
 end
+if #taken == 0 then return taken end
+table.insert(taken, 1, advance_fence(now * 1000))
 return taken
 """
+)
 
-# KEYS[1] schedule, KEYS[2] claims, KEYS[3] the user's types hash, KEYS[3 + k] events of type
-# k. ARGV: user, token, K, then per type: type, #new, #cold, the NEW then the COLD members.
+# KEYS[1] schedule, KEYS[2] fence, KEYS[3] claims, KEYS[4] the user's types hash, KEYS[4 + k]
+# events of type k. ARGV: user, token, K, then per type: type, #new, #cold, complete_from (-1:
+# none), the NEW then the COLD members.
 _RELEASE = (
     "#!lua\n"
     + _HELPERS
     + """
-local sched, claims, types = KEYS[1], KEYS[2], KEYS[3]
+local sched, claims, types = KEYS[1], KEYS[3], KEYS[4]
 local user, token = ARGV[1], ARGV[2]
 local lease = redis.call('ZSCORE', claims, user)
 if not lease or tonumber(lease) ~= tonumber(token) then return 0 end
+advance_fence(0)
 local pos = 4
 for k = 1, tonumber(ARGV[3]) do
-  local key = KEYS[3 + k]
+  local key = KEYS[4 + k]
   local type = ARGV[pos]
   local new, cold = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
-  pos = pos + 3
+  local coverage = ARGV[pos + 3]
+  pos = pos + 4
   zrem(key, ARGV, pos, new)
   local cold_removed = zrem(key, ARGV, pos + new, cold)
   pos = pos + new + cold
   if redis.call('EXISTS', key) == 0 then
-    redis.call('HDEL', types, type)
-  elseif cold_removed > 0 then
-    redis.call('HINCRBY', types, type, -cold_removed)
+    redis.call('HDEL', types, type, 'f:' .. type)
+  else
+    if cold_removed > 0 then redis.call('HINCRBY', types, type, -cold_removed) end
+    if tonumber(coverage) >= 0 then redis.call('HSET', types, 'f:' .. type, coverage) end
   end
 end
 redis.call('ZREM', claims, user)
@@ -268,6 +303,7 @@ class RedisHotTier:
         self._prefix = prefix.encode()
         self._sched = self._prefix + b"sched"
         self._claims = self._prefix + b"claims"
+        self._fence = self._prefix + b"fence"
         self._pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -301,41 +337,57 @@ class RedisHotTier:
     async def read(
         self, user: bytes, type: str, limit: int | None = None, since: int | None = None
     ) -> list[tuple[int, bytes]]:
+        return (await self.read_range(user, type, limit, since)).events
+
+    async def read_range(
+        self, user: bytes, type: str, limit: int | None = None, since: int | None = None
+    ) -> HotRange:
         check_user(user)
         check_type(type)
         check_limit(limit)
         if since is not None:
             check_time(since, "since")
-        if limit == 0:
-            return []
         key = self.events_key(type, user)
         low: int | str = "-inf" if since is None else since
 
-        async def newest() -> list[tuple[bytes, int]]:
-            found = await self._client.zrevrangebyscore(
-                key,
-                "+inf",
-                low,
-                start=None if limit is None else 0,
-                num=limit,
-                withscores=True,
-                score_cast_func=_score,
-            )
-            return cast(list[tuple[bytes, int]], found)
+        async def newest() -> list[Any]:
+            # MULTI/EXEC: the events and the coverage as of one instant, in one round trip.
+            async with self._client.pipeline(transaction=True) as pipe:
+                if limit != 0:
+                    pipe.zrevrangebyscore(
+                        key,
+                        "+inf",
+                        low,
+                        start=None if limit is None else 0,
+                        num=limit,
+                        withscores=True,
+                        score_cast_func=_score,
+                    )
+                pipe.hget(self.types_key(user), b"f:" + type.encode())
+                replies: list[Any] = await pipe.execute()
+                return replies
 
-        found = await self._run("read events", newest)
-        return [(ts, member) for member, ts in found]
+        *found, coverage = await self._run("read events", newest)
+        events = [(ts, member) for member, ts in found[0]] if found else []
+        return HotRange(events, None if coverage is None else int(coverage))
+
+    async def fence(self) -> int:
+        value = await self._run("read the fence", lambda: self._client.get(self._fence))
+        return 0 if value is None else int(value)
 
     async def claim(self, now: int, lease: int, limit: int) -> list[Claim]:
         check_claim(now, lease, limit)
         if limit == 0:
             return []
         token = now + lease
-        users = await self._run(
-            "claim users",
-            lambda: self._claim_script(keys=[self._sched, self._claims], args=[now, token, limit]),
+        keys = [self._sched, self._fence, self._claims]
+        taken = await self._run(
+            "claim users", lambda: self._claim_script(keys=keys, args=[now, token, limit])
         )
-        return [Claim(user, token) for user in cast(list[bytes], users)]
+        if not taken:
+            return []
+        fence, *users = cast(list[bytes], taken)
+        return [Claim(user, token, int(fence)) for user in users]
 
     async def events_of(
         self, user: bytes, types: Sequence[str]
@@ -367,15 +419,21 @@ class RedisHotTier:
             for name, reply in zip(names, replies, strict=True)
         }
 
-    async def release(self, claim: Claim, moved: Mapping[str, Sequence[bytes]]) -> bool:
+    async def release(
+        self,
+        claim: Claim,
+        moved: Mapping[str, Sequence[bytes]],
+        complete_from: Mapping[str, int] | None = None,
+    ) -> bool:
         check_user(claim.user, "claim.user")
         check_time(claim.token, "claim.token")
         split = split_moved(moved)
-        keys = [self._sched, self._claims, self.types_key(claim.user)]
+        coverage = check_coverage(complete_from or {}, "complete_from")
+        keys = [self._sched, self._fence, self._claims, self.types_key(claim.user)]
         args: list[bytes | int | str] = [claim.user, claim.token, len(split)]
         for type_name, (new, cold) in split.items():
             keys.append(self.events_key(type_name, claim.user))
-            args += [type_name, len(new), len(cold), *new, *cold]
+            args += [type_name, len(new), len(cold), coverage.get(type_name, -1), *new, *cold]
         done = await self._run(
             "release a claim", lambda: self._release_script(keys=keys, args=args)
         )
@@ -387,8 +445,11 @@ class RedisHotTier:
         events: Mapping[str, Sequence[tuple[int, bytes]]],
         caps: Mapping[str, int],
         deadline: int,
+        complete_from: Mapping[str, int] | None = None,
+        fence: int | None = None,
     ) -> None:
-        await self._apply(load_batch(user, events, caps, deadline), "load events")
+        batch = load_batch(user, events, caps, deadline, complete_from, fence)
+        await self._apply(batch, "load events")
 
     async def scheduled(self, user: bytes) -> int | None:
         check_user(user)
@@ -427,13 +488,16 @@ class RedisHotTier:
     async def _apply(self, batch: Batch, operation: str) -> None:
         users = list(batch.deadlines)
         index = {user: i for i, user in enumerate(users, start=1)}
-        keys = [self._sched, *(self.types_key(user) for user in users)]
-        args: list[bytes | int | str] = [len(users), len(batch.groups)]
+        keys = [self._sched, self._fence, *(self.types_key(user) for user in users)]
+        fence = "" if batch.fence is None else batch.fence
+        args: list[bytes | int | str] = [len(users), len(batch.groups), fence]
         for user in users:
             args += [user, batch.deadlines[user]]
         for group in batch.groups:
             keys.append(self.events_key(group.type, group.user))
+            coverage = -1 if group.complete_from is None else group.complete_from
             args += [index[group.user], group.type, group.cap, len(group.new), len(group.cold)]
+            args.append(coverage)
             for ts, member in group.new:
                 args += [ts, member]
             for ts, member in group.cold:
