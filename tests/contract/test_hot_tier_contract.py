@@ -446,6 +446,85 @@ async def test_load_of_nothing_still_schedules(tier: HotTier) -> None:
     assert await tier.scheduled(b"new-user") == T0 + 5
 
 
+# -- fences and coverage -------------------------------------------------------------------
+
+
+async def test_every_claim_and_release_moves_the_fence_forward(tier: HotTier) -> None:
+    users = [b"f1", b"f2"]
+    await tier.add([click(u, T0) for u in users], CAPS, {u: T0 for u in users})
+    assert await tier.fence() == 0  # nothing was ever claimed
+    first = await tier.claim(T0 + 1, LEASE, 10)
+    # At least the claim's time in microseconds (Cassandra orders writes by it) ...
+    assert first == [Claim(u, T0 + 1 + LEASE, (T0 + 1) * 1000) for u in users]
+    # ... and past every fence before, even at the same time on the clock.
+    await tier.add([click(b"f3", T0)], CAPS, {b"f3": T0})
+    claims = await tier.claim(T0 + 1, LEASE, 10)
+    assert [claim.user for claim in claims] == [b"f3"]
+    fence = claims[0].fence
+    assert fence == (T0 + 1) * 1000 + 1
+    assert await tier.fence() == fence
+    assert await tier.claim(T0 + 3, LEASE, 10) == []  # nobody due: no move
+    assert await tier.fence() == fence
+    assert await tier.release(claims[0], {"click": [member(T0)]})
+    assert await tier.fence() == fence + 1
+    assert not await tier.release(claims[0], {})  # refused: no move either
+    assert await tier.fence() == fence + 1
+
+
+async def test_coverage_is_unknown_until_a_release_or_a_load_gives_it(tier: HotTier) -> None:
+    user = b"cover"
+    await tier.add([click(user, T0 + i) for i in range(3)], CAPS, {user: T0})
+    assert (await tier.read_range(user, "click")).complete_from is None
+    (claim,) = await tier.claim(T0, LEASE, 10)
+    await tier.add([click(user, T0 + 10)], CAPS, {user: T0 + 20})  # arrives during the flush
+    moved = [member(T0 + i) for i in range(3)]
+    assert await tier.release(claim, {"click": moved}, {"click": T0 + 3})
+    found = await tier.read_range(user, "click", limit=5)
+    assert found.events == [(T0 + 10, member(T0 + 10))]
+    assert found.complete_from == T0 + 3
+    assert (await tier.read_range(user, "order")).complete_from is None
+    assert (await tier.read_range(user, "click", limit=0)).events == []
+
+
+async def test_a_load_covers_only_if_no_flush_happened_since_its_fence(tier: HotTier) -> None:
+    user, other = b"hydrated", b"swept"
+    history = {"click": [(T0 + i, member(i, COLD)) for i in range(3)]}
+    await tier.add([click(other, T0)], CAPS, {other: T0})
+    seen = await tier.fence()
+    (claim,) = await tier.claim(T0, LEASE, 10)  # a flush of someone else moves the fence
+    await tier.load(user, history, CAPS, LATER, {"click": T0}, seen)
+    assert (await tier.read_range(user, "click")).complete_from is None
+    await tier.load(user, history, CAPS, LATER, {"click": T0 + 1}, await tier.fence())
+    assert (await tier.read_range(user, "click")).complete_from == T0 + 1
+    # A later load claiming less keeps the wider coverage (both are true).
+    await tier.load(user, history, CAPS, LATER, {"click": T0 + 2}, await tier.fence())
+    assert (await tier.read_range(user, "click")).complete_from == T0 + 1
+    assert await tier.release(claim, {"click": [member(T0)]})
+
+
+async def test_trimming_a_cold_copy_raises_the_coverage_past_it(tier: HotTier) -> None:
+    user = b"trimmed"
+    history = {"click": [(T0 + 100 + i, member(i, COLD)) for i in range(4)]}
+    caps = {"click": 4}
+    await tier.load(user, history, caps, LATER, {"click": T0 + 100}, await tier.fence())
+    assert (await tier.read_range(user, "click")).complete_from == T0 + 100
+    late = [click(user, T0 + i, f"late{i}") for i in range(3)]  # older than every copy
+    await tier.add(late, caps, {user: LATER})
+    found = await tier.read_range(user, "click")
+    assert [m for _, m in found.events] == [member(3, COLD)] + [m.member for m in reversed(late)]
+    assert found.complete_from == T0 + 103  # the copies up to T0 + 102 are gone
+
+
+async def test_coverage_goes_with_the_last_member(tier: HotTier) -> None:
+    user = b"gone"
+    history = {"click": [(T0, member(0, COLD))]}
+    await tier.load(user, history, CAPS, T0, {"click": T0}, await tier.fence())
+    (claim,) = await tier.claim(T0, LEASE, 10)
+    assert await tier.release(claim, {"click": [member(0, COLD)]}, {"click": T0 + 1})
+    await tier.add([click(user, T0 + 5)], CAPS, {user: LATER})
+    assert (await tier.read_range(user, "click")).complete_from is None
+
+
 # -- binary keys --------------------------------------------------------------------------
 
 
