@@ -119,6 +119,12 @@ AUTH_DENIALS = Counter(
 
 # LMDB (featurestore/storage/lmdb.py): a process killed mid-read leaves its reader slot
 # pinning an old snapshot, so no page freed since can be reused, until a check frees it.
+SWEEP_FAILURES = Counter(
+    "inferstack_interactions_sweep_failures_total",
+    "Sweeps of the interaction store that failed (and are retried), by cause: the error's "
+    "class (UnavailableError: a tier did not answer).",
+    ["cause"],
+)
 LMDB_STALE_READERS = Counter(
     "inferstack_lmdb_stale_readers_cleared_total",
     "LMDB reader slots of dead processes freed, by environment directory.",

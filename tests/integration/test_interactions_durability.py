@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +42,7 @@ import pytest
 import redis
 import yaml
 
+from inferstack import metrics
 from inferstack.client.interactions import InteractionsClient
 from inferstack.core.documents import DefinitionsFile
 from inferstack.core.registry import Registry, plan
@@ -52,7 +55,7 @@ from inferstack.interactions.events import EventBatch, History, InteractionCatal
 from inferstack.interactions.hot.base import Claim, HotEvent, HotRange, HotTier
 from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.hot.redis import RedisHotTier
-from inferstack.interactions.service import InteractionService, SweepResult
+from inferstack.interactions.service import InteractionService, SweepResult, run_sweeper
 from tests.conftest import ROOT, SERVICES_SCRIPT
 from tests.helpers import drop_keyspace
 from tests.servers import RunningServer, inferstack, start_server
@@ -807,3 +810,63 @@ async def test_a_sweeper_frozen_past_its_lease_overwrites_nothing(
         assert sorted(await _cold_ids(service, "click", user)) == sorted(sent)
     finally:
         await service.close()
+
+
+# ---- sweeps while the hot tier is away -----------------------------------------------------
+
+
+def _closed_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def test_sweeps_while_redis_is_away_log_one_line_and_keep_retrying(
+    redis_endpoint: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every failed sweep is counted; the log gets one line for the cause (no traceback) per
+    interval of warnings, however many sweeps fail; when Redis answers again, sweeps resume."""
+    gone = _closed_port()
+    stored = registry()
+    prefix = f"ihw{uuid.uuid4().hex[:8]}:"
+    cold = LmdbColdStore(tmp_path / "cold")
+    await cold.prepare(stored)
+    clock = Clock()
+    service = InteractionService(
+        RedisHotTier(gone, prefix=prefix, timeout=0.2), cold, InteractionCatalog(stored),
+        clock=clock,
+    )  # fmt: skip
+    failures = metrics.SWEEP_FAILURES.labels("UnavailableError")
+    before = failures._value.get()
+    stop = asyncio.Event()
+    caplog.set_level(logging.INFO, logger="inferstack.interactions.service")
+    sweeper = asyncio.create_task(run_sweeper(service, stop, interval=0.02))
+    try:
+        deadline = time.monotonic() + BOUND
+        while failures._value.get() - before < 20:
+            assert time.monotonic() < deadline, "the sweeper stopped retrying"
+            await asyncio.sleep(0.02)
+        lines = [r for r in caplog.records if r.name == "inferstack.interactions.service"]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert lines[0].levelno == logging.WARNING and not lines[0].exc_info
+        assert f"Redis at redis://{gone} failed to claim users" in lines[0].getMessage()
+        assert "\n" not in lines[0].getMessage()
+
+        # Redis is back (here: another address): the same loop sweeps the user that is due.
+        await service.hot.close()
+        service.hot = RedisHotTier(redis_endpoint, prefix=prefix, timeout=5.0)
+        await service.ingest([_batch("click", [5], 3, "back")])
+        clock.ahead = AHEAD
+        encoded = service.catalog.encode_users("click", [5])[0]
+        while await service.hot.read(encoded, "click"):
+            assert time.monotonic() < deadline + BOUND, "the sweeper did not sweep again"
+            await asyncio.sleep(0.05)
+        assert len(await _cold_ids(service, "click", 5)) == 3
+    finally:
+        stop.set()
+        await sweeper
+        await service.close()
+        with redis.Redis.from_url(f"redis://{redis_endpoint}") as admin:
+            keys = list(admin.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                admin.delete(*keys)

@@ -140,17 +140,36 @@ def _type_of(catalog: InteractionCatalog, name: str, where: str) -> InteractionT
 
 
 def _event_ids(ids: Sequence[str], where: str) -> VarColumn:
-    encoded: list[bytes] = []
+    ids = ids if isinstance(ids, list) else list(ids)
+    column = _utf8_column(ids)
+    if column is not None and not np.any(
+        (column.lengths == 0) | (column.lengths > MAX_EVENT_ID_BYTES)
+    ):
+        return column
+    # Name the first event at fault: check the ids one by one (error path only).
     for index, value in enumerate(ids):
         if not isinstance(value, str) or not value:
             raise InvalidArgumentError(f"{where}, event {index}: {EVENT_ID} is missing or empty")
-        raw = value.encode("utf-8")
-        if len(raw) > MAX_EVENT_ID_BYTES:
+        if len(value.encode("utf-8")) > MAX_EVENT_ID_BYTES:
             raise InvalidArgumentError(
                 f"{where}, event {index}: {EVENT_ID} is longer than {MAX_EVENT_ID_BYTES} bytes"
             )
-        encoded.append(raw)
-    return var_column(encoded)
+    raise AssertionError("an event id was refused, but none is at fault")
+
+
+def _utf8_column(values: list[Any]) -> VarColumn | None:
+    """Strings as one column of UTF-8 values, for the whole batch at once; None if a value is
+    not a str (or cannot be encoded), for the caller to name it."""
+    if not set(map(type, values)) <= {str} and not all(isinstance(v, str) for v in values):
+        return None
+    text = "".join(values)
+    if text.isascii():  # the common case: a character is a byte
+        lengths = np.fromiter(map(len, values), dtype=np.uint32, count=len(values))
+        return VarColumn(lengths, text.encode("ascii"))
+    try:
+        return var_column([value.encode("utf-8") for value in values])
+    except UnicodeEncodeError:  # a lone surrogate (JSON can carry one)
+        return None
 
 
 def _column(
@@ -201,7 +220,7 @@ def _defaults(codec: GroupCodec, name: str, count: int) -> Column:
     feature_type, default = codec.types[name], codec.defaults[name]
     if feature_type.is_variable:
         raw = default.encode() if isinstance(default, str) else default
-        return var_column([raw] * count)
+        return VarColumn(np.full(count, len(raw), dtype=np.uint32), raw * count)
     values = np.empty(count, dtype=feature_type.storage_dtype)
     values[...] = default
     return values
@@ -222,6 +241,13 @@ def _attribute(
             raise InvalidArgumentError(
                 f"{where}: field '{name}' has {len(items)} values for {count} events"
             )
+        if feature_type.base == "string":
+            column = _utf8_column(items)
+            if column is not None:
+                return column
+        elif set(map(type, items)) <= {bytes}:
+            return var_column(items)
+        # Name the first event at fault: check the values one by one (error path only).
         encoded: list[bytes] = []
         for index, value in enumerate(items):
             if feature_type.base == "string" and isinstance(value, str):

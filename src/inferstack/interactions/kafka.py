@@ -61,7 +61,7 @@ from prometheus_client import Counter
 
 from inferstack.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP, InteractionType
-from inferstack.inferflow.inferencelog.base import RateLimitedWarning
+from inferstack.core.ratelimit import RateLimitedWarning
 from inferstack.interactions.events import EventBatch
 
 log = logging.getLogger(__name__)

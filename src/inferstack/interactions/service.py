@@ -31,8 +31,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from inferstack.core.errors import InvalidArgumentError
+from inferstack import metrics
+from inferstack.core.errors import InvalidArgumentError, UnavailableError
 from inferstack.core.interactiontypes import TIMESTAMP
+from inferstack.core.ratelimit import RateLimitedWarnings
 from inferstack.core.registry import Registry
 from inferstack.interactions.cold.base import ColdStore, ColdWrite
 from inferstack.interactions.coldrow import (
@@ -306,6 +308,11 @@ class InteractionService:
         await self.cold.close()
 
 
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
 def _hot_alone(hot: HotRange, limit: int | None, since: int | None) -> bool:
     """Whether the hot events read are the whole answer: the hot tier holds every cold event
     at or after `since`, or it returned `limit` events none older than its coverage."""
@@ -338,12 +345,27 @@ async def _bounded(calls: Iterable[Awaitable[T]], limit: int = MAX_CONCURRENT) -
 async def run_sweeper(
     service: InteractionService, stop: asyncio.Event, interval: float = 1.0, limit: int = 500
 ) -> None:
-    """Sweep until `stop` is set: at once again while users are due, else every interval."""
+    """Sweep until `stop` is set: at once again while users are due, else every interval.
+
+    A sweep that fails is retried every interval, its users staying hot. While a tier is away
+    that is a failure a second: each cause is logged once per WARNING_INTERVAL, as one line
+    (a traceback only for an error that is not a tier away), and every failure is counted."""
+    warnings = RateLimitedWarnings(log)
     while not stop.is_set():
         try:
             swept = await service.sweep(limit)
-        except Exception:  # a sweep that fails (tier away) is retried; its users stay hot
-            log.exception("sweep failed; retrying")
+        except Exception as exc:  # a sweep that fails (tier away) is retried
+            away = isinstance(exc, UnavailableError | TimeoutError)
+            cause = type(exc).__name__
+            metrics.SWEEP_FAILURES.labels(cause).inc()
+            warnings.log(
+                f"{cause}: {str(exc).partition(' (')[0]}",  # the message without its details
+                logging.WARNING if away else logging.ERROR,
+                "sweep failed, retrying every %gs: %s",
+                interval,
+                one_line(exc),
+                exc_info=not away,
+            )
             swept = SweepResult()
         if swept.users + swept.lost_claims < limit:
             with contextlib.suppress(TimeoutError):

@@ -34,6 +34,7 @@ import pyarrow as pa
 from prometheus_client import Counter
 
 from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.ratelimit import RateLimitedWarning
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ VERSION_KEY = b"inferstack.version"
 CONTEXT_PREFIX = "context."
 OUTPUT_PREFIX = "output."
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
-WARNING_INTERVAL = 10.0  # seconds between repeated warnings of the same kind
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -293,34 +293,6 @@ class ReportsOutcomes(Protocol):
     """
 
     def report_outcomes_to(self, outcomes: RecordOutcomes) -> None: ...
-
-
-class RateLimitedWarning:
-    """Log lines of one kind at most once per interval, with the number held back.
-
-    `log(level, message, *args)` also lets it stand in for a logging.Logger (librdkafka's
-    `logger` setting), so a client that repeats an error every few milliseconds logs it
-    once per interval.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float = WARNING_INTERVAL) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._last = -math.inf
-        self._suppressed = 0
-
-    def warn(self, message: str, *args: object, exc_info: bool = False) -> None:
-        self.log(logging.WARNING, message, *args, exc_info=exc_info)
-
-    def log(self, level: int, message: str, *args: object, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            message += f" ({self._suppressed} similar lines suppressed)"
-        self._last, self._suppressed = now, 0
-        self._logger.log(level, message, *args, exc_info=exc_info)
 
 
 _WAKE = None  # put on the queue by close() so the thread notices at once

@@ -31,8 +31,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.ratelimit import RateLimitedWarning
 from inferstack.inferflow.inferencelog.base import (
-    RateLimitedWarning,
     RecordOutcomes,
     model_of,
     version_of,

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.ratelimit import RateLimitedWarning
 from inferstack.inferflow.inferencelog.base import (
-    RateLimitedWarning,
     RecordOutcomes,
     model_of,
     version_of,
