@@ -25,7 +25,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from inferstack.core.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
-from inferstack.interactions.hot.base import COLD, NEW, Claim, HotEvent, HotTier
+from inferstack.interactions.hot.base import COLD, NEW, Claim, HotEvent, HotTier, Release
 from inferstack.interactions.hot.batches import DUE_NOW, MAX_USER_BYTES
 from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.hot.redis import RedisHotTier
@@ -444,6 +444,34 @@ async def test_load_of_nothing_still_schedules(tier: HotTier) -> None:
     await tier.load(b"new-user", {}, CAPS, T0 + 5)
     await tier.load(b"new-user", {"click": []}, {}, T0 + 5)
     assert await tier.scheduled(b"new-user") == T0 + 5
+
+
+async def test_many_users_at_once_read_and_release_as_one_by_one(tier: HotTier) -> None:
+    users = [b"m1", b"m2", b"m3", b"m4"]
+    await tier.add([click(u, T0 + i, f"{u!r}{i}") for u in users for i in range(3)], CAPS,
+                   {u: T0 for u in users})  # fmt: skip
+    await tier.add([HotEvent("order", b"m2", T0, member("o"))], CAPS, {b"m2": T0})
+    found = await tier.events_of_many([b"m3", b"nobody", b"m2"], ["click", "order"])
+    assert found == [
+        await tier.events_of(b"m3", ["click", "order"]),
+        {"click": [], "order": []},
+        await tier.events_of(b"m2", ["click", "order"]),
+    ]
+    assert [m for _, m in found[2]["order"]] == [member("o")]
+    claims = {claim.user: claim for claim in await tier.claim(T0, LEASE, 10)}
+    stale = Claim(b"m3", claims[b"m3"].token - 1)  # a lease that is no longer the user's
+    releases = [
+        Release(claims[b"m1"], {"click": [m for _, m in found[0]["click"]][:0]}),
+        Release(stale, {"click": [m for _, m in found[0]["click"]]}),
+        Release(claims[b"m2"], {"click": [m for _, m in found[2]["click"]]}, {"click": T0 + 3}),
+        Release(claims[b"m2"], {}),  # a claim ends once
+    ]
+    assert await tier.release_many(releases) == [True, False, True, False]
+    assert await tier.read(b"m3", "click") != []  # the stale release removed nothing
+    assert await tier.read(b"m2", "click") == []
+    assert (await tier.read_range(b"m2", "order")).complete_from is None
+    assert await tier.release_many([]) == []
+    assert await tier.events_of_many([], ["click"]) == []
 
 
 # -- fences and coverage -------------------------------------------------------------------

@@ -52,7 +52,7 @@ from inferstack.interactions.cold.cassandra import CassandraColdStore
 from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.coldrow import decode_history
 from inferstack.interactions.events import EventBatch, History, InteractionCatalog, decode_rows
-from inferstack.interactions.hot.base import Claim, HotEvent, HotRange, HotTier
+from inferstack.interactions.hot.base import Claim, HotEvent, HotRange, HotTier, Release
 from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.hot.redis import RedisHotTier
 from inferstack.interactions.service import InteractionService, SweepResult, run_sweeper
@@ -502,6 +502,15 @@ class ReleaseStalls:
     ) -> bool:
         stall(self.marker, "releasing after the cold writes")
         return False
+
+    async def release_many(self, releases: Sequence[Release]) -> list[bool]:
+        stall(self.marker, "releasing after the cold writes")
+        return []
+
+    async def events_of_many(
+        self, users: Sequence[bytes], types: Sequence[str]
+    ) -> list[dict[str, list[tuple[int, bytes]]]]:
+        return await self.inner.events_of_many(users, types)
 
     async def load(
         self,

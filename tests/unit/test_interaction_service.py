@@ -182,15 +182,15 @@ async def test_a_sweeper_that_stops_after_writing_loses_and_doubles_nothing(
 ) -> None:
     await service.ingest([clicks(7, 0, 3, clock)])
     clock.now += 46 * MINUTE
-    original = service.hot.release
+    original = service.hot.release_many
 
-    async def die(*args: Any) -> bool:
+    async def die(*args: Any) -> list[bool]:
         raise RuntimeError("sweeper killed")
 
-    service.hot.release = die  # type: ignore[method-assign]
+    service.hot.release_many = die  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         await service.sweep()
-    service.hot.release = original  # type: ignore[method-assign]
+    service.hot.release_many = original  # type: ignore[method-assign]
     assert (await service.sweep()).users == 0  # its claim still holds
     clock.now += 31  # the lease runs out: another sweep takes the user over
     assert (await service.sweep()).users == 1

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -52,13 +52,12 @@ from inferstack.interactions.events import (
     decode_rows,
     encode_batch,
 )
-from inferstack.interactions.hot.base import COLD, NEW, HotEvent, HotRange, HotTier
+from inferstack.interactions.hot.base import COLD, NEW, HotEvent, HotRange, HotTier, Release
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_LEASE = 30.0  # seconds a sweeper may take to flush the users it claimed
 MAX_LIMIT = 10_000
-MAX_CONCURRENT = 32  # hot-tier calls of one sweep in flight at once
 FAR_PAST = 0
 
 
@@ -211,9 +210,8 @@ class InteractionService:
         if not claims:
             return result
         names = sorted(catalog.types)
-        # Concurrent calls (pipelined to Redis, one group commit on LMDB), but no more at once
-        # than a connection pool serves without queueing past the tier's timeout.
-        hot = await _bounded(self.hot.events_of(claim.user, names) for claim in claims)
+        # One call each way (one LMDB transaction, one Redis round trip) for every claim.
+        hot = await self.hot.events_of_many([claim.user for claim in claims], names)
         moved: list[dict[str, list[bytes]]] = [{} for _ in claims]
         complete_from: list[dict[str, int]] = [{} for _ in claims]
         lost: set[int] = set()  # claims whose cold row another sweeper wrote: not released
@@ -267,8 +265,8 @@ class InteractionService:
                 else:
                     moved[index][name] = members[position]
         kept = [index for index in range(len(claims)) if index not in lost]
-        released = await _bounded(
-            self.hot.release(claims[index], moved[index], complete_from[index]) for index in kept
+        released = await self.hot.release_many(
+            [Release(claims[index], moved[index], complete_from[index]) for index in kept]
         )
         for index, done in zip(kept, released, strict=True):
             if done:
@@ -330,16 +328,6 @@ def _timestamps(catalog: InteractionCatalog, name: str, rows: Sequence[bytes]) -
     stamps = catalog.codecs[name].decode(rows, [TIMESTAMP], time.time()).columns[TIMESTAMP]
     assert isinstance(stamps, np.ndarray)
     return [int(ts) for ts in stamps.tolist()]
-
-
-async def _bounded(calls: Iterable[Awaitable[T]], limit: int = MAX_CONCURRENT) -> list[T]:
-    gate = asyncio.Semaphore(limit)
-
-    async def one(call: Awaitable[T]) -> T:
-        async with gate:
-            return await call
-
-    return list(await asyncio.gather(*(one(call) for call in calls)))
 
 
 async def run_sweeper(

@@ -62,6 +62,15 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Release:
+    """One claim's end, as `HotTier.release` takes it (`release_many` takes several)."""
+
+    claim: Claim
+    moved: Mapping[str, Sequence[bytes]]
+    complete_from: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class HotRange:
     """What `read_range` found: events newest first, and the coverage of the hot tier."""
 
@@ -117,6 +126,13 @@ class HotTier(Protocol):
         """Every member of the user per type, oldest first (what a sweep moves)."""
         ...
 
+    async def events_of_many(
+        self, users: Sequence[bytes], types: Sequence[str]
+    ) -> list[dict[str, list[tuple[int, bytes]]]]:
+        """`events_of` for each user, in order, in one call (one read transaction, or one
+        round trip): what a sweep of many users reads."""
+        ...
+
     async def release(
         self,
         claim: Claim,
@@ -134,6 +150,11 @@ class HotTier(Protocol):
         Their add scheduled the user; members that were there before the claim but not moved
         schedule it at `claim.token` (retried when the lease would have run out). Members no
         longer hot are ignored. A claim ends once: a second release answers False."""
+        ...
+
+    async def release_many(self, releases: Sequence[Release]) -> list[bool]:
+        """`release` of each, in order, in one call (one write transaction, or one round
+        trip); each applies or not on its own, as `release` would."""
         ...
 
     async def load(

@@ -196,9 +196,12 @@ def split_moved(moved: Mapping[str, Sequence[bytes]]) -> dict[str, tuple[list[by
         check_type(type_name, "moved")
         new: list[bytes] = []
         cold: list[bytes] = []
-        for index, member in enumerate(members):
-            check_member(member, f"moved['{type_name}'][{index}]")
-            (new if member[:1] == NEW else cold).append(member)
+        new_origin = NEW[0]
+        for member in members:  # the common case quickly; a bad member is named below
+            if type(member) is not bytes or not member or member[0] not in _ORIGINS:
+                for index, bad in enumerate(members):
+                    check_member(bad, f"moved['{type_name}'][{index}]")
+            (new if member[0] == new_origin else cold).append(member)
         if new or cold:
             out[type_name] = (new, cold)
     return out

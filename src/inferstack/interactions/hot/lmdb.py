@@ -45,7 +45,7 @@ import lmdb
 
 from inferstack.core.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from inferstack.featurestore.storage.lmdb import clear_stale_readers
-from inferstack.interactions.hot.base import COLD, Claim, HotEvent, HotRange
+from inferstack.interactions.hot.base import COLD, Claim, HotEvent, HotRange, Release
 from inferstack.interactions.hot.batches import (
     DUE_NOW,
     Batch,
@@ -213,21 +213,31 @@ class LmdbHotTier:
     async def events_of(
         self, user: bytes, types: Sequence[str]
     ) -> dict[str, list[tuple[int, bytes]]]:
-        check_user(user)
+        return (await self.events_of_many([user], types))[0]
+
+    async def events_of_many(
+        self, users: Sequence[bytes], types: Sequence[str]
+    ) -> list[dict[str, list[tuple[int, bytes]]]]:
+        for user in users:
+            check_user(user)
         for type_name in types:
             check_type(type_name, "types")
-        out: dict[str, list[tuple[int, bytes]]] = {}
+        out: list[dict[str, list[tuple[int, bytes]]]] = []
+        unpack = _U64.unpack_from
         with self._env.begin(db=self._events) as txn, txn.cursor() as cursor:
-            for type_name in types:
-                prefix = _range(type_name, user)
-                start = len(prefix)
-                items: list[tuple[int, bytes]] = []
-                if cursor.set_range(prefix):
-                    for key, value in cursor:
-                        if key[:start] != prefix:
-                            break
-                        items.append((_U64.unpack_from(key, start)[0], value))
-                out[type_name] = items
+            for user in users:
+                found: dict[str, list[tuple[int, bytes]]] = {}
+                for type_name in types:
+                    prefix = _range(type_name, user)
+                    start = len(prefix)
+                    items: list[tuple[int, bytes]] = []
+                    if cursor.set_range(prefix):
+                        for key, value in cursor:
+                            if not key.startswith(prefix):
+                                break
+                            items.append((unpack(key, start)[0], value))
+                    found[type_name] = items
+                out.append(found)
         return out
 
     async def release(
@@ -236,11 +246,22 @@ class LmdbHotTier:
         moved: Mapping[str, Sequence[bytes]],
         complete_from: Mapping[str, int] | None = None,
     ) -> bool:
-        check_user(claim.user, "claim.user")
-        check_time(claim.token, "claim.token")
-        split = split_moved(moved)
-        coverage = check_coverage(complete_from or {}, "complete_from")
-        return await self._commit(lambda txn: self._release(txn, claim, split, coverage))
+        return (await self.release_many([Release(claim, moved, complete_from)]))[0]
+
+    async def release_many(self, releases: Sequence[Release]) -> list[bool]:
+        checked = []
+        for release in releases:
+            check_user(release.claim.user, "claim.user")
+            check_time(release.claim.token, "claim.token")
+            coverage = check_coverage(release.complete_from or {}, "complete_from")
+            checked.append((release.claim, split_moved(release.moved), coverage))
+        if not checked:
+            return []
+
+        def release_all(txn: Any) -> list[bool]:
+            return [self._release(txn, *one) for one in checked]
+
+        return await self._commit(release_all)
 
     async def load(
         self,

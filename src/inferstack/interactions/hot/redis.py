@@ -57,7 +57,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from inferstack.core.errors import UnavailableError
-from inferstack.interactions.hot.base import COLD, Claim, HotEvent, HotRange
+from inferstack.interactions.hot.base import COLD, Claim, HotEvent, HotRange, Release
 from inferstack.interactions.hot.batches import (
     DUE_NOW,
     Batch,
@@ -392,32 +392,39 @@ class RedisHotTier:
     async def events_of(
         self, user: bytes, types: Sequence[str]
     ) -> dict[str, list[tuple[int, bytes]]]:
-        check_user(user)
+        return (await self.events_of_many([user], types))[0]
+
+    async def events_of_many(
+        self, users: Sequence[bytes], types: Sequence[str]
+    ) -> list[dict[str, list[tuple[int, bytes]]]]:
+        for user in users:
+            check_user(user)
         for type_name in types:
             check_type(type_name, "types")
         names = list(dict.fromkeys(types))
-        if not names:
-            return {}
+        if not names or not users:
+            return [{} for _ in users]
 
         async def snapshot() -> list[Any]:
-            # MULTI/EXEC: every type as of one instant, in one round trip.
-            async with self._client.pipeline(transaction=True) as pipe:
-                for type_name in names:
-                    pipe.zrange(
-                        self.events_key(type_name, user),
-                        0,
-                        -1,
-                        withscores=True,
-                        score_cast_func=_score,
-                    )
+            # One round trip. Each read is atomic; a sweep needs no more than that, since a
+            # release removes exactly the members it was given.
+            async with self._client.pipeline(transaction=False) as pipe:
+                for user in users:
+                    for type_name in names:
+                        pipe.zrange(
+                            self.events_key(type_name, user),
+                            0,
+                            -1,
+                            withscores=True,
+                            score_cast_func=_score,
+                        )
                 replies: list[Any] = await pipe.execute()
                 return replies
 
-        replies = await self._run("read a user's events", snapshot)
-        return {
-            name: [(ts, member) for member, ts in reply]
-            for name, reply in zip(names, replies, strict=True)
-        }
+        replies = iter(await self._run("read users' events", snapshot))
+        return [
+            {name: [(ts, member) for member, ts in next(replies)] for name in names} for _ in users
+        ]
 
     async def release(
         self,
@@ -425,19 +432,36 @@ class RedisHotTier:
         moved: Mapping[str, Sequence[bytes]],
         complete_from: Mapping[str, int] | None = None,
     ) -> bool:
-        check_user(claim.user, "claim.user")
-        check_time(claim.token, "claim.token")
-        split = split_moved(moved)
-        coverage = check_coverage(complete_from or {}, "complete_from")
-        keys = [self._sched, self._fence, self._claims, self.types_key(claim.user)]
-        args: list[bytes | int | str] = [claim.user, claim.token, len(split)]
-        for type_name, (new, cold) in split.items():
-            keys.append(self.events_key(type_name, claim.user))
-            args += [type_name, len(new), len(cold), coverage.get(type_name, -1), *new, *cold]
-        done = await self._run(
-            "release a claim", lambda: self._release_script(keys=keys, args=args)
-        )
-        return bool(done)
+        return (await self.release_many([Release(claim, moved, complete_from)]))[0]
+
+    async def release_many(self, releases: Sequence[Release]) -> list[bool]:
+        calls: list[tuple[list[bytes], list[bytes | int | str]]] = []
+        for release in releases:
+            claim = release.claim
+            check_user(claim.user, "claim.user")
+            check_time(claim.token, "claim.token")
+            split = split_moved(release.moved)
+            coverage = check_coverage(release.complete_from or {}, "complete_from")
+            keys = [self._sched, self._fence, self._claims, self.types_key(claim.user)]
+            args: list[bytes | int | str] = [claim.user, claim.token, len(split)]
+            for type_name, (new, cold) in split.items():
+                keys.append(self.events_key(type_name, claim.user))
+                args += [type_name, len(new), len(cold), coverage.get(type_name, -1)]
+                args += new
+                args += cold
+            calls.append((keys, args))
+        if not calls:
+            return []
+
+        async def release_all() -> list[Any]:
+            # One round trip; each script is atomic on its own, as separate calls would be.
+            async with self._client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await self._release_script(keys=keys, args=args, client=pipe)
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+        return [bool(done) for done in await self._run("release claims", release_all)]
 
     async def load(
         self,
