@@ -187,17 +187,18 @@ class LmdbHotTier:
             if limit == 0:
                 return HotRange(out, complete_from)
             found = cursor.prev() if cursor.set_range(prefix + _NEWEST) else cursor.last()
-            while found:
-                key = cursor.key()
-                if key[:start] != prefix:
+            if not found:
+                return HotRange(out, complete_from)
+            unpack = _U64.unpack_from
+            for key, value in cursor.iterprev():  # one call per event: Gets read ~100
+                if not key.startswith(prefix):
                     break
-                ts = _U64.unpack_from(key, start)[0]
+                ts = unpack(key, start)[0]
                 if since is not None and ts < since:
                     break
-                out.append((ts, cursor.value()))
+                out.append((ts, value))
                 if len(out) == limit:
                     break
-                found = cursor.prev()
         return HotRange(out, complete_from)
 
     async def fence(self) -> int:
