@@ -27,6 +27,15 @@ def decode_rows(
 ) -> tuple[bytearray, bytes, list[tuple[bytes, bytes]], list[int]]:
     """(status, joined prefixes, (lengths, data) per wanted variable feature, other versions)."""
 
+def encode_rows(
+    prefixes: bytes,
+    prefix_size: int,
+    length_offsets: Sequence[int],
+    variable: Sequence[tuple[bytes, bytes]],
+) -> list[bytes]:
+    """One row per prefix: the prefix with each variable feature's length written at its
+    offset, then the values; `variable` is (<u4 lengths, concatenated values) per feature."""
+
 def encode_retrieve_responses(
     results: list[tuple[str, int, list[Any], list[tuple[str, npt.NDArray[np.uint8]]]]],
     batch: bool,

@@ -1,4 +1,5 @@
-//! A batch of stored rows to one buffer of row prefixes plus gathered string/bytes columns.
+//! Stored rows, a batch per call: decoding rows to one buffer of row prefixes plus gathered
+//! string/bytes columns, and encoding rows from their prefixes and string/bytes values.
 //!
 //! The row format is documented in `inferstack/core/rowformat.py`:
 //!
@@ -203,4 +204,94 @@ pub fn decode_rows<'py>(
         gathered,
         other_versions,
     ))
+}
+
+/// Encode a batch of rows of one schema version, one `bytes` per row.
+///
+/// `prefixes` holds every row's prefix, `prefix_size` bytes each, already filled by the caller
+/// (header and fixed-width features; numpy does that a feature at a time). `variable` holds, per
+/// variable-length feature in layout order, its `<u4` lengths (4 bytes per row) and its values
+/// concatenated. Each row is its prefix, with the lengths written at `length_offsets`, followed
+/// by its values of every variable-length feature in order.
+#[pyfunction]
+pub fn encode_rows<'py>(
+    py: Python<'py>,
+    prefixes: &[u8],
+    prefix_size: usize,
+    length_offsets: Vec<usize>,
+    variable: Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>,
+) -> PyResult<Bound<'py, PyList>> {
+    if prefix_size < HEADER_SIZE || !prefixes.len().is_multiple_of(prefix_size) {
+        return Err(PyValueError::new_err(
+            "prefixes must be whole prefixes of at least the header's size",
+        ));
+    }
+    let outside = |at: usize| at.checked_add(4).is_none_or(|end| end > prefix_size);
+    if length_offsets
+        .iter()
+        .any(|&at| at < HEADER_SIZE || outside(at))
+    {
+        return Err(PyValueError::new_err(
+            "length offsets must lie inside the prefix, after the header",
+        ));
+    }
+    if variable.len() != length_offsets.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} length offsets for {} variable-length features",
+            length_offsets.len(),
+            variable.len()
+        )));
+    }
+    let count = prefixes.len() / prefix_size;
+    // Per feature: each row's length and where its value starts in the feature's data.
+    let mut columns: Vec<(Vec<u32>, Vec<usize>, &[u8])> = Vec::with_capacity(variable.len());
+    for (position, (lengths, data)) in variable.iter().enumerate() {
+        let lengths = lengths.as_bytes();
+        if lengths.len() != 4 * count {
+            return Err(PyValueError::new_err(format!(
+                "variable-length feature {position}: {} bytes of lengths for {count} rows",
+                lengths.len()
+            )));
+        }
+        let lengths: Vec<u32> = lengths
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let mut starts = Vec::with_capacity(count);
+        let mut at = 0usize;
+        for &length in &lengths {
+            starts.push(at);
+            at += length as usize; // a sum of u32s: no overflow on a 64-bit machine
+        }
+        let data = data.as_bytes();
+        if at != data.len() {
+            return Err(PyValueError::new_err(format!(
+                "variable-length feature {position}: the lengths add up to {at} bytes, the \
+                 values are {}",
+                data.len()
+            )));
+        }
+        columns.push((lengths, starts, data));
+    }
+    let mut rows = Vec::with_capacity(count);
+    for (row, prefix) in prefixes.chunks_exact(prefix_size).enumerate() {
+        let size = columns.iter().fold(prefix_size, |size, (lengths, _, _)| {
+            size + lengths[row] as usize
+        });
+        let encoded = PyBytes::new_with(py, size, |out| {
+            out[..prefix_size].copy_from_slice(prefix);
+            let mut at = prefix_size;
+            for ((lengths, starts, data), &offset) in columns.iter().zip(&length_offsets) {
+                let length = lengths[row];
+                out[offset..offset + 4].copy_from_slice(&length.to_le_bytes());
+                let start = starts[row];
+                let length = length as usize;
+                out[at..at + length].copy_from_slice(&data[start..start + length]);
+                at += length;
+            }
+            Ok(())
+        })?;
+        rows.push(encoded);
+    }
+    PyList::new(py, rows)
 }

@@ -81,11 +81,35 @@ def test_string_items(catalog: InteractionCatalog) -> None:
     assert history.columns["query"].to_list() == [b"red shoes"]
 
 
+def test_text_of_any_script_and_sequences_of_any_kind(catalog: InteractionCatalog) -> None:
+    ids = ("e1", "é" * 128, "日本")  # 256 bytes of UTF-8 is the most an id may have
+    encoded = encode_batch(
+        catalog,
+        batch(
+            event_ids=np.array(ids),
+            users=(7, 7, 8),
+            timestamps=np.array([NOW - 3000, NOW - 2000, NOW - 1000]),
+            attributes={"source": np.array(["ü", "", "\U0001f600"], dtype=object)},
+        ),
+        "batch 0",
+        NOW,
+    )
+    history = decode_rows(catalog, "click", encoded.rows)
+    assert [v.decode() for v in history.columns["event_id"].to_list()] == list(ids)
+    assert [v.decode() for v in history.columns["source"].to_list()] == ["ü", "", "\U0001f600"]
+    assert history.columns["price"].tolist() == [0.0, 0.0, 0.0]  # its default
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"type": "like"}, "batch 0: unknown interaction type 'like'"),
         ({"event_ids": ["e1", "", "e3"]}, "batch 0, event 1: event_id is missing"),
+        ({"event_ids": ["e1", "e2", None]}, "batch 0, event 2: event_id is missing"),
+        ({"event_ids": ["e1", "é" * 129, "e3"]}, "event 1: event_id is longer than 256 bytes"),
+        ({"event_ids": ["x" * 257, "", 5]}, "event 0: event_id is longer than 256 bytes"),
+        ({"event_ids": ["é", 5, ""]}, "batch 0, event 1: event_id is missing"),
+        ({"timestamps": [NOW, True, NOW]}, "event 1: field 'ts' is int64, got True"),
         ({"users": [7, "x", 8]}, "batch 0, event 1: field 'user_id' is int64, got 'x'"),
         ({"items": [100, 101]}, "field 'product_id' has 2 values for 3 events"),
         ({"timestamps": [NOW, NOW + 6 * 60_000, NOW]}, "event 1: ts .* 5 minutes in the future"),
@@ -94,6 +118,7 @@ def test_string_items(catalog: InteractionCatalog) -> None:
         ({"attributes": {"price": ["a", "b", "c"]}}, "event 0: field 'price' is float32"),
         ({"attributes": {"quantity": [1, 70_000, 2]}}, "event 1: field 'quantity' value 70000"),
         ({"attributes": {"source": ["a", 5, "c"]}}, "event 1: field 'source' is string"),
+        ({"attributes": {"source": ["é", "b", b"c"]}}, "event 2: field 'source' is string"),
     ],
 )
 def test_bad_events_name_the_field_and_the_event(

@@ -7,6 +7,7 @@ Its behaviour on real rows and keys is tested through `core/rowformat.py` and `c
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import inferstack_native
 import numpy as np
@@ -100,3 +101,37 @@ def test_key_parts_must_be_strings_or_64_bit_integers_of_one_length() -> None:
         inferstack_native.encode_keys([np.array([1, 2]), ["a"]])
     assert inferstack_native.encode_keys([]) == []
     assert inferstack_native.encode_keys([np.array([], np.uint64)]) == []
+
+
+def test_rows_are_encoded_from_prefixes_lengths_and_values() -> None:
+    size = LAYOUT.prefix_size
+    prefixes = bytes(range(size)) + bytes(range(100, 100 + size))
+    lengths = np.array([3, 0], "<u4").tobytes()
+    rows = inferstack_native.encode_rows(prefixes, size, LAYOUT.length_offsets, [(lengths, b"abc")])
+    at = LAYOUT.length_offsets[0]
+    assert rows == [
+        prefixes[:at] + b"\x03\x00\x00\x00" + prefixes[at + 4 : size] + b"abc",
+        prefixes[size : size + at] + b"\x00" * 4 + prefixes[size + at + 4 :],
+    ]
+    assert inferstack_native.encode_rows(b"", size, LAYOUT.length_offsets, [(b"", b"")]) == []
+    assert inferstack_native.encode_rows(prefixes, size, [], []) == [
+        prefixes[:size],
+        prefixes[size:],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ((b"\x00" * 7, 7, [], []), "at least the header"),
+        ((b"\x00" * 17, 16, [], []), "whole prefixes"),
+        ((b"\x00" * 16, 16, [13], [(b"\x00" * 4, b"")]), "inside the prefix"),
+        ((b"\x00" * 16, 16, [4], [(b"\x00" * 4, b"")]), "after the header"),
+        ((b"\x00" * 16, 16, [8], []), "1 length offsets for 0 variable-length features"),
+        ((b"\x00" * 16, 16, [8], [(b"\x00" * 8, b"")]), "8 bytes of lengths for 1 rows"),
+        ((b"\x00" * 16, 16, [8], [(b"\x02\x00\x00\x00", b"x")]), "add up to 2 bytes"),
+    ],
+)
+def test_bad_encode_arguments_are_refused(arguments: tuple[Any, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        inferstack_native.encode_rows(*arguments)

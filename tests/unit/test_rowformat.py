@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 import time
 from typing import Any
 
@@ -323,3 +324,34 @@ def test_an_empty_batch_decodes_to_empty_columns() -> None:
     s, n = decoded.columns["s"], decoded.columns["n"]
     assert isinstance(s, VarColumn) and s.to_list() == [] and s.data == b""
     assert not isinstance(n, VarColumn) and n.tolist() == []
+
+
+def test_encoded_rows_are_the_documented_bytes() -> None:
+    """The stored format, byte for byte: existing data must stay readable, so the encoder may
+    change only in how it computes these bytes."""
+    codec = _multi_codec()
+    layout = codec.current  # fixed: n (int16), ok (bool); variable: s, b, t in that order
+    rows = layout.encode(
+        {
+            "s": var_column([b"", "ü".encode()]),
+            "n": np.array([-2, 300], np.int16),
+            "b": var_column([b"\x00\xff", b""]),
+            "ok": np.array([True, False]),
+            "t": var_column([b"tt", b"t"]),
+        },
+        2,
+        np.array([0, 1_900_000_000], np.uint32),
+    )
+    header = struct.Struct("<HBBI")
+    version = layout.version
+    assert rows == [
+        header.pack(version, 0, 1, 0)
+        + struct.pack("<h?", -2, True)
+        + struct.pack("<III", 0, 2, 2)
+        + b"\x00\xfftt",
+        header.pack(version, 0, 1, 1_900_000_000)
+        + struct.pack("<h?", 300, False)
+        + struct.pack("<III", 2, 0, 1)
+        + "ü".encode()
+        + b"t",
+    ]

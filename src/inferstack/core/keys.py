@@ -67,12 +67,13 @@ def _parse_int(label: str, value: Any) -> int:
 
 
 def _integer_array(label: str, values: Sequence[Any]) -> npt.NDArray[Any]:
-    values = [_parse_int(label, v) if isinstance(v, str) else v for v in values]
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise InvalidArgumentError(
-                f"{label} is an integer, got {type(value).__name__} {value!r}"
-            )
+    if not set(map(type, values)) <= {int}:  # text to parse, numpy integers or a mistake
+        values = [_parse_int(label, v) if isinstance(v, str) else v for v in values]
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise InvalidArgumentError(
+                    f"{label} is an integer, got {type(value).__name__} {value!r}"
+                )
     try:
         return np.asarray(values, dtype=np.int64) if values else np.zeros(0, dtype=np.int64)
     except OverflowError:

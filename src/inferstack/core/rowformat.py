@@ -6,11 +6,12 @@
     data     the variable-length values, concatenated in the same order
 
 Everything before `data` (the prefix) has the same size for every row of one schema version.
-Decoding a batch is one call into the compiled `inferstack_native` (native/src/rows.rs): it
-checks every row, substitutes defaults, joins the prefixes into one buffer and gathers the
-string/bytes values; here that buffer becomes one `np.frombuffer` over a structured dtype, of
-which each fixed feature is a view. Strings stay UTF-8 bytes end to end: the server never
-decodes them.
+Encoding a batch fills the prefixes with numpy, a feature at a time, then puts the rows
+together in one call into the compiled `inferstack_native` (native/src/rows.rs). Decoding a
+batch is one call there too: it checks every row, substitutes defaults, joins the prefixes
+into one buffer and gathers the string/bytes values; here that buffer becomes one
+`np.frombuffer` over a structured dtype, of which each fixed feature is a view. Strings stay
+UTF-8 bytes end to end: the server never decodes them.
 """
 
 from __future__ import annotations
@@ -103,7 +104,10 @@ class RowLayout:
         count: int,
         expires_at: int | npt.NDArray[np.uint32] = 0,
     ) -> list[bytes]:
-        """Encode `count` rows; fixed columns are arrays, variable ones VarColumns."""
+        """Encode `count` rows; fixed columns are arrays, variable ones VarColumns.
+
+        The prefixes are filled here a feature at a time (numpy); each row's bytes are put
+        together in one call into `inferstack_native` (native/src/rows.rs) for the batch."""
         prefix = np.zeros(count, dtype=self.prefix_dtype)
         prefix["schema_version"] = self.version
         prefix["format"] = FORMAT_VERSION
@@ -113,21 +117,18 @@ class RowLayout:
             if isinstance(values, VarColumn) or len(values) != count:
                 raise RowFormatError(f"feature '{name}': expected {count} fixed-width values")
             prefix[f"f:{name}"] = values
-        tails: list[list[bytes]] = []
+        variable: list[tuple[bytes, bytes]] = []
         for name in self.variable:
             column = columns[name]
             if not isinstance(column, VarColumn) or len(column.lengths) != count:
                 raise RowFormatError(f"feature '{name}': expected {count} variable-length values")
-            prefix[f"n:{name}"] = column.lengths
-            tails.append(column.to_list())
-        size = self.prefix_size
-        blob = prefix.tobytes()
-        if not tails:
-            return [blob[i * size : (i + 1) * size] for i in range(count)]
-        return [
-            b"".join((blob[i * size : (i + 1) * size], *(tail[i] for tail in tails)))
-            for i in range(count)
-        ]
+            lengths = np.asarray(column.lengths, dtype=_LENGTHS_DTYPE).tobytes()
+            variable.append((lengths, bytes(column.data)))
+        # The native side writes each row's lengths into its prefix, and refuses lengths
+        # that do not add up to the values.
+        return inferstack_native.encode_rows(
+            prefix.tobytes(), self.prefix_size, self.length_offsets, variable
+        )
 
 
 @dataclass

@@ -162,7 +162,9 @@ def _batch(batch: dict[str, Any], catalog: InteractionCatalog, where: str) -> Ev
             also = {"users": user_key, "items": item_key}.get(field, field)
             named = f"'{field}'" + (f" (or '{also}')" if also != field else "")
             raise InvalidArgumentError(f"{where}: {named} is missing")
-        if not isinstance(values, list) or any(isinstance(v, list | dict) for v in values):
+        if not isinstance(values, list) or any(
+            issubclass(kind, list | dict) for kind in set(map(type, values))
+        ):
             raise InvalidArgumentError(f"{where}: '{field}' must be a list of values")
     return EventBatch(
         type=name,
