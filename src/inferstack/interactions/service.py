@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, TypeVar
 
 import numpy as np
@@ -106,10 +107,17 @@ class InteractionService:
         caps: dict[str, int] = {}
         for part in encoded:
             kind = part.type
-            caps[kind.name] = kind.hot_cap
+            name = kind.name
+            caps[name] = kind.hot_cap
             deadline = now + int(kind.inactivity * 1000)
-            for user, ts, row in zip(part.users, part.timestamps.tolist(), part.rows, strict=True):
-                events.append(HotEvent(kind.name, user, ts, NEW + row))
+            events += map(
+                HotEvent,
+                repeat(name),
+                part.users,
+                part.timestamps.tolist(),
+                [NEW + row for row in part.rows],
+            )
+            for user in set(part.users):
                 if deadlines.get(user, 0) < deadline:
                     deadlines[user] = deadline
         if events:

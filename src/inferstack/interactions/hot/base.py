@@ -38,14 +38,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 NEW = b"n"  # ingested, not yet in the cold tier
 COLD = b"c"  # loaded from the cold tier by hydrate: trimming it loses nothing
 
 
-@dataclass(frozen=True)
-class HotEvent:
+class HotEvent(NamedTuple):  # a tuple: ingest makes one per event
     type: str
     user: bytes
     ts: int  # unix ms

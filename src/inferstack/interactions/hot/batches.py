@@ -110,22 +110,26 @@ def add_batch(
 ) -> Batch:
     """Check an add: every event valid, a cap for every type, a deadline for every user."""
     groups: dict[tuple[bytes, str], Group] = {}
+    checked_caps: dict[str, int] = {}  # each type checked once, each user once
+    checked_users: set[bytes] = set()
     new_origin = NEW[0]
     for index, event in enumerate(events):
-        ts, member = event.ts, event.member
-        if type(event.user) is not bytes:
-            check_user(event.user, f"events[{index}].user")
-        group = groups.get((event.user, event.type))
-        if group is None:  # the type, user, cap and deadline are checked once per group
+        ts, member, user = event.ts, event.member, event.user
+        if type(user) is not bytes:
+            check_user(user, f"events[{index}].user")
+        group = groups.get((user, event.type))
+        if group is None:
             where = f"events[{index}]"
-            check_type(event.type, f"{where}.type")
-            check_user(event.user, f"{where}.user")
-            if event.user not in deadlines:
-                raise InvalidArgumentError(
-                    f"{where}: no deadline given for {user_label(event.user)}"
-                )
-            cap = check_cap(event.type, caps, where)
-            group = groups[(event.user, event.type)] = Group(event.user, event.type, cap)
+            cap = checked_caps.get(event.type)
+            if cap is None:
+                check_type(event.type, f"{where}.type")
+                cap = checked_caps[event.type] = check_cap(event.type, caps, where)
+            if user not in checked_users:
+                check_user(user, f"{where}.user")
+                if user not in deadlines:
+                    raise InvalidArgumentError(f"{where}: no deadline given for {user_label(user)}")
+                checked_users.add(user)
+            group = groups[(user, event.type)] = Group(user, event.type, cap)
         if type(ts) is not int or not 0 <= ts <= MAX_TIME:  # the common case, quickly
             check_time(ts, f"events[{index}].ts")
         if type(member) is not bytes or not member or member[0] not in _ORIGINS:
@@ -133,8 +137,10 @@ def add_batch(
         (group.new if member[0] == new_origin else group.cold).append((ts, member))
     checked: dict[bytes, int] = {}
     for user, deadline in deadlines.items():
-        check_user(user, "deadlines")
-        check_time(deadline, f"deadlines[{user_label(user)}]")
+        if type(user) is not bytes or len(user) > MAX_USER_BYTES:
+            check_user(user, "deadlines")
+        if type(deadline) is not int or not 0 <= deadline <= MAX_TIME:
+            check_time(deadline, f"deadlines[{user_label(user)}]")
         checked[user] = deadline
     return Batch(list(groups.values()), checked)
 
