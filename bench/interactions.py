@@ -29,6 +29,23 @@ CPU: utime + stime from /proc of the server's workers (the benchmark process whe
 the work: Kafka consumer, ceilings) and of Redis, Cassandra and Kafka when
 `scripts/services.py status` knows their pids, over each timed window, per 1,000 events/users.
 
+Footprint (issue 14), taken with the server up before ingest, after the ingest phases (every
+event hot, before 3.) and after the sweep (every event cold, before 5.), while nothing writes:
+  embedded     per LMDB tier (<data_dir>/interactions/hot and /cold): data.mdb's blocks on disk
+               (st_blocks x 512), and LMDB's own pages read through a read-only, lock-less view
+               of the environment: B-tree pages in use, and the high-water mark
+               ((last_pgno + 1) x page size: LMDB never shrinks its file)
+  distributed  Redis's own accounting: MEMORY USAGE (SAMPLES 0) of the run's keys, INFO
+               used_memory and the AOF (aof_current_size, and its files' blocks), the last
+               three for the whole instance; Cassandra: the blocks of the run's ic_* sstables
+               under the data directory of scripts/services.py's cassandra.yaml, after a flush
+               (services.py runs Cassandra without JMX, so no nodetool: an ALTER TABLE of the
+               tables' comment, a schema change, makes Cassandra flush them) and once the files
+               settle (no flush or compaction running)
+  RSS          VmRSS (/proc/<pid>/status) of the server's workers and, distributed, of
+               redis-server and Cassandra; anon/file parts and PSS in the note
+Each figure also as added since before ingest, per million events stored by the ingest phases.
+
 Defaults (10k users, 1M events + 250k over Kafka; 100 events per user as in the issue's 100k
 users x 10M events) take ~2 min of measuring embedded and ~3 min more with --distributed on
 2 shared cores; the issue's full size would take ~10x as long for the same per-user shape.
@@ -66,7 +83,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 import redis.asyncio as aioredis
-from procstat import cpu_seconds, worker_pids
+from procstat import cpu_seconds, memory, worker_pids
 
 from inferstack.client.interactions import (
     AsyncInteractionsClient,
@@ -86,6 +103,7 @@ RESULTS = ROOT / "bench" / "results"
 DEPLOY = ROOT / "deploy" / "distributed.yaml"
 ENDPOINTS = ROOT / ".services" / "endpoints.json"
 SERVICES = ROOT / "scripts" / "services.py"
+SERVICES_STATE = ENDPOINTS.parent  # scripts/services.py's state dir: config, data, logs
 
 BATCH = 1000  # events per Ingest request, per Kafka consumer poll... and per raw write
 GET_LIMIT = 100
@@ -547,10 +565,11 @@ async def ingest_grpc(
     requests: Sequence[list[EventBatch]],
     in_flight: int,
     services: dict[str, int],
-) -> Throughput:
-    """`in_flight` callers sharing one pass over the requests; the first `in_flight` untimed."""
+) -> tuple[Throughput, int]:
+    """`in_flight` callers sharing one pass over the requests; the first `in_flight` untimed.
+    Also the events stored by every request, the untimed ones included."""
     async with AsyncInteractionsClient(server.target, timeout=60, connections=in_flight) as client:
-        await asyncio.gather(*(client.ingest_batches(r) for r in requests[:in_flight]))
+        untimed = await asyncio.gather(*(client.ingest_batches(r) for r in requests[:in_flight]))
         pending = iter(requests[in_flight:])
         stored = 0
 
@@ -573,7 +592,7 @@ async def ingest_grpc(
         seconds,
         stored / seconds,
     )
-    return cpu.fill(row, stored)
+    return cpu.fill(row, stored), stored + sum(untimed)
 
 
 def kafka_available() -> bool:
@@ -627,10 +646,16 @@ def delete_kafka(bootstrap: str, topics: Sequence[str], group: str) -> None:
 
 
 async def ingest_kafka(
-    deployment: Deployment, events: Events, bootstrap: str, run: str, services: dict[str, int]
+    deployment: Deployment,
+    events: Events,
+    bootstrap: str,
+    run: str,
+    services: dict[str, int],
+    stored_sink: list[int],
 ) -> Throughput:
     """InteractionConsumer in this process, into the deployment's tiers opened as serve opens
-    them. Timed from the first stored batch to the last event (joining the group is not)."""
+    them. Timed from the first stored batch to the last event (joining the group is not).
+    Every event it stored is appended to `stored_sink`'s count, also when it fails."""
     from inferstack.interactions.kafka import InteractionConsumer
 
     topics = {name: f"bench-interactions-{run}-{deployment.name}.{name}" for name in TYPES}
@@ -663,6 +688,7 @@ async def ingest_kafka(
         cpu.stop()
     finally:
         await consumer.stop()
+        stored_sink.append(consumer.stats.stored)
         await service.close()
         delete_kafka(bootstrap, list(topics.values()), group)
     stored = consumer.stats.stored - already
@@ -847,6 +873,341 @@ async def sweep_all(
     return cpu.fill(row, moved)
 
 
+# --- footprint: disk and memory ------------------------------------------------------------
+
+MIB = 1 << 20
+SETTLE_SECONDS = 1.0  # Cassandra's table files unchanged this long: the flush is done
+SETTLE_TIMEOUT = 600.0  # for the flush and the compactions it starts
+COLD_TABLE_PREFIX = "ic_"  # interactions/cold/cassandra.py: one table per interaction type
+
+
+@dataclass
+class Measure:
+    """One figure of a deployment's footprint at one moment: bytes, None if not measured
+    (the note says why)."""
+
+    what: str
+    bytes: int | None
+    note: str = ""
+    rewrites: int | None = None  # AOF rewrites so far: one since the baseline shrinks `bytes`
+
+
+Snapshot = dict[str, Measure]  # by `what`
+
+
+@dataclass
+class Footprint:
+    deployment: str
+    when: str  # "after ingest" (every event hot) or "after sweep" (every event cold)
+    events: int  # events the ingest phases stored: the divisor of the per-million figure
+    what: str
+    bytes: int | None
+    start_bytes: int | None  # the same figure with the server up and nothing ingested yet
+    added_per_million_events: float | None  # (bytes - start_bytes) / (events / 1e6)
+    note: str = ""
+
+
+def footprint(
+    deployment: Deployment, server: Server, pids: dict[str, int], endpoints: dict[str, str]
+) -> Snapshot:
+    """Disk and memory of both tiers and RSS of the processes serving them, now. Taken while
+    nothing is written (between phases, the servers' sweepers off)."""
+    measures = []
+    if deployment.redis is None:
+        settings = deployment.settings
+        hot = settings.interactions.hot.path or settings.data_dir / "interactions" / "hot"
+        cold = settings.data_dir / "interactions" / "cold"  # as server.components opens them
+        measures += guarded("hot tier: LMDB", lambda: lmdb_footprint("hot", hot))
+        measures += guarded("cold tier: LMDB", lambda: lmdb_footprint("cold", cold))
+    else:
+        address, prefix = deployment.redis, deployment.env["INFERSTACK_INTERACTIONS__HOT__PREFIX"]
+        measures += guarded("hot tier: Redis", lambda: redis_footprint(address, prefix))
+        keyspace = deployment.env["INFERSTACK_STORAGE__KEYSPACE"]
+        measures += guarded(
+            "cold tier: Cassandra",
+            lambda: [cassandra_footprint(endpoints["cassandra"], keyspace)],
+        )
+    shared = "; file = mapped files (libraries, LMDB's maps), shared: in each worker's RSS"
+    workers = f"RSS: server workers ({len(server.workers)}), summed"
+    measures.append(rss(workers, server.workers, shared if deployment.redis is None else ""))
+    if deployment.redis is not None:
+        for name in ("redis", "cassandra"):
+            if name in pids:
+                label = "redis-server" if name == "redis" else "Cassandra (JVM)"
+                measures.append(rss(f"RSS: {label} (the whole instance)", [pids[name]]))
+    return {measure.what: measure for measure in measures}
+
+
+def guarded(what: str, measure: Callable[[], list[Measure]]) -> list[Measure]:
+    """`measure()`, or one row saying why it failed: a missing figure is no reason to lose
+    the rest of the run."""
+    try:
+        return measure()
+    except Exception as exc:
+        return [Measure(what, None, f"not measured: {type(exc).__name__}: {exc}")]
+
+
+def footprint_rows(
+    deployment: Deployment, when: str, events: int, now: Snapshot, start: Snapshot
+) -> list[Footprint]:
+    rows = []
+    for what, measure in now.items():
+        before = start[what].bytes if what in start else None
+        per_million = None
+        if measure.bytes is not None and before is not None and events:
+            per_million = (measure.bytes - before) / (events / 1e6)
+        note = measure.note
+        if what in start and measure.rewrites != start[what].rewrites:
+            since = (measure.rewrites or 0) - (start[what].rewrites or 0)
+            note += f"; {since} AOF rewrite(s) since before ingest: `added` is not this run's"
+        rows.append(
+            Footprint(
+                deployment.name,
+                when,
+                events,
+                what,
+                bytes=measure.bytes,
+                start_bytes=before,
+                added_per_million_events=per_million,
+                note=note,
+            )
+        )
+    return rows
+
+
+def allocated(path: Path) -> tuple[int, int]:
+    """(bytes allocated on disk = st_blocks x 512, apparent size) of a file (0, 0 if gone)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return 0, 0
+    return stat.st_blocks * 512, stat.st_size
+
+
+def lmdb_footprint(tier: str, path: Path) -> list[Measure]:
+    """data.mdb's blocks on disk, and LMDB's own figures read through a read-only view of the
+    server's environment (lock=False: no reader slot taken, nothing written; nothing writes
+    at these moments): the pages of every B-tree (in use) and the high-water mark (pages
+    ever used; LMDB never shrinks its file, freed pages go to its free list)."""
+    data = path / "data.mdb"
+    disk, size = allocated(data)
+    what = f"{tier} tier: LMDB data.mdb allocated (st_blocks x 512)"
+    if not data.exists():
+        return [Measure(what, None, f"not measured: no {data}")]
+    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=64, readahead=False)
+    try:
+        info, main = env.info(), env.stat()
+        psize = int(main["psize"])
+        pages = main["branch_pages"] + main["leaf_pages"] + main["overflow_pages"]
+        entries = {}
+        with env.begin() as txn:
+            for name, _ in txn.cursor():  # the main B-tree holds the named ones
+                db = env.open_db(name, txn=txn, create=False)
+                stat = txn.stat(db)
+                pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+                entries[name.decode()] = stat["entries"]
+    finally:
+        env.close()
+    high_water = (int(info["last_pgno"]) + 1) * psize
+    counts = ", ".join(f"{name} {count:,}" for name, count in entries.items())
+    return [
+        Measure(what, disk, f"file size {size / MIB:,.1f} MiB"),
+        Measure(
+            f"{tier} tier: LMDB pages in use (B-tree pages x {psize})",
+            int(pages) * psize,
+            f"high-water mark (last_pgno + 1) x {psize}: {high_water / MIB:,.1f} MiB; "
+            f"entries: {counts or 'none'}",
+        ),
+    ]
+
+
+def redis_footprint(address: str, prefix: str) -> list[Measure]:
+    """Redis's own accounting: MEMORY USAGE (SAMPLES 0: every element) summed over the run's
+    keys, with the events their sorted sets hold; INFO used_memory and the AOF's size (INFO
+    and the files in CONFIG GET dir/appenddirname), both for the whole instance."""
+    client = redis.Redis.from_url(f"redis://{address}")
+    try:
+        used = events = 0
+        keys: list[bytes] = list(
+            client.scan_iter(match=prefix.replace("*", r"\*") + "*", count=1000)
+        )
+        sorted_sets = (prefix + "h:").encode()  # <prefix>h:<type>:<user>, hot/redis.py
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            pipe = client.pipeline(transaction=False)
+            for name in batch:
+                pipe.memory_usage(name, samples=0)
+            for name in batch:
+                if name.startswith(sorted_sets):
+                    pipe.zcard(name)
+            replies = pipe.execute()
+            used += sum(r or 0 for r in replies[: len(batch)])  # None: gone since SCAN
+            events += sum(replies[len(batch) :])
+        memory_info: dict[str, Any] = client.info("memory")
+        persistence: dict[str, Any] = client.info("persistence")
+        try:
+            found = {
+                **client.config_get("dir"),
+                **client.config_get("appenddirname"),  # Redis >= 7: the AOF's own directory
+            }
+            directory = Path(str(found["dir"])) / str(found.get("appenddirname") or "")
+            files = [f for f in directory.iterdir() if f.is_file()]
+            aof_note = f"{len(files)} files in {directory}"
+        except (redis.RedisError, OSError, KeyError) as exc:  # CONFIG renamed, or not local
+            files, aof_note = [], f"not measured: {type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+    whole = "the whole instance"
+    rewrites = persistence.get("aof_rewrites")  # Redis >= 7
+    aof = [
+        Measure(
+            f"hot tier: Redis AOF, aof_current_size (INFO persistence; {whole})",
+            int(persistence["aof_current_size"]) if persistence.get("aof_enabled") else None,
+            f"aof_rewrites {rewrites if rewrites is not None else '?'}",
+            rewrites,
+        ),
+        Measure(
+            f"hot tier: Redis AOF, files allocated (st_blocks x 512; {whole})",
+            sum(allocated(f)[0] for f in files) if files else None,
+            aof_note,
+            rewrites,
+        ),
+    ]
+    return [
+        Measure(
+            "hot tier: Redis MEMORY USAGE of the run's keys (SAMPLES 0)",
+            used,
+            f"{len(keys):,} keys under {prefix!r}; {events:,} events in their sorted sets",
+        ),
+        Measure(
+            f"hot tier: Redis used_memory (INFO memory; {whole})",
+            int(memory_info["used_memory"]),
+            f"used_memory_rss {int(memory_info['used_memory_rss']) / MIB:,.1f} MiB",
+        ),
+        *aof,
+    ]
+
+
+def cassandra_data_dirs(contact_point: str) -> list[Path] | str:
+    """data_file_directories of scripts/services.py's Cassandra (its cassandra.yaml), if it is
+    the one at `contact_point`; else why not."""
+    import yaml
+
+    conf = SERVICES_STATE / "cassandra" / "conf" / "cassandra.yaml"
+    try:
+        config = yaml.safe_load(conf.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        return f"{conf}: {type(exc).__name__}: {exc}"
+    port = contact_point.rpartition(":")[2]
+    if str(config.get("native_transport_port")) != port:
+        return f"the Cassandra of {conf} is not the one on port {port}"
+    return [Path(d) for d in config.get("data_file_directories") or []]
+
+
+def cold_table_files(directories: Sequence[Path], keyspace: str) -> list[Path]:
+    """Files of the keyspace's ic_* tables (their sstables; not snapshots/ or backups/)."""
+    files = []
+    for root in directories:
+        tables = root / keyspace
+        for table in tables.iterdir() if tables.is_dir() else ():
+            if table.is_dir() and table.name.startswith(COLD_TABLE_PREFIX):
+                files += [f for f in table.iterdir() if f.is_file()]
+    return files
+
+
+def cassandra_footprint(contact_point: str, keyspace: str) -> Measure:
+    """The blocks of the keyspace's ic_* sstables, after a flush: no JMX here (services.py
+    starts Cassandra without it), so no `nodetool flush`; an ALTER TABLE (a new comment)
+    makes Cassandra flush the table's memtable (a schema change), then the files are read
+    once they settle (no flush or compaction left; system_views.sstable_tasks)."""
+    from cassandra.cluster import Cluster
+
+    from inferstack.featurestore.storage.cassandra import parse_contact_point
+
+    what = "cold tier: Cassandra ic_* sstables allocated (st_blocks x 512, after a flush)"
+    directories = cassandra_data_dirs(contact_point)
+    if isinstance(directories, str):
+        return Measure(what, None, f"not measured: {directories}")
+    host, port = parse_contact_point(contact_point)
+    cluster = Cluster([host], port=port)
+    try:
+        session = cluster.connect()
+        tables = [
+            row.table_name
+            for row in session.execute(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s",
+                (keyspace,),
+            )
+            if row.table_name.startswith(COLD_TABLE_PREFIX)
+        ]
+        comment = f"'bench flush {time.strftime('%H:%M:%S')}'"  # a change: a schema change
+        for table in tables:  # (the keyspace's own: dropped at the end of the run)
+            session.execute(
+                f'ALTER TABLE "{keyspace}"."{table}" WITH comment = {comment}', timeout=60
+            )
+        waited = settle(directories, keyspace, session)
+    finally:
+        cluster.shutdown()
+    if not tables:
+        return Measure(what, None, f"not measured: no {COLD_TABLE_PREFIX}* table in {keyspace}")
+    if not any((root / keyspace).is_dir() for root in directories):
+        where = ", ".join(str(root / keyspace) for root in directories)
+        return Measure(what, None, f"not measured: no {where}")
+    files = cold_table_files(directories, keyspace)
+    sizes = [allocated(f) for f in files]
+    sstables = sum(f.name.endswith("-Data.db") for f in files)
+    note = (
+        f"{len(tables)} tables, {sstables} sstables, {sum(s for _, s in sizes) / MIB:,.1f} MiB "
+        "apparent; flushed by ALTER TABLE ... WITH comment (Cassandra flushes a table on a "
+        "schema change; no JMX for nodetool), "
+    )
+    note += (
+        f"files settled in {waited:.1f} s"
+        if waited is not None
+        else f"files STILL CHANGING after {SETTLE_TIMEOUT:.0f} s"
+    )
+    return Measure(what, sum(a for a, _ in sizes), note)
+
+
+def settle(directories: Sequence[Path], keyspace: str, session: Any) -> float | None:
+    """Seconds until the keyspace's table files stop changing (no flush or compaction
+    transaction log, `*_txn_*.log`, and the same files and sizes for SETTLE_SECONDS) and no
+    compaction of it runs; None if they still change after SETTLE_TIMEOUT."""
+    started = last_change = time.monotonic()
+    last: list[tuple[str, int]] | None = None
+    while time.monotonic() - started < SETTLE_TIMEOUT:
+        listing = [(str(f), allocated(f)[1]) for f in cold_table_files(directories, keyspace)]
+        tasks = session.execute("SELECT keyspace_name FROM system_views.sstable_tasks")
+        busy = any("_txn_" in name for name, _ in listing) or any(
+            row.keyspace_name == keyspace for row in tasks
+        )
+        now = time.monotonic()
+        if busy or listing != last:
+            last, last_change = listing, now
+        elif now - last_change >= SETTLE_SECONDS:
+            return now - started
+        time.sleep(0.1)
+    return None
+
+
+def rss(what: str, pids: Sequence[int], about: str = "") -> Measure:
+    """VmRSS summed over `pids` (/proc/<pid>/status), with its parts and PSS in the note."""
+    found = [memory(pid) for pid in pids]
+    if not all(found):
+        return Measure(what, None, f"not measured: a process is gone ({list(pids)})")
+
+    def total(name: str) -> str:
+        if not all(name in m for m in found):
+            return "?"
+        return f"{sum(m[name] for m in found) / MIB:,.1f}"
+
+    note = (
+        f"anon {total('RssAnon')} + file {total('RssFile')} + shmem {total('RssShmem')} MiB, "
+        f"PSS {total('Pss')} MiB{about}"
+    )
+    return Measure(what, sum(m["VmRSS"] for m in found), note)
+
+
 # --- raw ceilings --------------------------------------------------------------------------
 
 _U32 = struct.Struct(">I")
@@ -1027,15 +1388,19 @@ class Workload:
 class Results:
     rows: list[Throughput] = field(default_factory=list)
     latencies: list[Latency] = field(default_factory=list)
+    footprints: list[Footprint] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def add(self, item: Throughput | Latency) -> None:
+    def add(self, item: Throughput | Latency | Footprint) -> None:
         if isinstance(item, Throughput):
             self.rows.append(item)
             print(format_throughput(item), flush=True)
-        else:
+        elif isinstance(item, Latency):
             self.latencies.append(item)
             print(format_latency(item), flush=True)
+        else:
+            self.footprints.append(item)
+            print(format_footprint(item), flush=True)
 
 
 def measure(
@@ -1058,12 +1423,20 @@ def measure(
         deployment.serve_arguments, deployment.env, args.workers, deployment.work / "serve.log"
     )
     try:
+        start = footprint(deployment, server, pids, endpoints)  # nothing ingested yet
         grpc_row = ingest_grpc(deployment, server, workload.requests, args.in_flight, redis)
-        results.add(asyncio.run(grpc_row))
+        row, stored = asyncio.run(grpc_row)
+        results.add(row)
         expected = workload.grpc.distinct_users()
+        kafka_stored: list[int] = []
         if workload.kafka is not None:
             kafka_row = ingest_kafka(
-                deployment, workload.kafka, endpoints["kafka"], run, {**kafka, **redis}
+                deployment,
+                workload.kafka,
+                endpoints["kafka"],
+                run,
+                {**kafka, **redis},
+                kafka_stored,
             )
             try:
                 row = asyncio.run(kafka_row)
@@ -1073,6 +1446,10 @@ def measure(
                 results.notes.append(f"{deployment.name}: Kafka ingest failed: {exc!r}")
                 print(f"  Kafka ingest failed: {exc!r}", flush=True)
         ingested = time.monotonic()
+        stored += sum(kafka_stored)
+        hot = footprint(deployment, server, pids, endpoints)
+        for item in footprint_rows(deployment, "after ingest", stored, hot, start):
+            results.add(item)
         measure_gets(deployment, server, workload, args.seconds, "hot", results)
         results.add(ping_floor(deployment, server.target, args.seconds))
         time.sleep(max(0.0, ingested + 1.5 - time.monotonic()))  # inactivity 1 s: all due
@@ -1080,6 +1457,9 @@ def measure(
             deployment, server, expected, args.sweep_limit, args.sweepers, {**redis, **cassandra}
         )
         results.add(asyncio.run(sweep))
+        cold = footprint(deployment, server, pids, endpoints)
+        for item in footprint_rows(deployment, "after sweep", stored, cold, start):
+            results.add(item)
         measure_gets(deployment, server, workload, args.seconds, "cold", results)
         if server.restarted_workers():
             results.notes.append(f"{deployment.name}: a worker restarted: CPU figures are off")
@@ -1138,6 +1518,10 @@ LATENCY_HEADER = (
     f"| deployment | Get last {GET_LIMIT} clicks, 1 in flight | requests | p50 ms | p95 ms "
     "| p99 ms | events/call | from hot |\n|---|---|---|---|---|---|---|---|"
 )
+FOOTPRINT_HEADER = (
+    "| deployment | when | events stored | what | MiB | added MiB | added MiB per M events "
+    "| note |\n|---|---|---|---|---|---|---|---|"
+)
 
 
 def format_throughput(row: Throughput) -> str:
@@ -1154,6 +1538,19 @@ def format_latency(row: Latency) -> str:
     return (
         f"| {row.deployment} | {row.what} | {row.requests:,} | {row.p50_ms:.2f} | "
         f"{row.p95_ms:.2f} | {row.p99_ms:.2f} | {row.mean_events:.1f} | {row.hot_share:.0%} |"
+    )
+
+
+def format_footprint(row: Footprint) -> str:
+    value = "-" if row.bytes is None else f"{row.bytes / MIB:,.1f}"
+    added = per_million = "-"
+    if row.bytes is not None and row.start_bytes is not None:
+        added = f"{(row.bytes - row.start_bytes) / MIB:+,.1f}"
+    if row.added_per_million_events is not None:
+        per_million = f"{row.added_per_million_events / MIB:+,.1f}"
+    return (
+        f"| {row.deployment} | {row.when} | {row.events:,} | {row.what} | {value} | {added} | "
+        f"{per_million} | {row.note} |"
     )
 
 
@@ -1308,6 +1705,9 @@ def main() -> None:
     print(f"\n{LATENCY_HEADER}")
     for latency in results.latencies:
         print(format_latency(latency))
+    print(f"\n{FOOTPRINT_HEADER}")
+    for item in results.footprints:
+        print(format_footprint(item))
     print()
     lines = verdicts(results, cores)
     for line in lines:
@@ -1334,6 +1734,7 @@ def main() -> None:
                 "targets": TARGETS,
                 "throughput": [asdict(r) for r in results.rows],
                 "get": [asdict(r) for r in results.latencies],
+                "footprint": [asdict(r) for r in results.footprints],
                 "verdicts": lines,
                 "notes": results.notes,
             },

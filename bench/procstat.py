@@ -1,7 +1,9 @@
-"""CPU time and worker processes read from /proc, shared by the benchmark scripts."""
+"""CPU time, resident memory and worker processes read from /proc, shared by the benchmark
+scripts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,3 +57,32 @@ def worker_pids(server_pid: int) -> list[int]:
         if b"spawn_main" in command:
             pids.append(int(pid))
     return pids
+
+
+MEMORY_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
+
+
+def memory(pid: int) -> dict[str, int]:
+    """Resident memory of a process in bytes, as the kernel counts it: VmRSS (= RssAnon +
+    RssFile + RssShmem), VmHWM (its peak) and the parts, from /proc/<pid>/status; and Pss from
+    /proc/<pid>/smaps_rollup when it can be read (each resident page divided by the number of
+    processes mapping it: shared file pages, LMDB's map for one, counted once over them all).
+    {} for a process that is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    out = _kilobytes(status, MEMORY_FIELDS)
+    with contextlib.suppress(OSError):  # another user's process, or it just exited
+        out |= _kilobytes(Path(f"/proc/{pid}/smaps_rollup").read_text(), ("Pss",))
+    return out
+
+
+def _kilobytes(text: str, fields: Sequence[str]) -> dict[str, int]:
+    """`Field:   123 kB` lines of a /proc file, in bytes."""
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name in fields:
+            out[name] = int(value.split()[0]) * 1024
+    return out
