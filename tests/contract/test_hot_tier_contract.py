@@ -474,6 +474,23 @@ async def test_many_users_at_once_read_and_release_as_one_by_one(tier: HotTier) 
     assert await tier.events_of_many([], ["click"]) == []
 
 
+async def test_a_sweep_of_more_users_than_one_pipeline_holds(tier: HotTier) -> None:
+    users = [f"p{n}".encode() for n in range(130)]  # Redis sends 50 users per pipeline
+    await tier.add([click(u, T0 + i, f"{u!r}{i}") for u in users for i in range(3)], CAPS,
+                   {u: T0 for u in users})  # fmt: skip
+    found = await tier.events_of_many(users, ["click"])
+    assert [len(events["click"]) for events in found] == [3] * len(users)
+    assert found[77] == await tier.events_of(users[77], ["click"])
+    claims = await tier.claim(T0, LEASE, 1000)
+    by_user = {claim.user: claim for claim in claims}
+    releases = [
+        Release(by_user[u], {"click": [m for _, m in events["click"]]})
+        for u, events in zip(users, found, strict=True)
+    ]
+    assert await tier.release_many(releases) == [True] * len(users)
+    assert await tier.events_of_many(users[::10], ["click"]) == [{"click": []}] * 13
+
+
 # -- fences and coverage -------------------------------------------------------------------
 
 

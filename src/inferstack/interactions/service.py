@@ -90,7 +90,8 @@ class InteractionService:
         if registry.revision <= self.catalog.revision:
             return
         await self.cold.prepare(registry)
-        self.catalog = InteractionCatalog(registry)  # one swap, like the feature store's
+        if registry.revision > self.catalog.revision:  # a newer one may have come meanwhile
+            self.catalog = InteractionCatalog(registry)  # one swap, like the feature store's
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -33,6 +33,7 @@ from inferstack.interactions.cold.base import ColdStore
 from inferstack.interactions.events import InteractionCatalog
 from inferstack.interactions.hot.base import HotTier
 from inferstack.interactions.service import InteractionService
+from inferstack.server.registryswitch import RegistrySwitch
 from inferstack.server.settings import (
     CassandraStorageSettings,
     CompactionSettings,
@@ -346,19 +347,10 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
     components = Components(config, service, inferflow, interactions)
     if watch:
         loop = asyncio.get_running_loop()
-
-        async def switch(registry: Registry) -> None:
-            if registry.revision <= service.catalog.revision:
-                return
-            await storage.prepare(registry)
-            catalog = Catalog(registry)
-            service.use_catalog(catalog)
-            await inferflow.use_registry(registry, catalog)
-            await interactions.use_registry(registry)
-            log.info("definitions revision %d in use", registry.revision)
+        switch = RegistrySwitch(storage, service, inferflow, interactions)
 
         def on_change(registry: Registry) -> None:  # called on the watcher's thread
-            asyncio.run_coroutine_threadsafe(switch(registry), loop)
+            asyncio.run_coroutine_threadsafe(switch.to(registry), loop)
 
         components.watch = config.watch(on_change)
         # Caches follow writes made anywhere: ingest, other workers' Persists.

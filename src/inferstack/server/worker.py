@@ -8,6 +8,7 @@ Each worker admits calls through one admission gate (server/admission.py) built 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -46,14 +47,74 @@ FEATURE_STORE_SERVICE = featurestore_pb2.DESCRIPTOR.services_by_name["FeatureSto
 
 
 async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then drain calls in flight and stop."""
-    components = await build(settings)
-    # First at once, so a worker replacing a killed one frees the slots it left.
-    readers = asyncio.create_task(_clear_stale_readers(components, STALE_READERS_EVERY))
-    callers_watch = auth.start(components.config)  # who may call; revocations follow
-    limits = settings.admission
-    gate = admission.Gate(limits.max_in_flight, limits.max_queue, limits.max_queue_wait)
-    admission.install(gate)  # every gRPC method and JSON route of this worker passes it
+    """Serve until SIGTERM or SIGINT, then drain calls in flight and stop.
+
+    Every resource is registered on one exit stack as it starts, so whatever way this ends
+    (a stop, or a start-up step that fails) closes exactly what was started, newest first."""
+    async with contextlib.AsyncExitStack() as started:
+        components = await build(settings)
+        started.push_async_callback(components.close)
+        # First at once, so a worker replacing a killed one frees the slots it left.
+        readers = asyncio.create_task(_clear_stale_readers(components, STALE_READERS_EVERY))
+        started.push_async_callback(_cancel, readers)
+        callers_watch = auth.start(components.config)  # who may call; revocations follow
+        started.callback(callers_watch.stop)
+        limits = settings.admission
+        gate = admission.Gate(limits.max_in_flight, limits.max_queue, limits.max_queue_wait)
+        admission.install(gate)  # every gRPC method and JSON route of this worker passes it
+        server, health, address = _grpc_server(settings, components)
+        await server.start()
+        started.push_async_callback(server.stop, settings.shutdown_grace)
+        for name in ("", FEATURE_STORE_SERVICE, INFERFLOW_SERVICE, INTERACTIONS_SERVICE):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        if settings.http_port >= 0:
+            runner = await _http_runner(settings, components)
+            started.push_async_callback(runner.cleanup)
+            context = tls.http_ssl_context(settings.tls) if settings.tls is not None else None
+            site = web.TCPSite(
+                runner, settings.host, settings.http_port, reuse_port=True, ssl_context=context
+            )
+            try:
+                await site.start()
+            except OSError as exc:
+                raise OSError(
+                    f"cannot listen for HTTP on {settings.host}:{settings.http_port}: "
+                    f"{exc.strerror}"
+                ) from exc
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        consumer = await _start_consumer(settings, components)
+        if consumer is not None:
+            started.push_async_callback(consumer.stop)  # commits what it ingested
+        sweeping = settings.interactions.sweeper
+        if sweeping.enabled:
+            sweeper = asyncio.create_task(
+                run_sweeper(components.interactions, stop, sweeping.interval, sweeping.batch)
+            )
+            started.push_async_callback(_finish, sweeper)  # the sweep it is in, then it returns
+            started.callback(stop.set)  # (runs first: an exit stack unwinds newest first)
+        publisher = asyncio.create_task(gate.publish_every())
+        started.push_async_callback(_cancel, publisher)
+        # Start-up objects (modules, definitions, codecs) live for the whole process: move
+        # them out of the collector's way so full collections stay short on the request path.
+        gc.collect()
+        gc.freeze()
+        log.info("worker serving gRPC on %s", address)
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+        log.info("worker stopping")
+        await health.enter_graceful_shutdown()
+
+
+def _grpc_server(
+    settings: ServeSettings, components: Components
+) -> tuple[grpc.aio.Server, HealthServicer, str]:
+    """The gRPC server with every service registered and its port bound (not started)."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
@@ -96,68 +157,28 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
             server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc reports a failed bind this way
         raise OSError(f"cannot listen for gRPC on {address} (in use or not allowed)") from exc
-    await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set(FEATURE_STORE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    await health.set(INFERFLOW_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    await health.set(INTERACTIONS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    return server, health, address
 
-    runner: web.AppRunner | None = None
-    if settings.http_port >= 0:
-        app = make_app(components.service, settings.max_http_body_bytes)
-        http_middleware.install(app)  # request ids, request log lines, 413 as JSON
-        inferflow_http.add_routes(app, components.inferflow)
-        interactions_http.add_routes(app, components.interactions)
-        add_console(app, components, settings)  # the read-only web console, /ui
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        context = tls.http_ssl_context(settings.tls) if settings.tls is not None else None
-        site = web.TCPSite(
-            runner, settings.host, settings.http_port, reuse_port=True, ssl_context=context
-        )
-        try:
-            await site.start()
-        except OSError as exc:
-            raise OSError(
-                f"cannot listen for HTTP on {settings.host}:{settings.http_port}: {exc.strerror}"
-            ) from exc
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    consumer = await _start_consumer(settings, components)
-    sweeping = settings.interactions.sweeper
-    sweeper = (
-        asyncio.create_task(
-            run_sweeper(components.interactions, stop, sweeping.interval, sweeping.batch)
-        )
-        if sweeping.enabled
-        else None
-    )
-    publisher = asyncio.create_task(gate.publish_every())
-    # Start-up objects (modules, definitions, codecs) live for the whole process: move them
-    # out of the collector's way so full collections stay short on the request path.
-    gc.collect()
-    gc.freeze()
-    log.info("worker serving gRPC on %s", address)
-    if on_ready is not None:
-        on_ready()
-    await stop.wait()
+async def _http_runner(settings: ServeSettings, components: Components) -> web.AppRunner:
+    app = make_app(components.service, settings.max_http_body_bytes)
+    http_middleware.install(app)  # request ids, request log lines, 413 as JSON
+    inferflow_http.add_routes(app, components.inferflow)
+    interactions_http.add_routes(app, components.interactions)
+    add_console(app, components, settings)  # the read-only web console, /ui
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    return runner
 
-    log.info("worker stopping")
-    await health.enter_graceful_shutdown()
-    if runner is not None:
-        await runner.cleanup()
-    if consumer is not None:
-        await consumer.stop()  # commits what it ingested; the rest is redelivered
-    await server.stop(settings.shutdown_grace)
-    publisher.cancel()
-    readers.cancel()
-    if sweeper is not None:
-        await sweeper  # `stop` is set: it finishes the sweep it is in, then returns
-    callers_watch.stop()
-    await components.close()
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _finish(task: asyncio.Task[Any]) -> None:
+    await task
 
 
 async def _clear_stale_readers(components: Components, every: float) -> None:

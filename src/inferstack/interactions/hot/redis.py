@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,6 +77,10 @@ T = TypeVar("T")
 
 # Values per ZADD/ZREM call inside a script: Lua's unpack() is limited by its C stack (8000).
 _CHUNK = 2000
+# Users per pipeline of a sweep's reads and releases: a sweep of 500 users with 100 events
+# each is megabytes in one pipeline, which a loaded server does not answer within `timeout`;
+# each chunk has the timeout to itself.
+USERS_PER_PIPELINE = 50
 
 _HELPERS = f"""
 local CHUNK = {_CHUNK}
@@ -405,11 +410,11 @@ class RedisHotTier:
         if not names or not users:
             return [{} for _ in users]
 
-        async def snapshot() -> list[Any]:
+        async def snapshot(chunk: Sequence[bytes]) -> list[Any]:
             # One round trip. Each read is atomic; a sweep needs no more than that, since a
             # release removes exactly the members it was given.
             async with self._client.pipeline(transaction=False) as pipe:
-                for user in users:
+                for user in chunk:
                     for type_name in names:
                         pipe.zrange(
                             self.events_key(type_name, user),
@@ -421,7 +426,10 @@ class RedisHotTier:
                 replies: list[Any] = await pipe.execute()
                 return replies
 
-        replies = iter(await self._run("read users' events", snapshot))
+        found: list[Any] = []
+        for chunk in _chunks(users, USERS_PER_PIPELINE):
+            found += await self._run("read users' events", partial(snapshot, chunk))
+        replies = iter(found)
         return [
             {name: [(ts, member) for member, ts in next(replies)] for name in names} for _ in users
         ]
@@ -453,15 +461,18 @@ class RedisHotTier:
         if not calls:
             return []
 
-        async def release_all() -> list[Any]:
+        async def release_all(chunk: Sequence[tuple[list[bytes], list[Any]]]) -> list[Any]:
             # One round trip; each script is atomic on its own, as separate calls would be.
             async with self._client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
+                for keys, args in chunk:
                     await self._release_script(keys=keys, args=args, client=pipe)
                 replies: list[Any] = await pipe.execute()
                 return replies
 
-        return [bool(done) for done in await self._run("release claims", release_all)]
+        done: list[bool] = []
+        for chunk in _chunks(calls, USERS_PER_PIPELINE):
+            done += map(bool, await self._run("release claims", partial(release_all, chunk)))
+        return done
 
     async def load(
         self,
@@ -542,6 +553,10 @@ class RedisHotTier:
             raise UnavailableError(
                 f"hot tier: Redis at {self.where} failed to {operation} ({detail})"
             ) from exc
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _score(raw: bytes | str | float) -> int:
