@@ -16,7 +16,8 @@ Per deployment, in this order:
      opened as `serve` opens them (serve runs no consumers yet); skipped, and said so, if
      src/inferstack/interactions/kafka.py is missing. Its users are not the gRPC phase's.
   3. Get last 100 clicks, 1 in flight, sync InteractionsClient, users drawn at random:
-     users with >= 100 clicks (the hot tier alone answers) and any user (fewer than 100 hot:
+     users with >= 100 clicks (all hot; never swept or hydrated, so the hot tier cannot prove
+     it holds the newest and the cold row is read too) and any user (fewer than 100 hot:
      the cold tier is read too); the first again through InteractionService in this process
      (no gRPC); and gRPC Health/Check round trips to the same server (the transport's floor)
   4. sweep: Sweep(limit) from --sweepers callers until every user has moved (users/s)
