@@ -438,12 +438,11 @@ def stall(marker: Path, where: str) -> None:
     time.sleep(600)
 
 
-class ColdWriteStalls:
-    """A cold store whose first write never happens: the sweeper hangs inside it."""
+class ColdStoreWrapper:
+    """The cold store it wraps, call for call: a test overrides the call it disturbs."""
 
-    def __init__(self, inner: ColdStore, marker: Path) -> None:
+    def __init__(self, inner: ColdStore) -> None:
         self.inner = inner
-        self.marker = marker
 
     async def prepare(self, registry: Registry) -> None:
         await self.inner.prepare(registry)
@@ -454,11 +453,22 @@ class ColdWriteStalls:
         return await self.inner.read(type, users, latest=latest)
 
     async def write(self, type: str, rows: Sequence[ColdWrite], fence: int) -> list[bytes]:
-        stall(self.marker, f"writing {len(rows)} cold rows of {type}")
-        return []
+        return await self.inner.write(type, rows, fence)
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class ColdWriteStalls(ColdStoreWrapper):
+    """A cold store whose first write never happens: the sweeper hangs inside it."""
+
+    def __init__(self, inner: ColdStore, marker: Path) -> None:
+        super().__init__(inner)
+        self.marker = marker
+
+    async def write(self, type: str, rows: Sequence[ColdWrite], fence: int) -> list[bytes]:
+        stall(self.marker, f"writing {len(rows)} cold rows of {type}")
+        return []
 
 
 class ReleaseStalls:
@@ -682,31 +692,20 @@ async def test_a_sweeper_killed_mid_flush_loses_nothing_and_doubles_nothing(
 # ---- a sweeper frozen past its lease -------------------------------------------------------
 
 
-class FreezesBeforeWriting:
+class FreezesBeforeWriting(ColdStoreWrapper):
     """A cold store that, when told, stops its whole process (SIGSTOP to itself) right before
     a write: the sweeper has claimed, read the hot events and the cold rows, and merged. It
     stays frozen, as a GC or VM pause would leave it, until the test sends SIGCONT."""
 
     def __init__(self, inner: ColdStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.freeze = False
-
-    async def prepare(self, registry: Registry) -> None:
-        await self.inner.prepare(registry)
-
-    async def read(
-        self, type: str, users: Sequence[bytes], *, latest: bool = False
-    ) -> list[bytes | None]:
-        return await self.inner.read(type, users, latest=latest)
 
     async def write(self, type: str, rows: Sequence[ColdWrite], fence: int) -> list[bytes]:
         if self.freeze:
             self.freeze = False
             os.kill(os.getpid(), signal.SIGSTOP)
         return await self.inner.write(type, rows, fence)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def sweeper_process(config: str) -> None:

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from inferstack.core.registry import Registry
-from inferstack.interactions.cold.base import ColdStore, ColdWrite
+from inferstack.interactions.cold.base import ColdStore
 from inferstack.interactions.events import EventBatch
 from inferstack.interactions.service import InteractionService
 from tests.integration import test_interactions_durability as durability
@@ -32,27 +31,18 @@ USER = 42
 CAP = 50  # the click type's hot_cap in the durability tests' definitions
 
 
-class CountingReads:
+class CountingReads(durability.ColdStoreWrapper):
     """The cold store, counting the reads a Get makes."""
 
     def __init__(self, inner: ColdStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.reads = 0
-
-    async def prepare(self, registry: Registry) -> None:
-        await self.inner.prepare(registry)
 
     async def read(
         self, type: str, users: Sequence[bytes], *, latest: bool = False
     ) -> list[bytes | None]:
         self.reads += 1
         return await self.inner.read(type, users, latest=latest)
-
-    async def write(self, type: str, rows: Sequence[ColdWrite], fence: int) -> list[bytes]:
-        return await self.inner.write(type, rows, fence)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def clicks(tag: str, stamps: Sequence[int]) -> EventBatch:
