@@ -112,12 +112,40 @@ def test_a_connection_count_below_one_is_refused(server: RunningServer) -> None:
         FeatureStoreClient(server.grpc_target, connections=0)
 
 
-def test_a_calls_own_deadline_wins_over_the_clients(server: RunningServer) -> None:
-    with FeatureStoreClient(server.grpc_target, timeout=30) as client:
-        with pytest.raises(grpc.RpcError) as expired:
-            client.retrieve("item", {"item_id": [1]}, timeout=1e-6)
-        assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert client.retrieve("item", {"item_id": [2]})["item_stats.score"].tolist() == [1.5]
+class DeadlineRecorder(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """A real gRPC server's view of each call's deadline: it records the time remaining
+    and refuses the call, so the test reads the deadline the client sent, not a race
+    between a tiny deadline and a fast loopback answer."""
+
+    def __init__(self) -> None:
+        self.remaining: list[float] = []
+
+    def service(
+        self, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+        def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.remaining.append(context.time_remaining())
+            context.abort(grpc.StatusCode.UNAVAILABLE, "recorded")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def test_a_calls_own_deadline_wins_over_the_clients() -> None:
+    recorder = DeadlineRecorder()
+    recording_server = grpc.server(ThreadPoolExecutor(max_workers=2), handlers=[recorder])
+    port = recording_server.add_insecure_port("127.0.0.1:0")
+    recording_server.start()
+    try:
+        with FeatureStoreClient(f"127.0.0.1:{port}", timeout=30) as client:
+            for timeout in (2.0, None):
+                with pytest.raises(grpc.RpcError) as refused:
+                    client.retrieve("item", {"item_id": [1]}, timeout=timeout)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        recording_server.stop(grace=None)
+    own, clients = recorder.remaining
+    assert 0 < own <= 2.0
+    assert 2.0 < clients <= 30.0
 
 
 def test_decoded_frames_behave_as_before(server: RunningServer, tmp_path: Path) -> None:
