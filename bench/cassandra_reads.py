@@ -55,7 +55,7 @@ from cassandra.query import tuple_factory
 
 from inferstack.core.keys import encode_keys
 from inferstack.featurestore.catalog import Catalog
-from inferstack.featurestore.storage.cassandra import (
+from inferstack.kv.cassandra import (
     CassandraStorage,
     parse_contact_point,
     table_name,

@@ -56,7 +56,7 @@ from traffic import (
 from inferstack.client.featurestore import Query, build_request, column_of, decode_response
 from inferstack.core.keys import encode_keys
 from inferstack.featurestore.catalog import Catalog
-from inferstack.featurestore.storage.lmdb import LmdbStorage
+from inferstack.kv.lmdb import LmdbStorage
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.sampledata.generate import FULL_SIZES, GROUP_FILES, generate
 from inferstack.server.supervisor import free_port

@@ -66,7 +66,7 @@ from traffic import ZIPF_S, KeyDraw, Pattern, Read, persist_patterns
 from inferstack.client.featurestore import AsyncFeatureStoreClient
 from inferstack.core.keys import encode_keys
 from inferstack.featurestore.catalog import Catalog
-from inferstack.featurestore.storage.cassandra import CassandraStorage, table_name
+from inferstack.kv.cassandra import CassandraStorage, table_name
 from inferstack.sampledata.generate import FULL_SIZES, GROUP_FILES, category_of, generate
 from inferstack.server.components import open_config_store
 from inferstack.server.settings import load_settings

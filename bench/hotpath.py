@@ -44,10 +44,10 @@ from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.grpc_service import encode_responses
 from inferstack.featurestore.rows import RowSource
 from inferstack.featurestore.service import FeatureService, Query, ResultColumn, RetrieveResult
-from inferstack.featurestore.storage.lmdb import LmdbStorage
-from inferstack.featurestore.wire import keys_from_proto
+from inferstack.kv.lmdb import LmdbStorage
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.sampledata.generate import CATEGORIES, category_of, definitions_text
+from inferstack.wire.columns import keys_from_proto
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -52,12 +52,12 @@ import yaml
 from procstat import cpu_seconds, worker_pids
 
 from inferstack.client import AsyncFeatureStoreClient, AsyncInferflowClient, Query, Scores
-from inferstack.inferflow.wire import request_to_proto
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
 from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc as pb_grpc
 from inferstack.sampledata.generate import CATEGORIES, GROUP_FILES, generate
 from inferstack.sampledata.models import train
 from inferstack.server.supervisor import free_port
+from inferstack.wire.inferflow import request_to_proto
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATA = ROOT / "bench" / ".data"

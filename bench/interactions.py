@@ -91,8 +91,9 @@ from inferstack.client.interactions import (
     InteractionsClient,
     SweepCounts,
 )
+from inferstack.core.events import EventBatch
 from inferstack.core.registry import Registry
-from inferstack.interactions.events import EventBatch, InteractionCatalog, encode_batch
+from inferstack.interactions.events import InteractionCatalog, encode_batch
 from inferstack.interactions.hot.base import NEW
 from inferstack.server.components import open_config_store, open_interactions
 from inferstack.server.settings import ServeSettings, load_settings
@@ -513,7 +514,7 @@ def delete_redis_prefix(address: str, prefix: str) -> None:
 def drop_keyspace(contact_point: str, keyspace: str) -> None:
     from cassandra.cluster import Cluster
 
-    from inferstack.featurestore.storage.cassandra import parse_contact_point
+    from inferstack.kv.cassandra import parse_contact_point
 
     host, port = parse_contact_point(contact_point)
     cluster = Cluster([host], port=port)
@@ -1123,7 +1124,7 @@ def cassandra_footprint(contact_point: str, keyspace: str) -> Measure:
     once they settle (no flush or compaction left; system_views.sstable_tasks)."""
     from cassandra.cluster import Cluster
 
-    from inferstack.featurestore.storage.cassandra import parse_contact_point
+    from inferstack.kv.cassandra import parse_contact_point
 
     what = "cold tier: Cassandra ic_* sstables allocated (st_blocks x 512, after a flush)"
     directories = cassandra_data_dirs(contact_point)

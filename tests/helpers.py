@@ -16,7 +16,7 @@ from cassandra.policies import RoundRobinPolicy
 
 from inferstack.core.documents import DefinitionsFile
 from inferstack.core.registry import Registry, plan
-from inferstack.featurestore.storage.cassandra import parse_contact_point
+from inferstack.kv.cassandra import parse_contact_point
 from inferstack.sampledata.generate import definitions_text
 
 #: Every feature of the sample's user x category group, in definition order.

@@ -117,7 +117,7 @@ AUTH_DENIALS = Counter(
     ["caller", "method", "reason"],
 )
 
-# LMDB (featurestore/storage/lmdb.py): a process killed mid-read leaves its reader slot
+# LMDB (kv/lmdb.py): a process killed mid-read leaves its reader slot
 # pinning an old snapshot, so no page freed since can be reused, until a check frees it.
 SWEEP_FAILURES = Counter(
     "inferstack_interactions_sweep_failures_total",

@@ -26,11 +26,11 @@ from cassandra.policies import RoundRobinPolicy
 from inferstack.core.errors import NotFoundError, UnavailableError
 from inferstack.core.interactiontypes import InteractionType
 from inferstack.core.registry import Registry, plan
-from inferstack.featurestore.storage.cassandra import parse_contact_point
 from inferstack.interactions.cold.base import ColdStore, ColdWrite
 from inferstack.interactions.cold.cassandra import CassandraColdStore
 from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.coldrow import decode_history, encode_history
+from inferstack.kv.cassandra import parse_contact_point
 from tests.helpers import drop_keyspace
 
 CASSANDRA_TIMEOUT = 10.0  # generous: the contract is about behaviour, not speed
@@ -299,7 +299,7 @@ async def test_cassandra_write_to_an_unprepared_type_names_it(
 async def test_cassandra_stores_share_a_keyspace_with_the_feature_store_without_clashing(
     cassandra_cold: CassandraColdStore, cassandra_endpoint: str
 ) -> None:
-    from inferstack.featurestore.storage.cassandra import CassandraStorage
+    from inferstack.kv.cassandra import CassandraStorage
     from tests.helpers import registry_from
 
     name = f"n_{uuid.uuid4().hex[:12]}"  # a feature group and an interaction type alike
@@ -359,7 +359,7 @@ async def test_cassandra_down_raises_unavailable_naming_the_address() -> None:
 
 
 def test_cassandra_settings_are_validated() -> None:
-    from inferstack.featurestore.storage.cassandra import CassandraStorage, table_name
+    from inferstack.kv.cassandra import CassandraStorage, table_name
 
     with pytest.raises(ValueError, match="consistency level"):
         CassandraColdStore(["127.0.0.1:9042"], write_consistency="MOST")

@@ -22,19 +22,19 @@ import pytest
 
 from inferstack.core.registry import Registry
 from inferstack.featurestore.storage.base import FeatureStorage
-from inferstack.featurestore.storage.cassandra import (
+from inferstack.kv.cassandra import (
     CassandraStorage,
     parse_contact_point,
     table_name,
     ttl_seconds,
 )
-from inferstack.featurestore.storage.cassandra_ring import (
+from inferstack.kv.cassandra_ring import (
     MURMUR3_PARTITIONER,
     Node,
     TokenRing,
     murmur3_tokens,
 )
-from inferstack.featurestore.storage.lmdb import LmdbStorage
+from inferstack.kv.lmdb import LmdbStorage
 from tests.helpers import drop_keyspace, registry_from
 
 # Generous: the contract is about behaviour, not about how fast a loaded CI machine is.

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from inferstack.core.errors import UnavailableError
-from inferstack.featurestore.storage.cassandra import CassandraStorage, parse_contact_point
+from inferstack.kv.cassandra import CassandraStorage, parse_contact_point
 from tests.helpers import drop_keyspace, registry_from
 from tests.servers import services
 

@@ -28,13 +28,13 @@ from inferstack.client import FeatureStoreClient, Query
 from inferstack.client.featurestore import build_batch, build_persist, build_request
 from inferstack.client.inferflow import InferflowClient
 from inferstack.client.interactions import ingest_request
-from inferstack.featurestore.wire import keys_to_proto
-from inferstack.interactions.events import EventBatch
+from inferstack.core.events import EventBatch
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as fs_pb
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as if_pb
 from inferstack.proto.interactions.v1 import interactions_pb2 as ia_pb
 from inferstack.sampledata.generate import GROUP_FILES
 from inferstack.server.logs import ERROR_LINES_PER_WINDOW, WINDOW
+from inferstack.wire.columns import keys_to_proto
 from tests.ranker import ranker_sample
 from tests.servers import RunningServer, inferstack, start_server
 

@@ -45,13 +45,14 @@ import yaml
 from inferstack import metrics
 from inferstack.client.interactions import InteractionsClient
 from inferstack.core.documents import DefinitionsFile
+from inferstack.core.events import EventBatch, History
 from inferstack.core.registry import Registry, plan
 from inferstack.core.rowformat import VarColumn
 from inferstack.interactions.cold.base import ColdStore, ColdWrite
 from inferstack.interactions.cold.cassandra import CassandraColdStore
 from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.coldrow import decode_history
-from inferstack.interactions.events import EventBatch, History, InteractionCatalog, decode_rows
+from inferstack.interactions.events import InteractionCatalog, decode_rows
 from inferstack.interactions.hot.base import Claim, HotEvent, HotRange, HotTier, Release
 from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.hot.redis import RedisHotTier

@@ -34,11 +34,12 @@ from prometheus_client import REGISTRY
 
 from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import NotFoundError, UnavailableError
+from inferstack.core.events import EventBatch
 from inferstack.core.interactiontypes import InteractionType
 from inferstack.core.registry import Registry, plan
 from inferstack.core.rowformat import VarColumn
 from inferstack.interactions.cold.lmdb import LmdbColdStore
-from inferstack.interactions.events import EventBatch, InteractionCatalog, encode_batch
+from inferstack.interactions.events import InteractionCatalog, encode_batch
 from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.kafka import (
     Event,

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import pytest
 
+from inferstack.core.events import EventBatch
 from inferstack.interactions.cold.base import ColdStore
-from inferstack.interactions.events import EventBatch
 from inferstack.interactions.service import InteractionService
 from tests.integration import test_interactions_durability as durability
 from tests.integration.test_interactions_durability import (

@@ -31,7 +31,7 @@ import redis
 from kazoo.client import KazooClient
 
 from inferstack.client.interactions import EventHistory, InteractionsClient, ingest_request
-from inferstack.interactions.events import EventBatch
+from inferstack.core.events import EventBatch
 from inferstack.proto.interactions.v1 import interactions_pb2 as pb
 from inferstack.proto.interactions.v1 import interactions_pb2_grpc as pb_grpc
 from tests.conftest import ROOT

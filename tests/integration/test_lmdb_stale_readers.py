@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from inferstack.client import FeatureStoreClient
-from inferstack.featurestore.storage.lmdb import LmdbStorage
+from inferstack.kv.lmdb import LmdbStorage
 from inferstack.server.worker import STALE_READERS_EVERY
 from tests.helpers import kill_mid_read
 from tests.servers import RunningServer, inferstack, start_server
@@ -46,7 +46,7 @@ ROUNDS = 3  # processes killed mid-read
 BURST = 30  # full rewrites after each kill: about 15 MiB of new pages if the slot stays
 TRICKLE = 10  # rows per small write while waiting for the slot to be freed
 WAIT = 2 * STALE_READERS_EVERY + 5  # bound on that wait: a hang guard, not a speed check
-ADAPTER = "inferstack.featurestore.storage.lmdb:LmdbStorage"
+ADAPTER = "inferstack.kv.lmdb:LmdbStorage"
 MiB = 1 << 20
 
 

@@ -27,7 +27,7 @@ from inferstack.core.definitions import CachePolicy
 from inferstack.featurestore.cache.breaker import BreakerState
 from inferstack.featurestore.cache.redis import RedisCache
 from inferstack.featurestore.rows import RowSource
-from inferstack.featurestore.storage.lmdb import LmdbStorage
+from inferstack.kv.lmdb import LmdbStorage
 from tests.servers import services
 
 pytestmark = pytest.mark.services

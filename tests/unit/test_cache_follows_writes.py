@@ -20,7 +20,7 @@ from inferstack.featurestore.cache.base import MISS
 from inferstack.featurestore.cache.coherence import CacheCoherence
 from inferstack.featurestore.cache.memory import MemoryCache
 from inferstack.featurestore.rows import RowSource
-from inferstack.featurestore.storage.lmdb import LmdbStorage
+from inferstack.kv.lmdb import LmdbStorage
 
 POLICY = CachePolicy(ttl=600, negative_ttl=600)
 

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from inferstack.featurestore.storage.cassandra_ring import (
+from inferstack.kv.cassandra_ring import (
     MURMUR3_PARTITIONER,
     Node,
     TokenRing,

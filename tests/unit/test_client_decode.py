@@ -19,8 +19,8 @@ from inferstack.client.featurestore import (
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.rowformat import RowStatus, var_column
 from inferstack.core.types import FeatureType
-from inferstack.featurestore.wire import column_to_proto, keys_to_proto, wire_type
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
+from inferstack.wire.columns import column_to_proto, keys_to_proto, wire_type
 
 COUNT = 3
 COLUMNS: dict[str, tuple[str, Any]] = {

@@ -20,7 +20,7 @@ from inferstack.featurestore.compaction import (
     expired,
     run_background,
 )
-from inferstack.featurestore.storage.lmdb import LmdbStorage
+from inferstack.kv.lmdb import LmdbStorage
 from tests.helpers import registry_from, user_spec
 from tests.servers import inferstack
 

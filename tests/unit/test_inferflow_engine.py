@@ -25,12 +25,12 @@ from inferstack.core.rowformat import RowStatus
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.rows import RowSource
 from inferstack.featurestore.service import FeatureService
-from inferstack.featurestore.storage.lmdb import LmdbStorage
 from inferstack.inferflow.executor import ReadyModel, execute
 from inferstack.inferflow.features import LocalFeatureSource
 from inferstack.inferflow.graph import GraphError, ModelStep, compile_plan
 from inferstack.inferflow.runtimes.onnx import OnnxRuntime
 from inferstack.inferflow.runtimes.weighted import WeightedRuntime
+from inferstack.kv.lmdb import LmdbStorage
 from tests.onnx_models import linear_onnx
 
 SPEC: dict[str, Any] = {
@@ -452,9 +452,10 @@ async def test_recent_interactions_become_per_candidate_features(
     import yaml
 
     from inferstack.core.documents import DefinitionsFile
+    from inferstack.core.events import EventBatch
     from inferstack.inferflow.recent import LocalInteractionSource
     from inferstack.interactions.cold.lmdb import LmdbColdStore
-    from inferstack.interactions.events import EventBatch, InteractionCatalog
+    from inferstack.interactions.events import InteractionCatalog
     from inferstack.interactions.hot.lmdb import LmdbHotTier
     from inferstack.interactions.service import InteractionService
 

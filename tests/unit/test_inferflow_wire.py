@@ -35,12 +35,12 @@ from inferstack.inferflow.executor import InferResult
 from inferstack.inferflow.graph import FeatureRef, compile_plan
 from inferstack.inferflow.grpc_service import InferflowServicer
 from inferstack.inferflow.http_gateway import add_routes, parse_request, result_to_json
-from inferstack.inferflow.wire import request_from_proto, request_to_proto, response_to_proto
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
 from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc as pb_grpc
 from inferstack.server.components import build
 from inferstack.server.settings import load_settings
 from inferstack.server.supervisor import free_port
+from inferstack.wire.inferflow import request_from_proto, request_to_proto, response_to_proto
 
 # ---- a small registry: three entity hops, two models, one expression -------------------------
 

@@ -15,7 +15,7 @@ from inferstack.core.keys import encode_keys
 from inferstack.core.rowformat import RowStatus, VarColumn
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.ingest import ingest_files
-from inferstack.featurestore.storage.lmdb import LmdbStorage
+from inferstack.kv.lmdb import LmdbStorage
 from tests.helpers import registry_from
 
 SPEC = {

@@ -11,13 +11,9 @@ import yaml
 
 from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.events import EventBatch
 from inferstack.core.registry import Registry, plan
-from inferstack.interactions.events import (
-    EventBatch,
-    InteractionCatalog,
-    decode_rows,
-    encode_batch,
-)
+from inferstack.interactions.events import InteractionCatalog, decode_rows, encode_batch
 
 TYPES = """\
 interaction_types:

@@ -14,9 +14,10 @@ import yaml
 
 from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.events import EventBatch, History
 from inferstack.core.registry import Registry, plan
 from inferstack.interactions.cold.lmdb import LmdbColdStore
-from inferstack.interactions.events import EventBatch, History, InteractionCatalog
+from inferstack.interactions.events import InteractionCatalog
 from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.service import InteractionService
 

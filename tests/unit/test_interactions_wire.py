@@ -28,19 +28,16 @@ from inferstack.client.interactions import decode_histories, ingest_request
 from inferstack.configstore.files import FileConfigStore
 from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import InvalidArgumentError, NotFoundError
+from inferstack.core.events import EventBatch, History
 from inferstack.core.registry import Registry, plan
 from inferstack.core.rowformat import VarColumn, var_column
 from inferstack.interactions import http_gateway
 from inferstack.interactions.eventfiles import BadEventError, EventFile, to_batch
-from inferstack.interactions.events import (
-    EventBatch,
-    History,
-    InteractionCatalog,
-    decode_rows,
-    encode_batch,
-)
+from inferstack.interactions.events import InteractionCatalog, decode_rows, encode_batch
 from inferstack.interactions.service import SweepResult
-from inferstack.interactions.wire import (
+from inferstack.proto.interactions.v1 import interactions_pb2 as pb
+from inferstack.server.supervisor import free_port
+from inferstack.wire.interactions import (
     batches_from_proto,
     get_from_proto,
     get_to_proto,
@@ -50,8 +47,6 @@ from inferstack.interactions.wire import (
     since_ms,
     sweep_limit,
 )
-from inferstack.proto.interactions.v1 import interactions_pb2 as pb
-from inferstack.server.supervisor import free_port
 
 TYPES = """\
 interaction_types:

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from inferstack.featurestore.storage.lmdb import LmdbStorage
 from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.hot.lmdb import LmdbHotTier
+from inferstack.kv.lmdb import LmdbStorage
 from tests.helpers import kill_mid_read, reading_process
 
 ADAPTERS: dict[str, Callable[[Path], Any]] = {
-    "inferstack.featurestore.storage.lmdb:LmdbStorage": LmdbStorage,
+    "inferstack.kv.lmdb:LmdbStorage": LmdbStorage,
     "inferstack.interactions.hot.lmdb:LmdbHotTier": LmdbHotTier,
     "inferstack.interactions.cold.lmdb:LmdbColdStore": LmdbColdStore,
 }

@@ -12,7 +12,7 @@ from inferstack.core.registry import Registry
 from inferstack.featurestore.cache.base import MISS
 from inferstack.featurestore.cache.memory import ENTRY_OVERHEAD, MemoryCache
 from inferstack.featurestore.rows import RowSource
-from inferstack.featurestore.storage.lmdb import LmdbStorage
+from inferstack.kv.lmdb import LmdbStorage
 
 POLICY = CachePolicy()
 

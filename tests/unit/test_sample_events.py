@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from inferstack.core.documents import DefinitionsFile
+from inferstack.core.events import EventBatch
 from inferstack.core.registry import Registry, plan
-from inferstack.interactions.events import EventBatch, InteractionCatalog, encode_batch
+from inferstack.interactions.events import InteractionCatalog, encode_batch
 from inferstack.sampledata.events import generate_events
 from inferstack.sampledata.generate import definitions_text
 

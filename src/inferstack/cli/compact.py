@@ -22,7 +22,7 @@ from inferstack.cli.common import (
 )
 from inferstack.core.errors import InferstackError
 from inferstack.featurestore.compaction import GroupCompaction, compact_group
-from inferstack.featurestore.storage.lmdb import LmdbStorage
+from inferstack.kv.lmdb import LmdbStorage
 from inferstack.server.components import open_config_store
 from inferstack.server.settings import CassandraStorageSettings
 

@@ -47,8 +47,8 @@ from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP, InteractionTyp
 from inferstack.featurestore.http_gateway import json_values
 from inferstack.interactions.eventfiles import BadEventError, EventFile, to_batch
 from inferstack.interactions.events import InteractionCatalog
-from inferstack.interactions.wire import since_ms
 from inferstack.server.components import open_config_store
+from inferstack.wire.interactions import since_ms
 
 app = typer.Typer(
     help="The interaction store: users' recent events (clicks, orders...).", no_args_is_help=True

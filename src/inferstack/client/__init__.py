@@ -13,7 +13,7 @@ from inferstack.client.interactions import (
     InteractionsClient,
     SweepCounts,
 )
-from inferstack.interactions.events import EventBatch
+from inferstack.core.events import EventBatch
 
 __all__ = [
     "AsyncFeatureStoreClient",

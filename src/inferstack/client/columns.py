@@ -16,8 +16,8 @@ import numpy.typing as npt
 
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.rowformat import VarColumn
-from inferstack.featurestore.wire import WIRE_TYPES, fixed_array, var_objects, wire_type
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
+from inferstack.wire.columns import WIRE_TYPES, fixed_array, var_objects, wire_type
 
 Array = npt.NDArray[Any]
 

@@ -25,9 +25,9 @@ from inferstack.client.channels import AsyncPooledClient, PooledClient
 from inferstack.client.columns import Columns, decode_columns
 from inferstack.core.rowformat import Column, RowStatus, var_column
 from inferstack.core.types import NUMERIC_DTYPES, FeatureType
-from inferstack.featurestore.wire import column_to_proto, fill_keys, keys_to_proto
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
+from inferstack.wire.columns import column_to_proto, fill_keys, keys_to_proto
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -20,10 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 from inferstack.client.channels import AsyncPooledClient, PooledClient
-from inferstack.featurestore.wire import column_from_proto, to_numpy
-from inferstack.inferflow.wire import ContextValue, request_to_proto
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
 from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc as pb_grpc
+from inferstack.wire.columns import column_from_proto, to_numpy
+from inferstack.wire.inferflow import ContextValue, request_to_proto
 
 if TYPE_CHECKING:
     import pandas as pd

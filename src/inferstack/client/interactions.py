@@ -23,14 +23,14 @@ import numpy.typing as npt
 
 from inferstack.client.channels import AsyncPooledClient, PooledClient
 from inferstack.client.featurestore import column_of
+from inferstack.core.events import EventBatch
 from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP
 from inferstack.core.rowformat import VarColumn
 from inferstack.core.types import FeatureType
-from inferstack.featurestore.wire import column_from_proto, column_to_proto, to_numpy
-from inferstack.interactions.events import EventBatch
-from inferstack.interactions.wire import batch_to_proto, get_to_proto, hydrate_to_proto
 from inferstack.proto.interactions.v1 import interactions_pb2 as pb
 from inferstack.proto.interactions.v1 import interactions_pb2_grpc as pb_grpc
+from inferstack.wire.columns import column_from_proto, column_to_proto, to_numpy
+from inferstack.wire.interactions import batch_to_proto, get_to_proto, hydrate_to_proto
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inferstack.core.rowformat import HEADER_DTYPE, HEADER_SIZE, MAX_EXPIRY
-from inferstack.featurestore.storage.lmdb import LmdbStorage
+from inferstack.kv.lmdb import LmdbStorage
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "compaction.lock"

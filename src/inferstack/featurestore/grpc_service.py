@@ -20,10 +20,10 @@ from inferstack.core.errors import (
 )
 from inferstack.core.rowformat import Column
 from inferstack.featurestore.service import FeatureService, Query, RetrieveResult
-from inferstack.featurestore.wire import column_from_proto, keys_from_proto
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
 from inferstack.server import admission, auth, logs
+from inferstack.wire.columns import column_from_proto, keys_from_proto
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -28,8 +28,8 @@ from inferstack.core.errors import (
 from inferstack.core.rowformat import RowStatus
 from inferstack.featurestore.grpc_service import groups_read
 from inferstack.featurestore.service import FeatureService, RetrieveResult
-from inferstack.featurestore.wire import to_numpy
 from inferstack.server import admission, auth, logs
+from inferstack.wire.columns import to_numpy
 
 log = logging.getLogger(__name__)
 

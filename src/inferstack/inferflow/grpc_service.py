@@ -12,10 +12,10 @@ import grpc
 
 from inferstack.featurestore.grpc_service import answer
 from inferstack.inferflow.service import InferflowService
-from inferstack.inferflow.wire import request_from_proto, response_to_proto
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
 from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc as pb_grpc
 from inferstack.server import auth
+from inferstack.wire.inferflow import request_from_proto, response_to_proto
 
 INFERFLOW_SERVICE = pb.DESCRIPTOR.services_by_name["Inferflow"].full_name
 

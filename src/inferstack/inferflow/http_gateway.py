@@ -21,10 +21,10 @@ from inferstack.featurestore.http_gateway import (
     json_route,
     json_values,
 )
-from inferstack.featurestore.wire import to_numpy
 from inferstack.inferflow.executor import InferResult
 from inferstack.inferflow.service import InferflowService
 from inferstack.server import auth
+from inferstack.wire.columns import to_numpy
 
 log = logging.getLogger(__name__)
 INFERFLOW_KEY = web.AppKey("inferflow_service", InferflowService)

@@ -21,9 +21,9 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.events import EventBatch
 from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP, InteractionType
 from inferstack.core.types import FeatureType
-from inferstack.interactions.events import EventBatch
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 FORMATS |= {".jsonl": "json", ".ndjson": "json", ".json": "json"}

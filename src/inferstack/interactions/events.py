@@ -9,8 +9,8 @@ one event is at fault, its index in the batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from inferstack.core.definitions import Entity
 from inferstack.core.errors import InvalidArgumentError, NotFoundError
+from inferstack.core.events import EventBatch, History
 from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP, InteractionType
 from inferstack.core.keys import KeyValues, coerce_values, encode_keys
 from inferstack.core.registry import Registry
@@ -30,18 +31,6 @@ TS_TYPE = FeatureType("int64")
 
 
 @dataclass(frozen=True)
-class EventBatch:
-    """Events of one interaction type; every column has one value per event."""
-
-    type: str
-    event_ids: Sequence[str]
-    users: KeyValues
-    items: KeyValues
-    timestamps: KeyValues  # unix milliseconds
-    attributes: Mapping[str, Column | Sequence[Any]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class EncodedEvents:
     """A checked batch: per event its encoded user, time and row."""
 
@@ -49,17 +38,6 @@ class EncodedEvents:
     users: list[bytes]
     timestamps: npt.NDArray[np.int64]
     rows: list[bytes]
-
-
-@dataclass
-class History:
-    """Events of one type for one user, newest first, column by column."""
-
-    type: str
-    count: int
-    columns: dict[str, Column]  # event_id, ts, the item key, attributes
-    types: dict[str, FeatureType]
-    hot: int = 0  # how many came from the hot tier
 
 
 class InteractionCatalog:

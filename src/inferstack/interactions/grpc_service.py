@@ -14,16 +14,16 @@ import grpc
 from inferstack.core.callers import ALL
 from inferstack.featurestore.grpc_service import answer
 from inferstack.interactions.service import InteractionService
-from inferstack.interactions.wire import (
+from inferstack.proto.interactions.v1 import interactions_pb2 as pb
+from inferstack.proto.interactions.v1 import interactions_pb2_grpc as pb_grpc
+from inferstack.server import auth
+from inferstack.wire.interactions import (
     batches_from_proto,
     get_from_proto,
     histories_to_proto,
     hydrate_from_proto,
     sweep_limit,
 )
-from inferstack.proto.interactions.v1 import interactions_pb2 as pb
-from inferstack.proto.interactions.v1 import interactions_pb2_grpc as pb_grpc
-from inferstack.server import auth
 
 INTERACTIONS_SERVICE = pb.DESCRIPTOR.services_by_name["Interactions"].full_name
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -22,24 +22,25 @@ from aiohttp import web
 
 from inferstack.core.callers import ALL, Permission
 from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.events import EventBatch, History
 from inferstack.featurestore.http_gateway import (
     BodyNeeds,
     Route,
     json_route,
     json_values,
 )
-from inferstack.featurestore.wire import to_numpy
-from inferstack.interactions.events import EventBatch, History, InteractionCatalog
+from inferstack.interactions.events import InteractionCatalog
 from inferstack.interactions.grpc_service import types_named
 from inferstack.interactions.service import InteractionService
-from inferstack.interactions.wire import (
+from inferstack.server import auth
+from inferstack.wire.columns import to_numpy
+from inferstack.wire.interactions import (
     check_types,
     ordered_columns,
     since_ms,
     sweep_limit,
     user_keys,
 )
-from inferstack.server import auth
 
 log = logging.getLogger(__name__)
 INTERACTIONS_KEY = web.AppKey("interaction_service", InteractionService)

@@ -60,9 +60,9 @@ from confluent_kafka.cimpl import NewTopic
 from prometheus_client import Counter
 
 from inferstack.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from inferstack.core.events import EventBatch
 from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP, InteractionType
 from inferstack.core.ratelimit import RateLimitedWarning
-from inferstack.interactions.events import EventBatch
 
 log = logging.getLogger(__name__)
 

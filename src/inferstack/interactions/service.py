@@ -34,6 +34,7 @@ import numpy as np
 
 from inferstack import metrics
 from inferstack.core.errors import InvalidArgumentError, UnavailableError
+from inferstack.core.events import EventBatch, History
 from inferstack.core.interactiontypes import TIMESTAMP
 from inferstack.core.ratelimit import RateLimitedWarnings
 from inferstack.core.registry import Registry
@@ -46,13 +47,7 @@ from inferstack.interactions.coldrow import (
     merge,
     merge_many,
 )
-from inferstack.interactions.events import (
-    EventBatch,
-    History,
-    InteractionCatalog,
-    decode_rows,
-    encode_batch,
-)
+from inferstack.interactions.events import InteractionCatalog, decode_rows, encode_batch
 from inferstack.interactions.hot.base import COLD, NEW, HotEvent, HotRange, HotTier, Release
 
 log = logging.getLogger(__name__)

@@ -67,10 +67,10 @@ def open_config_store(settings: ServeSettings) -> ConfigStore:
 def open_storage(settings: ServeSettings) -> FeatureStorage:
     storage = settings.storage
     if isinstance(storage, CassandraStorageSettings):
-        from inferstack.featurestore.storage.cassandra import CassandraStorage
+        from inferstack.kv.cassandra import CassandraStorage
 
         return CassandraStorage(storage.contact_points, **_cassandra_options(storage))
-    from inferstack.featurestore.storage.lmdb import LmdbStorage
+    from inferstack.kv.lmdb import LmdbStorage
 
     return LmdbStorage(storage.path or settings.data_dir / "lmdb")
 
@@ -365,7 +365,7 @@ def start_compaction(
 ) -> asyncio.Task[None] | None:
     """Slow background deletion of expired rows, where storage does not expire rows itself
     (LMDB; Cassandra drops them by TTL)."""
-    from inferstack.featurestore.storage.lmdb import LmdbStorage
+    from inferstack.kv.lmdb import LmdbStorage
 
     if not settings.enabled or not isinstance(storage, LmdbStorage):
         return None

@@ -210,7 +210,7 @@ class Doctor:
             await self._lmdb(self.settings.storage)
 
     async def _lmdb(self, settings: LmdbStorageSettings) -> None:
-        from inferstack.featurestore.storage.lmdb import LmdbStorage
+        from inferstack.kv.lmdb import LmdbStorage
 
         path = settings.path or self.settings.data_dir / "lmdb"
         if not (path / "data.mdb").is_file():
@@ -244,8 +244,8 @@ class Doctor:
         await self._lmdb_cold_tier()
 
     async def _lmdb_cold_tier(self) -> None:
-        from inferstack.featurestore.storage.lmdb import LmdbStorage
         from inferstack.interactions.cold.lmdb import database_name
+        from inferstack.kv.lmdb import LmdbStorage
 
         types = sorted(self._registry.interaction_types) if self._registry else []
         if not types:
@@ -262,7 +262,7 @@ class Doctor:
             storage.close_sync()
 
     async def _cassandra(self, settings: CassandraStorageSettings) -> None:
-        from inferstack.featurestore.storage.cassandra import CassandraStorage
+        from inferstack.kv.cassandra import CassandraStorage
 
         where = f"{settings.type} {', '.join(settings.contact_points)}"
         storage = open_storage(self.settings)
@@ -304,8 +304,8 @@ class Doctor:
         table_of: Callable[[str], str],
     ) -> None:
         """A table per feature group, and one per interaction type (the cold tier)."""
-        from inferstack.featurestore.storage.cassandra import table_name
         from inferstack.interactions.cold.cassandra import TABLE_PREFIX as COLD_PREFIX
+        from inferstack.kv.cassandra import table_name
 
         assert self._registry is not None
         where = f"{settings.type} {settings.keyspace}"

@@ -3,7 +3,7 @@
     CREATE TABLE <keyspace>."ic_<type>" (k blob PRIMARY KEY, v blob)  -- leveled compaction
 
 `k` is the encoded user key and `v` the cold row (`interactions/coldrow.py`). This is the
-feature store's adapter (`featurestore/storage/cassandra.py`) with another table prefix, so
+feature store's adapter (`kv/cassandra.py`) with another table prefix, so
 both share one way of connecting, preparing statements, bounding requests in flight and
 mapping driver errors to `UnavailableError` naming the address. The same shape fits: one
 partition per user, point reads, rows rewritten whole by every sweep.
@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from inferstack.core.registry import Registry
-from inferstack.featurestore.storage.cassandra import DEFAULT_KEYSPACE, CassandraStorage
 from inferstack.interactions.cold.base import ColdWrite
+from inferstack.kv.cassandra import DEFAULT_KEYSPACE, CassandraStorage
 
 TABLE_PREFIX = "ic_"
 

@@ -2,7 +2,7 @@
 
     <data_dir>/interactions/cold/   named databases "ic_<type>": user key -> cold row
 
-This is the feature store's LMDB adapter (`featurestore/storage/lmdb.py`) in another
+This is the feature store's LMDB adapter (`kv/lmdb.py`) in another
 directory, so both tiers of embedded storage open environments the same way. A separate
 environment keeps the cold tier's file, map and writer lock apart from the feature rows.
 Reads take microseconds from the page cache and run inline on the event loop; a write call
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from inferstack.core.registry import Registry
-from inferstack.featurestore.storage.lmdb import DEFAULT_MAP_SIZE, LmdbStorage
 from inferstack.interactions.cold.base import ColdWrite
+from inferstack.kv.lmdb import DEFAULT_MAP_SIZE, LmdbStorage
 
 DATABASE_PREFIX = "ic_"
 
@@ -57,7 +57,7 @@ class LmdbColdStore:
         return await asyncio.to_thread(self._storage.replace_if_sync, database_name(type), rows)
 
     def clear_stale_readers(self) -> int:
-        """Free reader slots of dead processes (featurestore/storage/lmdb.py)."""
+        """Free reader slots of dead processes (kv/lmdb.py)."""
         return self._storage.clear_stale_readers()
 
     async def close(self) -> None:

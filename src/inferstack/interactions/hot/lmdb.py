@@ -44,7 +44,6 @@ from typing import Any, TypeVar
 import lmdb
 
 from inferstack.core.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
-from inferstack.featurestore.storage.lmdb import clear_stale_readers
 from inferstack.interactions.hot.base import COLD, Claim, HotEvent, HotRange, Release
 from inferstack.interactions.hot.batches import (
     DUE_NOW,
@@ -61,6 +60,7 @@ from inferstack.interactions.hot.batches import (
     split_moved,
     user_label,
 )
+from inferstack.kv.lmdb import clear_stale_readers
 
 DEFAULT_MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 
@@ -293,7 +293,7 @@ class LmdbHotTier:
                 shared.env.close()
 
     def clear_stale_readers(self) -> int:
-        """Free reader slots of dead processes (featurestore/storage/lmdb.py)."""
+        """Free reader slots of dead processes (kv/lmdb.py)."""
         return 0 if self._shared is None else clear_stale_readers(self._env, self.path)
 
     # -- writes: operations on a write transaction, run in a worker thread --------------------

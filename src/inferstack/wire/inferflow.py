@@ -1,7 +1,7 @@
 """Conversions between inferflow protobuf messages and Python values; shared by server and client.
 
 Context values and columns travel as the feature store's `KeyColumn` and `Column`, so their
-conversions are the feature store's (`featurestore/wire.py`); this module only adds the
+conversions are the feature store's (`wire/columns.py`); this module only adds the
 request and response envelopes.
 """
 
@@ -17,8 +17,8 @@ import numpy.typing as npt
 from inferstack.core.keys import KeyValues
 from inferstack.core.rowformat import Column, var_column
 from inferstack.core.types import FeatureType
-from inferstack.featurestore.wire import column_to_proto, keys_from_proto, keys_to_proto
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
+from inferstack.wire.columns import column_to_proto, keys_from_proto, keys_to_proto
 
 if TYPE_CHECKING:  # the client needs no part of the engine
     from inferstack.inferflow.executor import InferResult

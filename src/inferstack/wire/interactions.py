@@ -2,7 +2,7 @@
 server and the client.
 
 Users and items travel as the feature store's `KeyColumn`, attributes and history columns as
-its `Column`, so those conversions are `featurestore/wire.py`'s; this module adds the
+its `Column`, so those conversions are `wire/columns.py`'s; this module adds the
 envelopes (event batches, Get, Hydrate, Sweep) and the checks that need the interaction types.
 """
 
@@ -10,27 +10,35 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.events import EventBatch, History
+from inferstack.core.interactiontypes import InteractionType
 from inferstack.core.keys import KeyValues
 from inferstack.core.rowformat import Column
 from inferstack.core.types import FeatureType
-from inferstack.featurestore.wire import (
+from inferstack.proto.featurestore.v1 import featurestore_pb2 as fpb
+from inferstack.proto.interactions.v1 import interactions_pb2 as pb
+from inferstack.wire.columns import (
     column_from_proto,
     column_to_proto,
     keys_from_proto,
     keys_to_proto,
 )
-from inferstack.interactions.events import EventBatch, History, InteractionCatalog
-from inferstack.proto.featurestore.v1 import featurestore_pb2 as fpb
-from inferstack.proto.interactions.v1 import interactions_pb2 as pb
 
 MAX_SWEEP_LIMIT = 100_000
 # Unix milliseconds below this are 1973 or earlier: almost surely seconds given by mistake.
 MIN_PLAUSIBLE_MS = 10**11
+
+
+class InteractionCatalog(Protocol):
+    """What the codecs need of the interaction types in use: their key names."""
+
+    @property
+    def types(self) -> Mapping[str, InteractionType]: ...
 
 
 # ---- values shared by every surface -----------------------------------------------------------

@@ -94,7 +94,7 @@ from acsylla import errors as cass_errors
 from inferstack.core.errors import NotFoundError, UnavailableError
 from inferstack.core.fields import NAME_PATTERN
 from inferstack.core.registry import Registry
-from inferstack.featurestore.storage.cassandra_ring import (
+from inferstack.kv.cassandra_ring import (
     Address,
     Node,
     TokenRing,
