@@ -11,25 +11,33 @@ SERVICES := $(BIN)/python scripts/services.py
 # download is not available); installed once, with apt-get, where it is missing.
 BROWSER_STAMP := $(VENV)/.chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# The compiled hot path (Rust, PyO3): rebuilt and reinstalled whenever one of these changes.
+# The compiled hot path (Rust, PyO3, module inferstack_native) is part of the package:
+# setuptools-rust builds it with every install of the project, in place as
+# src/inferstack_native.*.so for the editable one; rebuilt when one of these changes (its
+# stub, src/inferstack_native.pyi, is read where it is).
 NATIVE_STAMP := $(VENV)/.native-installed
-NATIVE_SOURCES := $(addprefix native/,Cargo.toml Cargo.lock pyproject.toml inferstack_native.pyi) \
-	$(shell find native/src -name '*.rs')
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock $(shell find native/src -name '*.rs')
+# cargo (needs rustc) for the crate's own checks, against the interpreter it is built for.
+CARGO := cd native && PYO3_PYTHON=$(abspath $(BIN)/python) cargo
 
-.PHONY: install demo test lint check unit services-up services-down bench bench-inferflow bench-interactions clean
+.PHONY: install demo test lint rust-check check unit services-up services-down bench bench-inferflow bench-interactions clean
 
 install: $(INSTALLED) $(PROTO_STAMP) $(NATIVE_STAMP)
 
+# The extension was once a distribution of its own (inferstack-native): removed, as it would
+# hide the one now built in place.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check pip==26.3
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,all]'
+	$(BIN)/pip uninstall --quiet --quiet --yes inferstack-native
 	touch $@
 
-# pip builds the wheel with the maturin pinned in native/pyproject.toml; cargo (needs rustc)
-# keeps its build cache in native/target, so a change to one .rs file rebuilds only the crate.
-$(NATIVE_STAMP): $(INSTALLED) $(NATIVE_SOURCES)
-	$(BIN)/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./native
+# Only the extension again: the build requirements are in the venv (dev), so no isolated
+# build environment; cargo keeps its cache in native/target, so a change to one .rs file
+# recompiles only the crate.
+$(NATIVE_STAMP): $(NATIVE_SOURCES) | $(INSTALLED)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 $(PROTO_STAMP): $(INSTALLED) $(PROTOS) scripts/gen_proto.py
@@ -50,6 +58,8 @@ test: install $(BROWSER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(MAKE) --no-print-directory rust-check
 	$(SERVICES) up
 	set -o pipefail; eval "$$($(SERVICES) env)"; \
 	  $(BIN)/pytest $(PYTEST_ARGS); status=$$?; \
@@ -63,6 +73,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## The Rust crate's unit tests, clippy and rustfmt (versions from Cargo.lock).
+rust-check: $(INSTALLED)
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) test --locked
 
 services-up: install
 	$(SERVICES) up
@@ -83,4 +100,5 @@ bench-interactions: install
 	$(BIN)/python bench/interactions.py --distributed $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .inferstack .demo .services src/inferstack/proto/featurestore $(PROTO_STAMP)
+	rm -rf $(VENV) .inferstack .demo .services src/inferstack/proto/featurestore $(PROTO_STAMP) \
+	  src/inferstack_native.*.so

@@ -60,6 +60,7 @@ from inferstack.kv.cassandra import (
     parse_contact_point,
     table_name,
 )
+from inferstack.kv.settings import CassandraSettings
 from inferstack.sampledata.generate import category_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,7 +335,11 @@ class Adopted:
 
     def __init__(self, contact_point: str, keyspace: str) -> None:
         self.name = "CassandraStorage (adopted: acsylla, IN per replica group)"
-        self.storage = CassandraStorage([contact_point], keyspace=keyspace, request_timeout=10.0)
+        self.storage = CassandraStorage(
+            CassandraSettings(
+                contact_points=[contact_point], keyspace=keyspace, request_timeout=10.0
+            )
+        )
 
     async def open(self) -> None:
         await self.storage.prepare_tables(GROUPS)
@@ -584,7 +589,11 @@ class AdoptedWriter:
     name = "CassandraStorage (adopted: acsylla, unlogged batches per replica)"
 
     def __init__(self, contact_point: str, keyspace: str) -> None:
-        self.storage = CassandraStorage([contact_point], keyspace=keyspace, request_timeout=10.0)
+        self.storage = CassandraStorage(
+            CassandraSettings(
+                contact_points=[contact_point], keyspace=keyspace, request_timeout=10.0
+            )
+        )
 
     async def open(self) -> None:
         await self.storage.prepare_tables([WRITE_GROUP])

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from inferstack.client.featurestore import Query, build_batch, decode_response
-from inferstack.featurestore.grpc_service import encode_responses
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.sampledata.generate import (
     FULL_SIZES,
@@ -39,6 +38,7 @@ from inferstack.sampledata.generate import (
     generate,
 )
 from inferstack.server.components import build
+from inferstack.server.grpc.featurestore import encode_responses
 from inferstack.server.settings import load_settings
 
 SCALE = 0.005  # 500 users, 1,000 products: plenty to draw 100 distinct candidates from

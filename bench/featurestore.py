@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
+import launch
 import numpy as np
 from traffic import (
     PERSIST_GROUP,
@@ -108,25 +108,6 @@ def prepare_data(scale: float) -> tuple[Path, Path]:
             cli("ingest", "-g", group, str(sample / file), data_dir=store)
         (store / "ingested").touch()
     return sample, store
-
-
-def start(command: list[str], target: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    with grpc.insecure_channel(target) as channel:
-        while time.monotonic() < deadline:
-            try:
-                grpc.channel_ready_future(channel).result(timeout=1)
-                return process
-            except grpc.FutureTimeoutError:
-                if process.poll() is not None:
-                    raise SystemExit(f"{command} exited with {process.returncode}") from None
-    raise SystemExit(f"{command} did not start")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(30)
 
 
 def summarise(
@@ -321,9 +302,9 @@ def raw_write(
 
 
 def catalog_of(store: Path) -> Catalog:
-    from inferstack.configstore.files import FileConfigStore
+    from inferstack.configstore.files import open_files
 
-    return Catalog(FileConfigStore(store).load())
+    return Catalog(open_files(store).registry.load())
 
 
 def values_per_row(store: Path) -> dict[str, int]:
@@ -336,14 +317,6 @@ def values_per_row(store: Path) -> dict[str, int]:
             max(1, f.type.length) for f in codec.definition.features
         )
     return counts
-
-
-def serve_command(store: Path, port: int, workers: int, cache_mb: int) -> list[str]:
-    return [
-        sys.executable, "-m", "inferstack.cli.main", "serve",
-        "--data-dir", str(store), "--port", str(port), "--http-port", "-1",
-        "--workers", str(workers), "--cache-mb", str(cache_mb), "--log-level", "WARNING",
-    ]  # fmt: skip
 
 
 def worker_memory(server_pid: int) -> list[dict[str, int]]:
@@ -447,9 +420,11 @@ def main() -> None:
     memory: dict[str, list[dict[str, int]]] = {}
     answers: dict[str, dict[bytes, bytes]] = {}
     for cache_mb in [int(n) for n in _list(args.cache_mb)]:
-        port = free_port("127.0.0.1")
-        target = f"127.0.0.1:{port}"
-        server = start(serve_command(store, port, args.workers, cache_mb), target)
+        server = launch.start_server(
+            "--data-dir", str(store), "--cache-mb", str(cache_mb), "--log-level", "WARNING",
+            log=store / "serve.log", http=False, workers=args.workers,
+        )  # fmt: skip
+        target = server.grpc_target
         cache = "off" if cache_mb == 0 else f"{cache_mb} MiB"
         try:
             if not answers:
@@ -461,16 +436,16 @@ def main() -> None:
             read_everything(target, args.scale, args.workers)
             memory[cache] = worker_memory(server.pid)
         finally:
-            stop(server)
+            server.stop_or_kill()
 
     with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as handle:
         pickle.dump(answers, handle)
     ceiling_port = free_port("127.0.0.1")
     ceiling_target = f"127.0.0.1:{ceiling_port}"
-    ceiling = start(
+    ceiling = launch.start(
         [sys.executable, str(ROOT / "bench" / "ceiling_server.py"), handle.name,
          str(ceiling_port), str(args.workers)],
-        ceiling_target,
+        ceiling_target, log=store / "ceiling.log",
     )  # fmt: skip
     try:
         rows += run_patterns(
@@ -478,7 +453,7 @@ def main() -> None:
             args.seconds, [ceiling.pid], "",
         )  # fmt: skip
     finally:
-        stop(ceiling)
+        ceiling.stop_or_kill()
         os.unlink(handle.name)
     rows += raw_lmdb(store, shapes, args.scale, args.seconds)
 

@@ -44,7 +44,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -57,6 +56,7 @@ from typing import Any
 import acsylla
 import cassandra_reads
 import grpc
+import launch
 import numpy as np
 import pyarrow.parquet as pq
 import redis
@@ -67,10 +67,10 @@ from inferstack.client.featurestore import AsyncFeatureStoreClient
 from inferstack.core.keys import encode_keys
 from inferstack.featurestore.catalog import Catalog
 from inferstack.kv.cassandra import CassandraStorage, table_name
+from inferstack.kv.settings import CassandraSettings
 from inferstack.sampledata.generate import FULL_SIZES, GROUP_FILES, category_of, generate
 from inferstack.server.components import open_config_store
 from inferstack.server.settings import load_settings
-from inferstack.server.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATA = ROOT / "bench" / ".data"
@@ -243,7 +243,7 @@ def print_ingest(report: dict[str, dict[str, float]]) -> None:
 def load_catalog() -> Catalog:
     store = open_config_store(load_settings(DEPLOY))
     try:
-        return Catalog(store.load())
+        return Catalog(store.registry.load())
     finally:
         store.close()
 
@@ -340,50 +340,26 @@ def storage_keys(
 
 @dataclass
 class Server:
-    process: subprocess.Popen[bytes]
+    running: launch.RunningServer
     target: str
     metrics_url: str
     workers: list[int]
 
 
 def start_server(cache_on: bool) -> Server:
-    port, http_port = free_port("127.0.0.1"), free_port("127.0.0.1")
-    command = [
-        sys.executable, "-m", "inferstack.cli.main", "serve",
-        "--config", str(DEPLOY), "--host", "127.0.0.1", "--port", str(port),
-        "--http-port", str(http_port), "--workers", str(WORKERS), "--log-level", "WARNING",
-    ]  # fmt: skip
+    arguments = ["--config", str(DEPLOY), "--host", "127.0.0.1", "--log-level", "WARNING"]
     if not cache_on:
-        command += ["--cache-mb", "0"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        arguments += ["--cache-mb", "0"]
+    running = launch.start_server(
+        *arguments, log=BENCH_DATA / "serve-distributed.log", workers=WORKERS, own_group=True
     )
-    target = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    with grpc.insecure_channel(target) as channel:
-        while True:
-            try:
-                grpc.channel_ready_future(channel).result(timeout=1)
-                break
-            except grpc.FutureTimeoutError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{command} did not start") from None
-    metrics_url = f"http://127.0.0.1:{http_port}/metrics"
-    while True:  # every worker up: both answer, and /metrics with them
-        workers = worker_pids(process.pid)
-        if len(workers) == WORKERS or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    return Server(process, target, metrics_url, workers)
+    # Every worker is up by now: both answer, and /metrics with them.
+    workers = worker_pids(running.pid)
+    return Server(running, running.grpc_target, f"{running.http_base}/metrics", workers)
 
 
 def stop_server(server: Server) -> None:
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(5)
+    server.running.stop_or_kill()
 
 
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -664,7 +640,11 @@ async def measure_server(
     pids = {"cassandra": service_pid("cassandra"), "redis": service_pid("redis")}
     users, products = sizes(args.scale)
     storage = CassandraStorage(
-        [endpoints.cassandra], keyspace=keyspace_of(args.scale), request_timeout=CALL_TIMEOUT
+        CassandraSettings(
+            contact_points=[endpoints.cassandra],
+            keyspace=keyspace_of(args.scale),
+            request_timeout=CALL_TIMEOUT,
+        )
     )
     await storage.prepare_tables(GROUP_OF.values())
     client = AsyncFeatureStoreClient(server.target, timeout=CALL_TIMEOUT)

@@ -41,12 +41,12 @@ from inferstack.core.keys import KeyValues, encode_keys
 from inferstack.core.registry import Registry, plan
 from inferstack.core.rowformat import Column, GroupCodec, var_column
 from inferstack.featurestore.catalog import Catalog
-from inferstack.featurestore.grpc_service import encode_responses
 from inferstack.featurestore.rows import RowSource
 from inferstack.featurestore.service import FeatureService, Query, ResultColumn, RetrieveResult
 from inferstack.kv.lmdb import LmdbStorage
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 from inferstack.sampledata.generate import CATEGORIES, category_of, definitions_text
+from inferstack.server.grpc.featurestore import encode_responses
 from inferstack.wire.columns import keys_from_proto
 
 ROOT = Path(__file__).resolve().parent.parent

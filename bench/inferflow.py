@@ -31,7 +31,6 @@ import json
 import multiprocessing
 import os
 import queue
-import select
 import signal
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import launch
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
@@ -189,43 +189,16 @@ class CandidateSampler:
 # --- processes ----------------------------------------------------------------------------
 
 
-def start_server(store: Path, workers: int) -> tuple[subprocess.Popen[str], str]:
+def start_server(store: Path, workers: int) -> launch.RunningServer:
     """`inferstack serve` on a free port, HTTP off; returns once every worker is ready."""
-    port = free_port("127.0.0.1")
-    log = (store / "serve.log").open("w")
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "inferstack.cli.main", "serve"),
-            *("--data-dir", str(store), "--port", str(port), "--http-port", "-1"),
-            *("--workers", str(workers), "--log-level", "WARNING"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        start_new_session=True,  # its own process group: a failed start takes its workers along
+    return launch.start_server(
+        *("--data-dir", str(store), "--log-level", "WARNING"),
+        log=store / "serve.log",
+        http=False,
+        workers=workers,
+        own_group=True,  # a failed start takes its workers along
+        timeout=START_TIMEOUT,
     )
-    assert process.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT
-    # The supervisor prints one line once every worker has reported ready.
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([process.stdout], [], [], 1.0)
-        line = process.stdout.readline() if readable else ""
-        if "inferstack serving" in line:
-            return process, f"127.0.0.1:{port}"
-        if process.poll() is not None:
-            break
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
-    raise SystemExit(f"inferstack serve did not start; see {store / 'serve.log'}")
-
-
-def stop_server(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the supervisor and its workers
-        process.wait(5)
 
 
 class EmptyInferflow(pb_grpc.InferflowServicer):  # type: ignore[misc]  # generated
@@ -665,7 +638,8 @@ def main() -> None:
     for note in notes:
         print(f"note: {note}")
     print(HEADER)
-    server, target = start_server(store, args.workers)
+    server = start_server(store, args.workers)
+    target = server.grpc_target
     try:
         pids = worker_pids(server.pid)
         if len(pids) != args.workers:
@@ -675,7 +649,7 @@ def main() -> None:
             notes.append(f"a worker was restarted during the run: {pids} -> CPU figures are off")
         canned = record_responses(target, sampler, args.shapes)
     finally:
-        stop_server(server)
+        server.stop_or_kill()
 
     processes, empty_target = start_empty_ceiling(canned, args.workers)
     try:

@@ -64,9 +64,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import select
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -79,6 +77,7 @@ from typing import Any
 
 import grpc
 import hiredis
+import launch
 import lmdb
 import numpy as np
 import numpy.typing as npt
@@ -97,7 +96,6 @@ from inferstack.interactions.events import InteractionCatalog, encode_batch
 from inferstack.interactions.hot.base import NEW
 from inferstack.server.components import open_config_store, open_interactions
 from inferstack.server.settings import ServeSettings, load_settings
-from inferstack.server.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATA = ROOT / "bench" / ".data"
@@ -348,52 +346,28 @@ class Server:
     def __init__(
         self, arguments: Sequence[str], env: dict[str, str], workers: int, log: Path
     ) -> None:
-        port = free_port("127.0.0.1")
-        self.target = f"127.0.0.1:{port}"
-        self.log = log
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "inferstack.cli.main", "serve", *arguments),
-                *("--host", "127.0.0.1", "--port", str(port), "--http-port", "-1"),
-                *("--workers", str(workers), "--log-level", "INFO"),  # start and stop only
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log.open("w"),
-            text=True,
+        self.running = launch.start_server(
+            *arguments,
+            *("--host", "127.0.0.1", "--log-level", "INFO"),  # start and stop only
+            log=log,
+            http=False,
+            workers=workers,
             env=env,
-            start_new_session=True,
+            own_group=True,
+            timeout=START_TIMEOUT,
         )
-        self._wait_ready()
-        self.workers = worker_pids(self.process.pid)
+        self.target = self.running.grpc_target
+        self.log = log
+        self.workers = worker_pids(self.running.pid)
         if len(self.workers) != workers:
             self.stop()
             raise SystemExit(f"expected {workers} workers, found {self.workers}")
 
-    def _wait_ready(self) -> None:
-        stdout = self.process.stdout
-        assert stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:  # the supervisor says so once every worker is up
-            readable, _, _ = select.select([stdout], [], [], 1.0)
-            if readable and "inferstack serving" in stdout.readline():
-                return
-            if self.process.poll() is not None:
-                break
-        self.stop()
-        raise SystemExit(f"inferstack serve did not start; see {self.log}")
-
     def restarted_workers(self) -> bool:
-        return sorted(worker_pids(self.process.pid)) != sorted(self.workers)
+        return sorted(worker_pids(self.running.pid)) != sorted(self.workers)
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)  # the supervisor and its workers
-            self.process.wait(5)
+        self.running.stop_or_kill()
 
 
 # --- deployments ---------------------------------------------------------------------------
@@ -431,7 +405,7 @@ class Deployment:
     def registry(self) -> Registry:
         store = open_config_store(self.settings)
         try:
-            return store.load()
+            return store.registry.load()
         finally:
             store.close()
 
@@ -607,7 +581,7 @@ def produce(bootstrap: str, topics: dict[str, str], events: Events, partitions: 
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    from inferstack.interactions.kafka import encode_events
+    from inferstack.interactions.kafkamessages import encode_events
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     created = admin.create_topics([NewTopic(t, partitions, 1) for t in topics.values()])

@@ -18,6 +18,10 @@ from inferstack.core.documents import DefinitionsFile
 from inferstack.core.registry import Registry, plan
 from inferstack.kv.cassandra import parse_contact_point
 from inferstack.sampledata.generate import definitions_text
+from inferstack.server.admission import Gate
+from inferstack.server.auth import Authorizer
+from inferstack.server.logs import RequestLog
+from inferstack.server.pipeline import Pipeline
 
 #: Every feature of the sample's user x category group, in definition order.
 AFFINITY_FEATURES = tuple(
@@ -26,6 +30,11 @@ AFFINITY_FEATURES = tuple(
     if group.name == "user_category_affinity"
     for feature in group.features
 )
+
+
+def open_pipeline() -> Pipeline:
+    """A worker's call pipeline with no callers configured and the default admission."""
+    return Pipeline(Authorizer(), Gate(), RequestLog())
 
 
 def registry_from(spec: dict[str, Any], base: Registry | None = None) -> Registry:

@@ -1,35 +1,21 @@
-"""Start a real `inferstack serve` process for tests and wait until it answers."""
+"""Start a real `inferstack serve` process for tests and wait until it answers (with
+bench/launch.py, the benchmarks' launcher too); run the CLI and scripts/services.py."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from bench import launch
+from bench.launch import RunningServer
 from inferstack.sampledata.generate import GROUP_FILES
 from inferstack.server.supervisor import free_port
 from tests.conftest import SERVICES_SCRIPT
 
-
-@dataclass
-class RunningServer:
-    process: subprocess.Popen[str]
-    grpc_target: str
-    http_base: str
-    log: Path
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+__all__ = ["RunningServer", "inferstack", "load_sample", "services", "start_server"]
 
 
 def inferstack(
@@ -63,51 +49,19 @@ def start_server(
     timeout: float = 60.0,
     env: dict[str, str] | None = None,
 ) -> RunningServer:
-    grpc_port, http_port = free_port("127.0.0.1"), free_port("127.0.0.1")
-    log = data_dir / f"serve-{grpc_port}.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handle = log.open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "inferstack.cli.main",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(grpc_port),
-            "--http-port",
-            str(http_port),
-            "--workers",
-            str(workers),
-            *extra,
-        ],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        text=True,
+    """`inferstack serve` on `data_dir` with `extra` arguments, on free loopback ports, its
+    output in `data_dir`/serve-<gRPC port>.log; `env` is added to this process's."""
+    port = free_port(launch.HOST)
+    return launch.start_server(
+        "--data-dir",
+        str(data_dir),
+        *extra,
+        log=data_dir / f"serve-{port}.log",
+        port=port,
+        workers=workers,
         env={**os.environ, **(env or {})},
+        timeout=timeout,
     )
-    server = RunningServer(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", log)
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(server.grpc_target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if (
-                    status == health_pb2.HealthCheckResponse.SERVING
-                    and "inferstack serving gRPC" in log.read_text()  # all workers up
-                ):
-                    return server
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                server.stop()
-                raise TimeoutError(f"server did not start:\n{log.read_text()}")
-            time.sleep(0.2)
 
 
 async def services(*args: str) -> str:

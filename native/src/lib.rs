@@ -20,7 +20,10 @@ fn inferstack_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(keys::encode_keys, module)?)?;
     module.add_function(wrap_pyfunction!(rows::decode_rows, module)?)?;
     module.add_function(wrap_pyfunction!(rows::encode_rows, module)?)?;
-    module.add_function(wrap_pyfunction!(response::encode_retrieve_responses, module)?)?;
+    module.add_function(wrap_pyfunction!(
+        response::encode_retrieve_responses,
+        module
+    )?)?;
     module.add("FOUND", rows::FOUND)?;
     module.add("MISSING", rows::MISSING)?;
     module.add("EXPIRED", rows::EXPIRED)?;

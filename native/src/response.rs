@@ -9,8 +9,8 @@
 //! length-delimited (tag, varint length, bytes) or a varint (tag, varint). As protobuf itself
 //! does for proto3, empty strings and bytes and a zero count are left out.
 
-use numpy::{PyUntypedArray, PyUntypedArrayMethods};
 use numpy::prelude::*;
+use numpy::{PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
@@ -79,9 +79,9 @@ struct Strided<'py> {
 
 impl<'py> Strided<'py> {
     fn get(object: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
-        let array = object.cast::<PyUntypedArray>().map_err(|_| {
-            PyTypeError::new_err(format!("{what}: values must be a numpy array"))
-        })?;
+        let array = object
+            .cast::<PyUntypedArray>()
+            .map_err(|_| PyTypeError::new_err(format!("{what}: values must be a numpy array")))?;
         let itemsize = array.dtype().itemsize();
         Ok(Strided {
             array: array.clone(),
@@ -183,9 +183,8 @@ impl Column<'_> {
             Values::Fixed(Strided::get(&values, what)?)
         } else {
             // A VarColumn: `lengths` (<u4 array) and `data` (bytes).
-            let neither = |_| {
-                PyTypeError::new_err(format!("{what}: values must be an array or a VarColumn"))
-            };
+            let neither =
+                |_| PyTypeError::new_err(format!("{what}: values must be an array or a VarColumn"));
             let lengths = Strided::get(&values.getattr("lengths").map_err(neither)?, what)?;
             let data = values
                 .getattr("data")
@@ -285,8 +284,7 @@ impl Response<'_> {
         let groups = groups
             .iter()
             .map(|group| {
-                let (name, status): (Bound<'py, PyString>, Bound<'py, PyAny>) =
-                    group.extract()?;
+                let (name, status): (Bound<'py, PyString>, Bound<'py, PyAny>) = group.extract()?;
                 let status = Strided::get(&status, name.to_str()?)?;
                 Ok(Group { name, status })
             })
@@ -369,4 +367,111 @@ pub fn encode_retrieve_responses<'py>(
     }
     debug_assert_eq!(out.len(), total);
     Ok(PyBytes::new(py, &out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(value: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, value);
+        assert_eq!(out.len(), varint_size(value), "size of {value}");
+        out
+    }
+
+    #[test]
+    fn varints_are_seven_bits_a_byte_least_significant_first() {
+        assert_eq!(varint(0), vec![0]);
+        assert_eq!(varint(1), vec![1]);
+        assert_eq!(varint(127), vec![0x7f]);
+        assert_eq!(varint(128), vec![0x80, 0x01]);
+        assert_eq!(varint(300), vec![0xac, 0x02]);
+        assert_eq!(varint(16_383), vec![0xff, 0x7f]);
+        assert_eq!(varint(16_384), vec![0x80, 0x80, 0x01]);
+        assert_eq!(varint(u64::MAX), [vec![0xff; 9], vec![0x01]].concat());
+    }
+
+    #[test]
+    fn tags_are_field_number_and_wire_type() {
+        assert_eq!([RESPONSES, ENTITY, NAME], [0x0a; 3]);
+        assert_eq!(COUNT, 0x10);
+        assert_eq!([COLUMNS, VALUES, LENGTHS, GROUPS], [0x1a, 0x1a, 0x22, 0x22]);
+        assert_eq!(TYPE, 0x12);
+    }
+
+    #[test]
+    fn empty_fields_are_left_out_but_messages_kept() {
+        assert_eq!(field_size(0), 0);
+        assert_eq!(field_size(3), 1 + 1 + 3);
+        assert_eq!(field_size(200), 1 + 2 + 200);
+        assert_eq!(message_size(0), 2);
+        assert_eq!(message_size(200), 1 + 2 + 200);
+
+        let mut out = Vec::new();
+        put_bytes(&mut out, NAME, b"");
+        assert!(out.is_empty());
+        put_bytes(&mut out, NAME, b"ab");
+        assert_eq!(out, vec![NAME, 2, b'a', b'b']);
+        assert_eq!(out.len(), field_size(2));
+        let mut out = Vec::new();
+        put_header(&mut out, COLUMNS, 300);
+        assert_eq!(out, vec![COLUMNS, 0xac, 0x02]);
+    }
+
+    fn strided(
+        data: &[u8],
+        offset: usize,
+        shape: &[usize],
+        strides: &[isize],
+        item: usize,
+    ) -> Vec<u8> {
+        let mut out = vec![0xee]; // what is there already stays
+        copy_strided(&mut out, data[offset..].as_ptr(), shape, strides, item);
+        assert_eq!(out.remove(0), 0xee);
+        out
+    }
+
+    #[test]
+    fn contiguous_values_are_copied_as_they_are() {
+        let data: Vec<u8> = (0..12).collect();
+        assert_eq!(strided(&data, 0, &[3], &[4], 4), data);
+        assert_eq!(strided(&data, 4, &[], &[], 4), vec![4, 5, 6, 7]);
+        assert_eq!(strided(&data, 0, &[0], &[4], 4), Vec::<u8>::new());
+        assert_eq!(strided(&data, 0, &[2, 3], &[6, 2], 2), data);
+    }
+
+    #[test]
+    fn a_field_of_rows_is_gathered_keeping_its_byte_order() {
+        // Three rows of 7 bytes (a u8, then a little-endian u32, then 2 bytes), as the decoded
+        // rows' structured array: the u32 field at offset 1, stride 7, unaligned.
+        let mut rows = Vec::new();
+        for (tag, value) in [(1u8, 0x0403_0201u32), (2, 0x0807_0605), (3, 0xffff_fffe)] {
+            rows.push(tag);
+            rows.extend(value.to_le_bytes());
+            rows.extend([0xaa, 0xbb]);
+        }
+        let want = [0x0403_0201u32, 0x0807_0605, 0xffff_fffe]
+            .map(u32::to_le_bytes)
+            .concat();
+        assert_eq!(strided(&rows, 1, &[3], &[7], 4), want);
+        assert_eq!(strided(&rows, 0, &[3], &[7], 1), vec![1, 2, 3]);
+        assert_eq!(strided(&rows, 5, &[3], &[7], 2), [[0xaa, 0xbb]; 3].concat());
+        // Items of an odd size take the general path; so do negative strides.
+        assert_eq!(
+            strided(&rows, 0, &[2], &[14], 3),
+            vec![1, 1, 2, 3, 0xfe, 0xff]
+        );
+        assert_eq!(strided(&rows, 14, &[3], &[-7], 1), vec![3, 2, 1]);
+        let eight: Vec<u8> = (0..32).collect();
+        assert_eq!(
+            strided(&eight, 0, &[2], &[16], 8),
+            [&eight[..8], &eight[16..24]].concat()
+        );
+        // Two dimensions, the inner one strided: every other u16 of each 8-byte row.
+        assert_eq!(
+            strided(&eight, 0, &[2, 2], &[8, 4], 2),
+            vec![0, 1, 4, 5, 8, 9, 12, 13]
+        );
+    }
 }

@@ -1,6 +1,6 @@
 """One contract for blob storage (model files) in every config store.
 
-`inferstack apply` uploads a model file with `put_blob` and every server fetches it by digest,
+`inferstack apply` uploads a model file with `blobs.put` and every server fetches it by digest,
 so both adapters must round-trip any size, never show half a blob, and detect damage.
 `inferstack models prune` lists blobs and deletes old ones, so both must report what is
 stored, delete atomically for readers, and never delete a blob stored again after it was
@@ -22,7 +22,6 @@ from typing import Protocol
 import pytest
 from kazoo.client import KazooClient
 
-from inferstack.configstore import zookeeper
 from inferstack.configstore.base import (
     BlobInfo,
     BlobNotFoundError,
@@ -30,8 +29,9 @@ from inferstack.configstore.base import (
     CorruptBlobError,
     blob_digest,
 )
-from inferstack.configstore.files import FileConfigStore
-from inferstack.configstore.zookeeper import BLOB_CHUNK_BYTES, ZooKeeperConfigStore
+from inferstack.configstore.files import open_files
+from inferstack.configstore.zookeeper import BLOB_CHUNK_BYTES, open_zookeeper
+from inferstack.configstore.zookeeper import blobs as zookeeper_blobs
 from inferstack.core.errors import (
     InferstackError,
     InvalidArgumentError,
@@ -64,7 +64,7 @@ def after_clock_moves(stored_at: float) -> None:
 
 
 def listed(store: ConfigStore) -> dict[str, BlobInfo]:
-    return {blob.digest: blob for blob in store.list_blobs()}
+    return {blob.digest: blob for blob in store.blobs.list()}
 
 
 def run_together(*calls: Callable[[], object]) -> list[BaseException]:
@@ -111,7 +111,7 @@ class FileLocation:
         self.blobs = data_dir / "config" / "blobs"
 
     def open(self) -> ConfigStore:
-        return FileConfigStore(self.data_dir)
+        return open_files(self.data_dir)
 
     def stamp(self, digest: str) -> object:
         return (self.blobs / digest).stat().st_ino  # every write renames a new file in
@@ -136,7 +136,7 @@ class ZooKeeperLocation:
         self.client.start(timeout=10)
 
     def open(self) -> ConfigStore:
-        return ZooKeeperConfigStore(self.hosts, self.root)
+        return open_zookeeper(self.hosts, self.root)
 
     def stamp(self, digest: str) -> object:
         # The node's creation and each chunk's last write (a re-put sets the header only).
@@ -188,61 +188,61 @@ def store(location: Location) -> Iterator[ConfigStore]:
 
 @pytest.mark.parametrize("data", [b"", b"a small model", MODEL], ids=["empty", "small", "3MiB"])
 def test_put_then_get_round_trips(store: ConfigStore, data: bytes) -> None:
-    digest = store.put_blob(data)
+    digest = store.blobs.put(data)
     assert digest == blob_digest(data)
-    assert store.get_blob(digest) == data
-    assert store.has_blob(digest)
+    assert store.blobs.get(digest) == data
+    assert store.blobs.has(digest)
 
 
 def test_digest_is_accepted_in_either_case(store: ConfigStore) -> None:
-    digest = store.put_blob(b"model")
-    assert store.get_blob(digest.upper()) == b"model"
-    assert store.has_blob(digest.upper())
+    digest = store.blobs.put(b"model")
+    assert store.blobs.get(digest.upper()) == b"model"
+    assert store.blobs.has(digest.upper())
 
 
 def test_putting_the_same_bytes_again_rewrites_nothing_but_refreshes_stored_at(
     store: ConfigStore, location: Location
 ) -> None:
-    digest = store.put_blob(MODEL)
+    digest = store.blobs.put(MODEL)
     before = location.stamp(digest)
-    [first] = store.list_blobs()
+    [first] = store.blobs.list()
     after_clock_moves(first.stored_at)
-    assert store.put_blob(MODEL) == digest
+    assert store.blobs.put(MODEL) == digest
     assert location.stamp(digest) == before
-    assert store.get_blob(digest) == MODEL
-    [again] = store.list_blobs()
+    assert store.blobs.get(digest) == MODEL
+    [again] = store.blobs.list()
     assert again.stored_at > first.stored_at  # an apply re-using a file makes it young
 
 
 def test_different_bytes_are_different_blobs(store: ConfigStore) -> None:
-    first, second = store.put_blob(b"model v1"), store.put_blob(b"model v2")
+    first, second = store.blobs.put(b"model v1"), store.blobs.put(b"model v2")
     assert first != second
-    assert (store.get_blob(first), store.get_blob(second)) == (b"model v1", b"model v2")
+    assert (store.blobs.get(first), store.blobs.get(second)) == (b"model v1", b"model v2")
 
 
 def test_has_blob_only_for_stored_digests(store: ConfigStore) -> None:
-    assert not store.has_blob(ABSENT)
-    digest = store.put_blob(b"model")
-    assert store.has_blob(digest)
-    assert not store.has_blob(ABSENT)
+    assert not store.blobs.has(ABSENT)
+    digest = store.blobs.put(b"model")
+    assert store.blobs.has(digest)
+    assert not store.blobs.has(ABSENT)
 
 
 def test_missing_digest_raises_not_found_naming_it(store: ConfigStore) -> None:
-    store.put_blob(b"some other model")  # the blob area exists; this digest is not in it
+    store.blobs.put(b"some other model")  # the blob area exists; this digest is not in it
     with pytest.raises(BlobNotFoundError, match=ABSENT) as raised:
-        store.get_blob(ABSENT)
+        store.blobs.get(ABSENT)
     assert isinstance(raised.value, NotFoundError)
     assert raised.value.status == "NOT_FOUND"
 
 
 def test_missing_digest_in_an_empty_store_raises_not_found(store: ConfigStore) -> None:
     with pytest.raises(BlobNotFoundError, match=ABSENT):
-        store.get_blob(ABSENT)
+        store.blobs.get(ABSENT)
 
 
 @pytest.mark.parametrize("bad", ["", "abc", "../registry.json", "g" * 64, ABSENT + "0"])
 def test_malformed_digest_is_refused_naming_it(store: ConfigStore, bad: str) -> None:
-    calls: list[Callable[[str], object]] = [store.get_blob, store.has_blob, store.delete_blob]
+    calls: list[Callable[[str], object]] = [store.blobs.get, store.blobs.has, store.blobs.delete]
     for call in calls:
         with pytest.raises(InvalidArgumentError) as raised:
             call(bad)
@@ -252,13 +252,13 @@ def test_malformed_digest_is_refused_naming_it(store: ConfigStore, bad: str) -> 
 def test_corrupted_blob_is_detected_and_a_new_put_repairs_it(
     store: ConfigStore, location: Location
 ) -> None:
-    digest = store.put_blob(MODEL)
+    digest = store.blobs.put(MODEL)
     location.corrupt(digest)
     with pytest.raises(CorruptBlobError, match=digest) as raised:
-        store.get_blob(digest)
+        store.blobs.get(digest)
     assert isinstance(raised.value, InferstackError)
-    assert store.put_blob(MODEL) == digest
-    assert store.get_blob(digest) == MODEL
+    assert store.blobs.put(MODEL) == digest
+    assert store.blobs.get(digest) == MODEL
 
 
 def test_an_unfinished_write_is_invisible_and_the_next_put_completes_it(
@@ -266,19 +266,19 @@ def test_an_unfinished_write_is_invisible_and_the_next_put_completes_it(
 ) -> None:
     digest = blob_digest(MODEL)
     location.leave_unfinished_write(MODEL)
-    assert not store.has_blob(digest)
+    assert not store.blobs.has(digest)
     with pytest.raises(BlobNotFoundError, match=digest):
-        store.get_blob(digest)
-    assert store.put_blob(MODEL) == digest
-    assert store.get_blob(digest) == MODEL
+        store.blobs.get(digest)
+    assert store.blobs.put(MODEL) == digest
+    assert store.blobs.get(digest) == MODEL
 
 
 def test_a_blob_written_by_one_store_is_read_by_another(location: Location) -> None:
     writer, reader = location.open(), location.open()
     try:
-        digest = writer.put_blob(MODEL)
-        assert reader.has_blob(digest)
-        assert reader.get_blob(digest) == MODEL
+        digest = writer.blobs.put(MODEL)
+        assert reader.blobs.has(digest)
+        assert reader.blobs.get(digest) == MODEL
     finally:
         writer.close()
         reader.close()
@@ -293,7 +293,7 @@ def test_concurrent_writers_of_one_blob_all_succeed(location: Location) -> None:
     def put(store: ConfigStore) -> None:
         start.wait()
         try:
-            digests.append(store.put_blob(MODEL))
+            digests.append(store.blobs.put(MODEL))
         except BaseException as exc:
             failures.append(exc)
 
@@ -305,17 +305,17 @@ def test_concurrent_writers_of_one_blob_all_succeed(location: Location) -> None:
             thread.join(timeout=60)
         assert failures == []
         assert digests == [blob_digest(MODEL)] * len(stores)
-        assert stores[0].get_blob(digests[0]) == MODEL
+        assert stores[0].blobs.get(digests[0]) == MODEL
     finally:
         for store in stores:
             store.close()
 
 
 def test_blobs_and_the_registry_do_not_disturb_each_other(store: ConfigStore) -> None:
-    digest = store.put_blob(MODEL)
+    digest = store.blobs.put(MODEL)
     registry = apply_once(store)
-    assert store.load() == registry
-    assert store.get_blob(digest) == MODEL
+    assert store.registry.load() == registry
+    assert store.blobs.get(digest) == MODEL
 
 
 @pytest.mark.services
@@ -323,13 +323,13 @@ def test_zookeeper_refuses_a_blob_above_its_limit_and_stores_nothing(
     zookeeper_endpoint: str,
 ) -> None:
     root = f"/inferstack-test/{uuid.uuid4().hex}"
-    store = ZooKeeperConfigStore(zookeeper_endpoint, root, max_blob_bytes=MiB)
+    store = open_zookeeper(zookeeper_endpoint, root, max_blob_bytes=MiB)
     try:
         too_big = random_bytes(MiB + 1)
         with pytest.raises(ResourceExhaustedError, match="max_blob_bytes"):
-            store.put_blob(too_big)
-        assert not store.has_blob(blob_digest(too_big))
-        assert store.get_blob(store.put_blob(MODEL[:MiB])) == MODEL[:MiB]  # the limit itself
+            store.blobs.put(too_big)
+        assert not store.blobs.has(blob_digest(too_big))
+        assert store.blobs.get(store.blobs.put(MODEL[:MiB])) == MODEL[:MiB]  # the limit itself
     finally:
         store.close()
         delete_zookeeper_root(zookeeper_endpoint, root)
@@ -347,7 +347,7 @@ def test_a_reader_during_a_write_sees_no_blob_or_all_of_it(location: Location) -
             done = written.is_set()  # read once more after the last write finished
             for digest, model in wanted.items():
                 try:
-                    seen = reader.get_blob(digest)
+                    seen = reader.blobs.get(digest)
                     outcomes[digest].append("whole" if seen == model else "wrong bytes")
                 except BlobNotFoundError:
                     outcomes[digest].append("absent")
@@ -360,7 +360,7 @@ def test_a_reader_during_a_write_sees_no_blob_or_all_of_it(location: Location) -
     thread.start()
     try:
         for model in models:
-            writer.put_blob(model)
+            writer.blobs.put(model)
     finally:
         written.set()
         thread.join(timeout=60)
@@ -376,17 +376,17 @@ def test_a_reader_during_a_write_sees_no_blob_or_all_of_it(location: Location) -
 
 
 def test_an_empty_store_lists_no_blobs_and_deletes_nothing(store: ConfigStore) -> None:
-    assert store.list_blobs() == []
-    assert store.delete_blob(ABSENT) is False
+    assert store.blobs.list() == []
+    assert store.blobs.delete(ABSENT) is False
 
 
 def test_list_reports_every_blob_with_its_size_and_when_it_was_stored(
     store: ConfigStore,
 ) -> None:
     before = time.time()
-    digests = [store.put_blob(data) for data in (b"", b"a small model", MODEL)]
+    digests = [store.blobs.put(data) for data in (b"", b"a small model", MODEL)]
     after = time.time()
-    store.put_blob(b"x")
+    store.blobs.put(b"x")
     apply_once(store)  # the registry and other nodes are not blobs
     blobs = listed(store)
     assert set(blobs) == {*digests, blob_digest(b"x")}
@@ -399,50 +399,50 @@ def test_list_reports_every_blob_with_its_size_and_when_it_was_stored(
 def test_a_deleted_blob_is_gone_for_every_reader_and_others_stay(location: Location) -> None:
     store, other = location.open(), location.open()
     try:
-        doomed, kept = store.put_blob(MODEL), store.put_blob(b"another model")
-        assert other.get_blob(doomed) == MODEL  # a reader that had it before
-        assert store.delete_blob(doomed) is True
+        doomed, kept = store.blobs.put(MODEL), store.blobs.put(b"another model")
+        assert other.blobs.get(doomed) == MODEL  # a reader that had it before
+        assert store.blobs.delete(doomed) is True
         for reader in (store, other):
-            assert not reader.has_blob(doomed)
+            assert not reader.blobs.has(doomed)
             with pytest.raises(BlobNotFoundError, match=doomed):
-                reader.get_blob(doomed)
+                reader.blobs.get(doomed)
             assert set(listed(reader)) == {kept}
-            assert reader.get_blob(kept) == b"another model"
-        assert store.delete_blob(doomed) is False  # already gone: not an error
+            assert reader.blobs.get(kept) == b"another model"
+        assert store.blobs.delete(doomed) is False  # already gone: not an error
     finally:
         store.close()
         other.close()
 
 
 def test_a_digest_in_either_case_deletes_the_blob(store: ConfigStore) -> None:
-    digest = store.put_blob(b"model")
-    assert store.delete_blob(digest.upper()) is True
-    assert not store.has_blob(digest)
+    digest = store.blobs.put(b"model")
+    assert store.blobs.delete(digest.upper()) is True
+    assert not store.blobs.has(digest)
 
 
 def test_a_deleted_blob_can_be_stored_again(store: ConfigStore) -> None:
-    digest = store.put_blob(MODEL)
-    assert store.delete_blob(digest)
-    assert store.put_blob(MODEL) == digest
-    assert store.get_blob(digest) == MODEL
+    digest = store.blobs.put(MODEL)
+    assert store.blobs.delete(digest)
+    assert store.blobs.put(MODEL) == digest
+    assert store.blobs.get(digest) == MODEL
     assert set(listed(store)) == {digest}
 
 
 def test_a_conditional_delete_removes_the_blob_as_it_was_listed(store: ConfigStore) -> None:
-    digest = store.put_blob(MODEL)
-    [blob] = store.list_blobs()
-    assert store.delete_blob(digest, if_stored_at=blob.stored_at) is True
-    assert not store.has_blob(digest)
+    digest = store.blobs.put(MODEL)
+    [blob] = store.blobs.list()
+    assert store.blobs.delete(digest, if_stored_at=blob.stored_at) is True
+    assert not store.blobs.has(digest)
 
 
 def test_a_blob_stored_again_after_it_was_listed_is_not_deleted(store: ConfigStore) -> None:
     """What protects an apply that re-uses an old model file from a prune running meanwhile."""
-    digest = store.put_blob(MODEL)
-    [blob] = store.list_blobs()
+    digest = store.blobs.put(MODEL)
+    [blob] = store.blobs.list()
     after_clock_moves(blob.stored_at)
-    store.put_blob(MODEL)  # the apply
-    assert store.delete_blob(digest, if_stored_at=blob.stored_at) is False
-    assert store.get_blob(digest) == MODEL
+    store.blobs.put(MODEL)  # the apply
+    assert store.blobs.delete(digest, if_stored_at=blob.stored_at) is False
+    assert store.blobs.get(digest) == MODEL
 
 
 def test_a_put_racing_a_conditional_delete_always_leaves_the_blob_whole(
@@ -454,15 +454,15 @@ def test_a_put_racing_a_conditional_delete_always_leaves_the_blob_whole(
     digest = blob_digest(SMALL_MODEL)
     try:
         for _ in range(8):
-            putter.put_blob(SMALL_MODEL)
+            putter.blobs.put(SMALL_MODEL)
             stored_at = listed(pruner)[digest].stored_at
             after_clock_moves(stored_at)
             failures = run_together(
-                lambda: putter.put_blob(SMALL_MODEL),
-                functools.partial(pruner.delete_blob, digest, if_stored_at=stored_at),
+                lambda: putter.blobs.put(SMALL_MODEL),
+                functools.partial(pruner.blobs.delete, digest, if_stored_at=stored_at),
             )
             assert failures == []
-            assert pruner.get_blob(digest) == SMALL_MODEL
+            assert pruner.blobs.get(digest) == SMALL_MODEL
     finally:
         putter.close()
         pruner.close()
@@ -477,7 +477,7 @@ def test_a_reader_during_deletes_sees_no_blob_or_all_of_it(location: Location) -
     def read_while_deleting() -> None:
         while not done.is_set():
             try:
-                outcomes.append("whole" if reader.get_blob(digest) == MODEL else "wrong bytes")
+                outcomes.append("whole" if reader.blobs.get(digest) == MODEL else "wrong bytes")
             except BlobNotFoundError:
                 outcomes.append("absent")
             except Exception as exc:
@@ -487,9 +487,9 @@ def test_a_reader_during_deletes_sees_no_blob_or_all_of_it(location: Location) -
     thread.start()
     try:
         for _ in range(6):
-            writer.put_blob(MODEL)
+            writer.blobs.put(MODEL)
             wait_until(lambda: "whole" in outcomes, 30, "a reader to see the blob")
-            assert writer.delete_blob(digest) is True
+            assert writer.blobs.delete(digest) is True
             outcomes.append("deleted")
     finally:
         done.set()
@@ -507,10 +507,10 @@ def test_zookeeper_lists_and_deletes_what_a_dead_writer_left(zookeeper_endpoint:
     try:
         digest = blob_digest(MODEL)
         location.leave_unfinished_write(MODEL)
-        [blob] = store.list_blobs()
+        [blob] = store.blobs.list()
         left = len(b"garbage from an older write") + BLOB_CHUNK_BYTES
         assert (blob.digest, blob.size) == (digest, left)  # what deleting it frees
-        assert store.delete_blob(digest, if_stored_at=blob.stored_at) is True
+        assert store.blobs.delete(digest, if_stored_at=blob.stored_at) is True
         assert location.client.exists(f"{location.blobs}/{digest}") is None
     finally:
         store.close()
@@ -524,17 +524,17 @@ def test_zookeeper_deletes_a_blob_too_large_for_one_request_in_steps(
 ) -> None:
     """A delete in several transactions: readers see the whole blob or none throughout, and
     it ends with the node and every chunk gone."""
-    monkeypatch.setattr(zookeeper, "MAX_DELETE_REQUEST_BYTES", 1200)  # ~8 chunks a step
+    monkeypatch.setattr(zookeeper_blobs, "MAX_DELETE_REQUEST_BYTES", 1200)  # ~8 chunks a step
     root = f"/inferstack-test/{uuid.uuid4().hex}"
     location = ZooKeeperLocation(zookeeper_endpoint, root)
     store = location.open()
     try:
-        digest = store.put_blob(MODEL)
+        digest = store.blobs.put(MODEL)
         path = f"{location.blobs}/{digest}"
-        assert len(zookeeper._delete_batches(path, location.client.get_children(path))) > 3
+        assert len(zookeeper_blobs._delete_batches(path, location.client.get_children(path))) > 3
         test_a_reader_during_deletes_sees_no_blob_or_all_of_it(location)
         assert location.client.exists(path) is None
-        assert store.list_blobs() == []
+        assert store.blobs.list() == []
     finally:
         store.close()
         location.close()

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from inferstack.featurestore.cache.base import MISS, CachedRow, RowCache
 from inferstack.featurestore.cache.memory import MemoryCache
 from inferstack.featurestore.cache.redis import NEGATIVE, TOMBSTONE, RedisCache
+from tests.caches import CountingRedisCache
 
 LONG = 60.0  # a TTL no test outlives
 SHORT = 0.2  # a TTL tests wait out; RedisCache jitters it by at most 10 % (0.22 s)
@@ -61,7 +62,7 @@ async def cache(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Ro
         return
     endpoint: str = request.getfixturevalue("redis_endpoint")
     # A generous timeout: the contract is about behaviour, not about a loaded CI machine.
-    shared = RedisCache(endpoint, prefix=prefix, timeout=1.0)
+    shared = CountingRedisCache(endpoint, prefix=prefix, timeout=1.0)
     yield shared
     await shared.close()
     assert shared.errors == 0, "a contract test must never see the cache fail"
@@ -203,8 +204,8 @@ async def raw_redis(redis_endpoint: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-async def redis_cache(redis_endpoint: str, prefix: str) -> AsyncIterator[RedisCache]:
-    shared = RedisCache(redis_endpoint, prefix=prefix, timeout=1.0)
+async def redis_cache(redis_endpoint: str, prefix: str) -> AsyncIterator[CountingRedisCache]:
+    shared = CountingRedisCache(redis_endpoint, prefix=prefix, timeout=1.0)
     yield shared
     await shared.close()
     await delete_prefixed(redis_endpoint, prefix)
@@ -250,7 +251,7 @@ async def test_redis_invalidation_reports_failure_when_redis_is_unreachable() ->
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    shared = RedisCache(f"127.0.0.1:{port}", timeout=0.2, breaker_failures=1)
+    shared = CountingRedisCache(f"127.0.0.1:{port}", timeout=0.2, breaker_failures=1)
     try:
         assert await shared.invalidate("users", [b"k"]) is False  # refused
         assert await shared.invalidate("users", [b"k"]) is False  # breaker open: not tried
@@ -280,8 +281,8 @@ async def test_redis_ttls_are_jittered(
 
 
 @pytest.mark.services
-async def test_redis_counts_hits_and_misses(redis_cache: RedisCache) -> None:
+async def test_redis_counts_hits_and_misses(redis_cache: CountingRedisCache) -> None:
     await redis_cache.set_many("users", [(b"a", row(1)), (b"b", None)], LONG, LONG)
-    await redis_cache.get_many("users", [b"a", b"b", b"c"])
+    assert await redis_cache.get_many("users", [b"a", b"b", b"c"]) == [row(1), None, MISS]
     assert (redis_cache.hits, redis_cache.misses, redis_cache.errors) == (2, 1, 0)
     assert redis_cache.breaker_state.value == "closed"

@@ -31,6 +31,7 @@ from inferstack.interactions.cold.cassandra import CassandraColdStore
 from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.coldrow import decode_history, encode_history
 from inferstack.kv.cassandra import parse_contact_point
+from inferstack.kv.settings import CassandraSettings
 from tests.helpers import drop_keyspace
 
 CASSANDRA_TIMEOUT = 10.0  # generous: the contract is about behaviour, not speed
@@ -77,7 +78,11 @@ def history(tag: int | str, events: int = 3) -> bytes:
 async def cassandra_cold(cassandra_endpoint: str) -> AsyncIterator[CassandraColdStore]:
     keyspace = f"test_{uuid.uuid4().hex[:12]}"
     store = CassandraColdStore(
-        [cassandra_endpoint], keyspace=keyspace, request_timeout=CASSANDRA_TIMEOUT
+        CassandraSettings(
+            contact_points=[cassandra_endpoint],
+            keyspace=keyspace,
+            request_timeout=CASSANDRA_TIMEOUT,
+        )
     )
     await store.connect()
     try:
@@ -304,7 +309,11 @@ async def test_cassandra_stores_share_a_keyspace_with_the_feature_store_without_
 
     name = f"n_{uuid.uuid4().hex[:12]}"  # a feature group and an interaction type alike
     features = CassandraStorage(
-        [cassandra_endpoint], keyspace=cassandra_cold.keyspace, request_timeout=CASSANDRA_TIMEOUT
+        CassandraSettings(
+            contact_points=[cassandra_endpoint],
+            keyspace=cassandra_cold.keyspace,
+            request_timeout=CASSANDRA_TIMEOUT,
+        )
     )
     try:
         spec = {
@@ -345,7 +354,7 @@ def _closed_port() -> str:
 
 async def test_cassandra_down_raises_unavailable_naming_the_address() -> None:
     address = _closed_port()
-    store = CassandraColdStore([address], connect_timeout=2.0)
+    store = CassandraColdStore(CassandraSettings(contact_points=[address], connect_timeout=2.0))
     try:
         for call in (
             store.read("click", [user(1)]),
@@ -362,13 +371,19 @@ def test_cassandra_settings_are_validated() -> None:
     from inferstack.kv.cassandra import CassandraStorage, table_name
 
     with pytest.raises(ValueError, match="consistency level"):
-        CassandraColdStore(["127.0.0.1:9042"], write_consistency="MOST")
+        CassandraColdStore(
+            CassandraSettings(contact_points=["127.0.0.1:9042"], write_consistency="MOST")
+        )
     with pytest.raises(ValueError, match="keyspace"):
-        CassandraColdStore(["127.0.0.1:9042"], keyspace="bad-name")
+        CassandraColdStore(
+            CassandraSettings(contact_points=["127.0.0.1:9042"], keyspace="bad-name")
+        )
     with pytest.raises(ValueError, match="table prefix"):
-        CassandraStorage(["127.0.0.1:9042"], table_prefix='x"; DROP')
+        CassandraStorage(
+            CassandraSettings(contact_points=["127.0.0.1:9042"]), table_prefix='x"; DROP'
+        )
     with pytest.raises(ValueError, match="table kind"):
-        CassandraStorage(["127.0.0.1:9042"], kind="it's")
+        CassandraStorage(CassandraSettings(contact_points=["127.0.0.1:9042"]), kind="it's")
     with pytest.raises(ValueError, match="interaction type name"):
         table_name("Bad", "ic_", "interaction type")
     assert table_name("click", "ic_") == "ic_click"

@@ -18,8 +18,8 @@ from kazoo.client import KazooClient
 
 from inferstack.configstore.base import ConfigConflictError, ConfigStore
 from inferstack.configstore.cachefeed import SLOTS
-from inferstack.configstore.files import FileConfigStore
-from inferstack.configstore.zookeeper import ZooKeeperConfigStore
+from inferstack.configstore.files import open_files
+from inferstack.configstore.zookeeper import open_zookeeper
 from inferstack.core.definitions import Entity, FeatureGroup
 from inferstack.core.registry import Registry, plan
 
@@ -65,9 +65,9 @@ def next_registry(current: Registry) -> Registry:
 
 
 def apply_once(store: ConfigStore) -> Registry:
-    current = store.load()
+    current = store.registry.load()
     registry = next_registry(current)
-    store.save(registry, current.revision)
+    store.registry.save(registry, current.revision)
     return registry
 
 
@@ -117,11 +117,11 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
         root = f"/inferstack-test/{uuid.uuid4().hex}"
 
         def make() -> ConfigStore:
-            return ZooKeeperConfigStore(hosts, root)
+            return open_zookeeper(hosts, root)
     else:
 
         def make() -> ConfigStore:
-            return FileConfigStore(tmp_path)
+            return open_files(tmp_path)
 
     def open_one() -> ConfigStore:
         store = make()
@@ -136,7 +136,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
 
 
 def test_empty_store_loads_an_empty_registry(open_store: OpenStore) -> None:
-    registry = open_store().load()
+    registry = open_store().registry.load()
     assert registry == Registry()
     assert registry.revision == 0
 
@@ -145,10 +145,10 @@ def test_save_then_load_round_trips(open_store: OpenStore) -> None:
     store = open_store()
     first = apply_once(store)
     assert first.revision == 1
-    assert store.load() == first
+    assert store.registry.load() == first
     second = apply_once(store)
     assert second.revision == 2
-    loaded = store.load()
+    loaded = store.registry.load()
     assert loaded == second
     # Every schema version survives, not only the current one: old rows must stay readable.
     assert [v.version for v in loaded.feature_groups["user_profile"].versions] == [1, 2]
@@ -172,8 +172,8 @@ def test_large_registry_round_trips(open_store: OpenStore) -> None:
     registry = plan(Registry(), [USER], groups).registry
     assert len(registry.model_dump_json()) > 1_300_000
     store = open_store()
-    store.save(registry, 0)
-    assert open_store().load() == registry
+    store.registry.save(registry, 0)
+    assert open_store().registry.load() == registry
 
 
 def test_stale_expected_revision_conflicts_and_changes_nothing(open_store: OpenStore) -> None:
@@ -182,8 +182,8 @@ def test_stale_expected_revision_conflicts_and_changes_nothing(open_store: OpenS
     other = next_registry(saved)
     for stale in (0, 5):
         with pytest.raises(ConfigConflictError):
-            store.save(other, stale)
-    assert store.load() == saved
+            store.registry.save(other, stale)
+    assert store.registry.load() == saved
 
 
 def test_concurrent_applies_from_one_revision_let_exactly_one_win(open_store: OpenStore) -> None:
@@ -196,7 +196,7 @@ def test_concurrent_applies_from_one_revision_let_exactly_one_win(open_store: Op
         registry = next_registry(base)
         start.wait()
         try:
-            store.save(registry, base.revision)
+            store.registry.save(registry, base.revision)
             outcomes.append("saved")
         except ConfigConflictError:
             outcomes.append("conflict")
@@ -207,26 +207,26 @@ def test_concurrent_applies_from_one_revision_let_exactly_one_win(open_store: Op
     for thread in threads:
         thread.join(timeout=30)
     assert sorted(outcomes) == ["conflict"] * 3 + ["saved"]
-    assert stores[0].load().revision == base.revision + 1
+    assert stores[0].registry.load().revision == base.revision + 1
 
 
 def test_two_stores_on_one_location_see_each_others_writes(open_store: OpenStore) -> None:
     first, second = open_store(), open_store()
     written_by_first = apply_once(first)
-    assert second.load() == written_by_first
+    assert second.registry.load() == written_by_first
     written_by_second = apply_once(second)
-    assert first.load() == written_by_second
+    assert first.registry.load() == written_by_second
     with pytest.raises(ConfigConflictError):  # first's view is stale now
-        first.save(next_registry(written_by_first), written_by_first.revision)
+        first.registry.save(next_registry(written_by_first), written_by_first.revision)
 
 
 def test_watch_sees_each_change_within_a_second_in_order_and_complete(
     open_store: OpenStore,
 ) -> None:
     watcher, writer = open_store(), open_store()
-    watcher.load()
+    watcher.registry.load()
     seen = Recorder()
-    watch = watcher.watch(seen)
+    watch = watcher.registry.watch(seen)
     try:
         saved = []
         for _ in range(3):
@@ -241,9 +241,9 @@ def test_watch_sees_each_change_within_a_second_in_order_and_complete(
 def test_watch_after_a_burst_of_changes_ends_on_the_newest(open_store: OpenStore) -> None:
     """A watch may skip revisions that were replaced quickly, but never goes backwards."""
     watcher, writer = open_store(), open_store()
-    watcher.load()
+    watcher.registry.load()
     seen = Recorder()
-    watch = watcher.watch(seen)
+    watch = watcher.registry.watch(seen)
     try:
         saved = {r.revision: r for r in (apply_once(writer) for _ in range(5))}
         newest = max(saved)
@@ -257,9 +257,9 @@ def test_watch_after_a_burst_of_changes_ends_on_the_newest(open_store: OpenStore
 def test_watch_does_not_replay_what_was_already_loaded(open_store: OpenStore) -> None:
     writer, watcher = open_store(), open_store()
     apply_once(writer)
-    watcher.load()
+    watcher.registry.load()
     seen = Recorder()
-    watch = watcher.watch(seen)
+    watch = watcher.registry.watch(seen)
     try:
         newer = apply_once(writer)
         wait_until(seen.saw(newer.revision), WATCH_LATENCY, "the newer revision")
@@ -270,15 +270,15 @@ def test_watch_does_not_replay_what_was_already_loaded(open_store: OpenStore) ->
 
 def test_stopped_watch_gets_no_more_changes(open_store: OpenStore) -> None:
     watcher, writer = open_store(), open_store()
-    watcher.load()
+    watcher.registry.load()
     seen = Recorder()
-    watch = watcher.watch(seen)
+    watch = watcher.registry.watch(seen)
     first = apply_once(writer)
     wait_until(seen.saw(first.revision), WATCH_LATENCY, "the first revision")
     watch.stop()
 
     control = Recorder()  # proves the next change did reach watchers
-    control_watch = open_store().watch(control)
+    control_watch = open_store().registry.watch(control)
     try:
         second = apply_once(writer)
         wait_until(control.saw(second.revision), WATCH_LATENCY, "the control watch")
@@ -321,7 +321,7 @@ class FeedRecorder:
 
 
 def test_cache_state_starts_empty(open_store: OpenStore) -> None:
-    state = open_store().load_cache_state()
+    state = open_store().cache_feed.load_state()
     assert state.generations == {} and state.sequence == 0
 
 
@@ -329,11 +329,11 @@ def test_generation_bumps_only_move_forward_and_every_store_sees_them(
     open_store: OpenStore,
 ) -> None:
     first, second = open_store(), open_store()
-    bumped = first.bump_generations(["user_profile"])
+    bumped = first.cache_feed.bump_generations(["user_profile"])
     assert bumped["user_profile"] >= int(time.time() * 1000) - 60_000  # not reused after a wipe
-    again = second.bump_generations(["user_profile", "product_stats"])
+    again = second.cache_feed.bump_generations(["user_profile", "product_stats"])
     assert again["user_profile"] > bumped["user_profile"]
-    assert first.load_cache_state().generations == again
+    assert first.cache_feed.load_state().generations == again
 
 
 def test_concurrent_bumps_from_many_stores_each_get_their_own_generation(
@@ -345,7 +345,7 @@ def test_concurrent_bumps_from_many_stores_each_get_their_own_generation(
 
     def bump(store: ConfigStore) -> None:
         for _ in range(10):
-            generation = store.bump_generations(["g"])["g"]
+            generation = store.cache_feed.bump_generations(["g"])["g"]
             with lock:
                 results.append(generation)
 
@@ -355,20 +355,20 @@ def test_concurrent_bumps_from_many_stores_each_get_their_own_generation(
     for thread in threads:
         thread.join()
     assert len(set(results)) == 40, "two bumps handed out the same generation"
-    assert stores[0].load_cache_state().generations["g"] == max(results)
+    assert stores[0].cache_feed.load_state().generations["g"] == max(results)
 
 
 def test_watch_delivers_generations_and_keys_within_a_second(open_store: OpenStore) -> None:
     writer, reader = open_store(), open_store()
-    reader.load_cache_state()
+    reader.cache_feed.load_state()
     recorder = FeedRecorder()
-    watch = reader.watch_cache(recorder)
+    watch = reader.cache_feed.watch(recorder)
     try:
         keys = [b"\x00", b"", b"user:\xff\xfe", secrets.token_bytes(300)]
-        writer.invalidate_keys({"user_profile": keys, "product_stats": [b"p1"]})
+        writer.cache_feed.invalidate_keys({"user_profile": keys, "product_stats": [b"p1"]})
         wait_until(lambda: recorder.keys("user_profile") == keys, WATCH_LATENCY, "keys")
         assert recorder.keys("product_stats") == [b"p1"]
-        generation = writer.bump_generations(["product_stats"])["product_stats"]
+        generation = writer.cache_feed.bump_generations(["product_stats"])["product_stats"]
         wait_until(
             lambda: recorder.generation("product_stats") == generation, WATCH_LATENCY, "bump"
         )
@@ -380,13 +380,13 @@ def test_watch_delivers_generations_and_keys_within_a_second(open_store: OpenSto
 def test_concurrent_publishers_lose_no_batch(open_store: OpenStore) -> None:
     writers = [open_store() for _ in range(3)]
     reader = open_store()
-    reader.load_cache_state()
+    reader.cache_feed.load_state()
     recorder = FeedRecorder()
-    watch = reader.watch_cache(recorder)
+    watch = reader.cache_feed.watch(recorder)
 
     def publish(index: int, store: ConfigStore) -> None:
         for n in range(15):
-            store.invalidate_keys({"g": [f"{index}-{n}".encode()]})
+            store.cache_feed.invalidate_keys({"g": [f"{index}-{n}".encode()]})
 
     threads = [threading.Thread(target=publish, args=(i, s)) for i, s in enumerate(writers)]
     try:
@@ -403,10 +403,10 @@ def test_concurrent_publishers_lose_no_batch(open_store: OpenStore) -> None:
 
 def test_a_batch_too_large_for_the_feed_bumps_its_groups_instead(open_store: OpenStore) -> None:
     store = open_store()
-    before = store.load_cache_state()
+    before = store.cache_feed.load_state()
     huge = [secrets.token_bytes(64) for _ in range(3000)]  # ~190 KiB, incompressible
-    bumped = store.invalidate_keys({"user_profile": huge})
-    after = store.load_cache_state()
+    bumped = store.cache_feed.invalidate_keys({"user_profile": huge})
+    after = store.cache_feed.load_state()
     assert set(bumped) == {"user_profile"}
     assert after.generations["user_profile"] == bumped["user_profile"]
     assert after.sequence == before.sequence  # nothing went into the ring
@@ -416,14 +416,14 @@ def test_a_reader_that_fell_behind_the_ring_is_told_it_lost_messages(
     open_store: OpenStore,
 ) -> None:
     writer, reader = open_store(), open_store()
-    reader.load_cache_state()
+    reader.cache_feed.load_state()
     for n in range(SLOTS + 3):  # more than the ring holds, before the reader watches
-        writer.invalidate_keys({"g": [str(n).encode()]})
+        writer.cache_feed.invalidate_keys({"g": [str(n).encode()]})
     recorder = FeedRecorder()
-    watch = reader.watch_cache(recorder)
+    watch = reader.cache_feed.watch(recorder)
     try:
         wait_until(lambda: recorder.lost > 0, WATCH_LATENCY, "messages lost")
-        writer.invalidate_keys({"g": [b"after"]})  # and it follows the feed again
+        writer.cache_feed.invalidate_keys({"g": [b"after"]})  # and it follows the feed again
         wait_until(lambda: b"after" in recorder.keys("g"), WATCH_LATENCY, "the next batch")
     finally:
         watch.stop()

@@ -35,6 +35,7 @@ from inferstack.kv.cassandra_ring import (
     murmur3_tokens,
 )
 from inferstack.kv.lmdb import LmdbStorage
+from inferstack.kv.settings import CassandraSettings
 from tests.helpers import drop_keyspace, registry_from
 
 # Generous: the contract is about behaviour, not about how fast a loaded CI machine is.
@@ -78,7 +79,11 @@ def row(tag: int | str, size: int = 24) -> bytes:
 async def cassandra_storage(cassandra_endpoint: str) -> AsyncIterator[CassandraStorage]:
     keyspace = f"test_{uuid.uuid4().hex[:12]}"
     storage = CassandraStorage(
-        [cassandra_endpoint], keyspace=keyspace, request_timeout=CASSANDRA_TIMEOUT
+        CassandraSettings(
+            contact_points=[cassandra_endpoint],
+            keyspace=keyspace,
+            request_timeout=CASSANDRA_TIMEOUT,
+        )
     )
     await storage.connect()
     try:
@@ -301,15 +306,17 @@ async def test_cassandra_network_topology_replication_and_small_window(
 ) -> None:
     keyspace = f"test_{uuid.uuid4().hex[:12]}"
     storage = CassandraStorage(
-        [cassandra_endpoint],
-        keyspace=keyspace,
-        # The DC name SimpleSnitch reports for a single test node.
-        replication={"class": "NetworkTopologyStrategy", "datacenter1": 1},
-        local_dc="datacenter1",
-        read_consistency="local_quorum",
-        write_consistency="ONE",
-        request_timeout=CASSANDRA_TIMEOUT,
-        max_in_flight=3,  # far fewer than the keys of one call: requests queue for slots
+        CassandraSettings(
+            contact_points=[cassandra_endpoint],
+            keyspace=keyspace,
+            # The DC name SimpleSnitch reports for a single test node.
+            replication={"class": "NetworkTopologyStrategy", "datacenter1": 1},
+            local_dc="datacenter1",
+            read_consistency="local_quorum",
+            write_consistency="ONE",
+            request_timeout=CASSANDRA_TIMEOUT,
+            max_in_flight=3,  # far fewer than the keys of one call: requests queue for slots
+        )
     )
     try:
         await storage.prepare(registry_of("events"))
@@ -337,7 +344,11 @@ async def test_cassandra_prepares_lazily_and_once_under_concurrency(
 
     # Another process's view: the table exists, but this adapter never ran prepare().
     other = CassandraStorage(
-        [cassandra_endpoint], keyspace=cassandra_storage.keyspace, request_timeout=CASSANDRA_TIMEOUT
+        CassandraSettings(
+            contact_points=[cassandra_endpoint],
+            keyspace=cassandra_storage.keyspace,
+            request_timeout=CASSANDRA_TIMEOUT,
+        )
     )
     preparations: list[str] = []
     prepare_on = other._prepare_on
@@ -425,25 +436,39 @@ async def test_cassandra_keys_routed_to_a_node_that_is_gone_are_still_read_and_w
 
 def test_cassandra_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="keyspace"):
-        CassandraStorage(["127.0.0.1:9042"], keyspace='x"; DROP KEYSPACE y; --')
+        CassandraStorage(
+            CassandraSettings(contact_points=["127.0.0.1:9042"], keyspace='x"; DROP KEYSPACE y; --')
+        )
     with pytest.raises(ValueError, match="replication class"):
-        CassandraStorage(["127.0.0.1:9042"], replication={"class": "LocalStrategy"})
+        CassandraStorage(
+            CassandraSettings(
+                contact_points=["127.0.0.1:9042"], replication={"class": "LocalStrategy"}
+            )
+        )
     with pytest.raises(ValueError, match="not a valid name"):
         CassandraStorage(
-            ["127.0.0.1:9042"], replication={"class": "NetworkTopologyStrategy", "dc'": 1}
+            CassandraSettings(
+                contact_points=["127.0.0.1:9042"],
+                replication={"class": "NetworkTopologyStrategy", "dc'": 1},
+            )
         )
     with pytest.raises(ValueError, match="positive integer"):
         CassandraStorage(
-            ["127.0.0.1:9042"], replication={"class": "SimpleStrategy", "replication_factor": "1}"}
+            CassandraSettings(
+                contact_points=["127.0.0.1:9042"],
+                replication={"class": "SimpleStrategy", "replication_factor": "1}"},
+            )
         )
     with pytest.raises(ValueError, match="consistency level"):
-        CassandraStorage(["127.0.0.1:9042"], read_consistency="MOST")
+        CassandraStorage(
+            CassandraSettings(contact_points=["127.0.0.1:9042"], read_consistency="MOST")
+        )
     with pytest.raises(ValueError, match="port"):
-        CassandraStorage(["127.0.0.1:99999"])
+        CassandraStorage(CassandraSettings(contact_points=["127.0.0.1:99999"]))
     with pytest.raises(ValueError, match="share one port"):
-        CassandraStorage(["db1:9042", "db2:9043"])
+        CassandraStorage(CassandraSettings(contact_points=["db1:9042", "db2:9043"]))
     with pytest.raises(ValueError, match="read_group_size"):
-        CassandraStorage(["db1"], read_group_size=0)
+        CassandraStorage(CassandraSettings(contact_points=["db1"]), read_group_size=0)
     with pytest.raises(ValueError, match="feature group name"):
         table_name('x"; DROP TABLE y')
     assert parse_contact_point("db1") == ("db1", 9042)

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from inferstack.configstore.zookeeper import ZooKeeperConfigStore
+from inferstack.configstore.zookeeper import open_zookeeper
 from tests.contract.test_configstore_contract import FeedRecorder, wait_until
 from tests.integration.test_zookeeper_faults import (  # noqa: F401  (the fixture)
     CATCH_UP,
@@ -26,22 +26,22 @@ def test_cache_watch_reports_the_outage_and_what_may_have_been_lost(
     zookeeper: PrivateZooKeeper,  # noqa: F811
 ) -> None:
     root = f"/cache-feed-{uuid.uuid4().hex}"
-    reader = ZooKeeperConfigStore(
+    reader = open_zookeeper(
         zookeeper.endpoint, root, session_timeout=SESSION_TIMEOUT, request_timeout=2.0
     )
     recorder = FeedRecorder()
-    reader.load_cache_state()
-    watch = reader.watch_cache(recorder)
+    reader.cache_feed.load_state()
+    watch = reader.cache_feed.watch(recorder)
     try:
         zookeeper.stop()
         wait_until(lambda: recorder.connection == [False], CATCH_UP, "the outage reported")
         assert recorder.lost == 0
         zookeeper.start()
-        writer = ZooKeeperConfigStore(zookeeper.endpoint, root)
+        writer = open_zookeeper(zookeeper.endpoint, root)
         try:
             wait_until(lambda: recorder.connection == [False, True], CATCH_UP, "reconnected")
             assert recorder.lost >= 1  # whatever was published meanwhile is unknowable
-            writer.invalidate_keys({"g": [b"after"]})
+            writer.cache_feed.invalidate_keys({"g": [b"after"]})
             wait_until(lambda: recorder.keys("g") == [b"after"], CATCH_UP, "the feed again")
         finally:
             writer.close()

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from inferstack.client import FeatureStoreClient
-from inferstack.configstore.files import FileConfigStore
+from inferstack.configstore.files import open_files
 from inferstack.server.supervisor import free_port
 from tests.conftest import ROOT
 from tests.servers import RunningServer, inferstack, start_server
@@ -360,19 +360,19 @@ def test_a_cacheless_server_publishes_keys_only_while_another_caches(tmp_path: P
     (data / "defs.yaml").write_text(DEFINITIONS)
     inferstack("apply", "-f", str(data / "defs.yaml"), data_dir=data)
     inferstack("ingest", "-g", GROUP, str(write_version(data, 1, KEYS)), data_dir=data)
-    feed = FileConfigStore(data)
+    feed = open_files(data).cache_feed
     keys = KEYS[:5]
     plain = start_server(data, workers=1)  # no cache: the embedded default
     (writer,) = clients_per_worker("plain", plain, 1)
     try:
         persist_version(writer, keys, 2)
-        assert feed.load_cache_state().sequence == 0  # nobody caches: nothing published
+        assert feed.load_state().sequence == 0  # nobody caches: nothing published
         caching = start_server(data, workers=2, env={"INFERSTACK_CACHE__LOCAL__MAX_BYTES": "64MiB"})
         readers = clients_per_worker("caching", caching, 2)
         try:
             warm(readers, keys, 2)
             persist_version(writer, keys, 3)
-            published = feed.load_cache_state().sequence
+            published = feed.load_state().sequence
             assert published >= 1
             expect_everywhere([*readers, writer], keys, 3, "Persist on the cacheless server")
         finally:
@@ -380,7 +380,7 @@ def test_a_cacheless_server_publishes_keys_only_while_another_caches(tmp_path: P
                 reader.client.close()
             assert caching.stop() == 0
         persist_version(writer, keys, 4)  # the caching server is gone: nothing to tell
-        assert feed.load_cache_state().sequence == published
+        assert feed.load_state().sequence == published
         assert versions(writer, keys) == [4] * len(keys)
     finally:
         writer.client.close()

@@ -30,6 +30,7 @@ import pytest
 
 from inferstack.core.errors import UnavailableError
 from inferstack.kv.cassandra import CassandraStorage, parse_contact_point
+from inferstack.kv.settings import CassandraSettings
 from tests.helpers import drop_keyspace, registry_from
 from tests.servers import services
 
@@ -77,7 +78,9 @@ async def keyspace(cassandra_endpoint: str) -> AsyncIterator[str]:
 
 
 async def open_storage(endpoint: str, keyspace: str) -> CassandraStorage:
-    storage = CassandraStorage([endpoint], keyspace=keyspace, request_timeout=TIMEOUT)
+    storage = CassandraStorage(
+        CassandraSettings(contact_points=[endpoint], keyspace=keyspace, request_timeout=TIMEOUT)
+    )
     await storage.prepare(REGISTRY)
     await storage.write(GROUP, list(ROWS.items()), None)
     assert await storage.read(GROUP, KEYS) == list(ROWS.values())
@@ -149,7 +152,7 @@ class Proxy:
 
 async def test_connect_to_a_closed_port_names_the_address() -> None:
     address = f"127.0.0.1:{free_port()}"
-    storage = CassandraStorage([address])
+    storage = CassandraStorage(CassandraSettings(contact_points=[address]))
     elapsed, error = await timed(storage.connect())
     assert isinstance(error, UnavailableError)
     assert f"cassandra at {address} did not answer" in str(error)
@@ -163,7 +166,7 @@ async def test_connect_to_a_silent_listener_gives_up_within_the_connect_timeout(
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
         address = f"127.0.0.1:{silent.getsockname()[1]}"
-        storage = CassandraStorage([address], connect_timeout=1.0)
+        storage = CassandraStorage(CassandraSettings(contact_points=[address], connect_timeout=1.0))
         elapsed, error = await timed(storage.connect())
     assert isinstance(error, UnavailableError)
     assert address in str(error)
@@ -172,7 +175,7 @@ async def test_connect_to_a_silent_listener_gives_up_within_the_connect_timeout(
 
 
 async def test_connect_to_an_unresolvable_host_names_it() -> None:
-    storage = CassandraStorage(["no-such-host.invalid:9042"])
+    storage = CassandraStorage(CassandraSettings(contact_points=["no-such-host.invalid:9042"]))
     _, error = await timed(storage.connect())
     assert isinstance(error, UnavailableError)
     assert "no-such-host.invalid:9042" in str(error)
@@ -181,7 +184,7 @@ async def test_connect_to_an_unresolvable_host_names_it() -> None:
 
 
 async def test_closed_storage_refuses_calls() -> None:
-    storage = CassandraStorage(["127.0.0.1:9"])
+    storage = CassandraStorage(CassandraSettings(contact_points=["127.0.0.1:9"]))
     await storage.close()
     with pytest.raises(UnavailableError, match="closed"):
         await storage.read(GROUP, KEYS)

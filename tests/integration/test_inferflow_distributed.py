@@ -23,7 +23,7 @@ from kazoo.client import KazooClient
 
 from inferstack.client import FeatureStoreClient
 from inferstack.client.inferflow import Context, InferflowClient, Scores
-from inferstack.configstore.zookeeper import ZooKeeperConfigStore
+from inferstack.configstore.zookeeper import open_zookeeper
 from inferstack.inferflow.inferencelog.kafka import table_from_message
 from inferstack.sampledata.generate import GROUP_FILES
 from tests.conftest import ROOT
@@ -253,10 +253,10 @@ def test_a_second_server_fetches_the_models_from_zookeeper_and_agrees(
     deployment: Deployment,
     applied: Path,
 ) -> None:
-    store = ZooKeeperConfigStore(deployment.zookeeper, deployment.root)
+    store = open_zookeeper(deployment.zookeeper, deployment.root)
     try:
         for name in MODEL_FILES:
-            assert store.has_blob(hashlib.sha256((applied / name).read_bytes()).hexdigest())
+            assert store.blobs.has(hashlib.sha256((applied / name).read_bytes()).hexdigest())
     finally:
         store.close()
     rng = np.random.default_rng(3)

@@ -57,6 +57,7 @@ from inferstack.interactions.hot.base import Claim, HotEvent, HotRange, HotTier,
 from inferstack.interactions.hot.lmdb import LmdbHotTier
 from inferstack.interactions.hot.redis import RedisHotTier
 from inferstack.interactions.service import InteractionService, SweepResult, run_sweeper
+from inferstack.kv.settings import CassandraSettings
 from tests.conftest import ROOT, SERVICES_SCRIPT
 from tests.helpers import drop_keyspace
 from tests.servers import RunningServer, inferstack, start_server
@@ -428,7 +429,11 @@ async def open_service(
         cold = LmdbColdStore(Path(tiers.root) / "cold")
     else:
         hot = RedisHotTier(tiers.redis, prefix=tiers.prefix, timeout=5.0)
-        cold = CassandraColdStore([tiers.cassandra], keyspace=tiers.keyspace, request_timeout=10.0)
+        cold = CassandraColdStore(
+            CassandraSettings(
+                contact_points=[tiers.cassandra], keyspace=tiers.keyspace, request_timeout=10.0
+            )
+        )
     await cold.prepare(stored)
     return InteractionService(hot, cold, InteractionCatalog(stored), lease=lease, clock=clock)
 

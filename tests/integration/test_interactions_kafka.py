@@ -41,9 +41,9 @@ from inferstack.core.rowformat import VarColumn
 from inferstack.interactions.cold.lmdb import LmdbColdStore
 from inferstack.interactions.events import InteractionCatalog, encode_batch
 from inferstack.interactions.hot.lmdb import LmdbHotTier
-from inferstack.interactions.kafka import (
+from inferstack.interactions.kafka import InteractionConsumer
+from inferstack.interactions.kafkamessages import (
     Event,
-    InteractionConsumer,
     Layout,
     Rejection,
     Source,

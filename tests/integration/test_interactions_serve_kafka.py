@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from inferstack.client import InteractionsClient
-from inferstack.interactions.kafka import encode_events
+from inferstack.interactions.kafkamessages import encode_events
 from tests.servers import inferstack, start_server
 
 pytestmark = pytest.mark.services

@@ -25,9 +25,9 @@ import redis.asyncio as aioredis
 
 from inferstack.core.definitions import CachePolicy
 from inferstack.featurestore.cache.breaker import BreakerState
-from inferstack.featurestore.cache.redis import RedisCache
 from inferstack.featurestore.rows import RowSource
 from inferstack.kv.lmdb import LmdbStorage
+from tests.caches import CountingRedisCache
 from tests.servers import services
 
 pytestmark = pytest.mark.services
@@ -105,7 +105,7 @@ async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> 
         await asyncio.sleep(0.02)
 
 
-def report(case: str, load: ReadLoad, cache: RedisCache) -> None:
+def report(case: str, load: ReadLoad, cache: CountingRedisCache) -> None:
     """How the cache fared, for whoever runs with -s."""
     print(
         f"\n{case}: {load.reads} reads ({len(load.failures)} failed), slowest "
@@ -130,7 +130,7 @@ def free_port() -> int:
 async def test_reads_survive_redis_stopping_and_coming_back(
     redis_endpoint: str, storage: LmdbStorage, dataset: Dataset, stop_args: tuple[str, ...]
 ) -> None:
-    cache = RedisCache(redis_endpoint, prefix=f"test:{uuid.uuid4().hex}:")
+    cache = CountingRedisCache(redis_endpoint, prefix=f"test:{uuid.uuid4().hex}:")
     source = RowSource(storage, shared_cache=cache)
     load = ReadLoad(source, dataset)
     done = asyncio.Event()
@@ -177,7 +177,7 @@ async def test_unreachable_redis_never_slows_reads(
     storage: LmdbStorage, dataset: Dataset, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    cache = RedisCache(f"redis://:s3cret@127.0.0.1:{free_port()}/0", breaker_cooldown=0.2)
+    cache = CountingRedisCache(f"redis://:s3cret@127.0.0.1:{free_port()}/0", breaker_cooldown=0.2)
     source = RowSource(storage, shared_cache=cache)
     load = ReadLoad(source, dataset)
     try:
@@ -203,7 +203,7 @@ async def test_unreachable_redis_never_slows_reads(
 async def test_hanging_redis_costs_at_most_the_timeout(
     redis_endpoint: str, storage: LmdbStorage, dataset: Dataset
 ) -> None:
-    cache = RedisCache(redis_endpoint, prefix=f"test:{uuid.uuid4().hex}:", timeout=0.05)
+    cache = CountingRedisCache(redis_endpoint, prefix=f"test:{uuid.uuid4().hex}:", timeout=0.05)
     source = RowSource(storage, shared_cache=cache)
     load = ReadLoad(source, dataset)
     admin = aioredis.Redis.from_url(f"redis://{redis_endpoint}", socket_timeout=10)

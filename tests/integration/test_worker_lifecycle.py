@@ -83,7 +83,7 @@ async def test_a_worker_whose_http_port_is_taken_closes_what_it_started(
     leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert not [t for t in leftover if "_clear_stale_readers" in repr(t)], leftover
     # 3: the callers' watch is stopped (its polling thread ends).
-    assert len(watches) == 1 and watches[0]._stopped.is_set()
+    assert len(watches) == 1 and watches[0][1]._stopped.is_set()  # (authorizer, watch)
     # 4: the gRPC server that had started is stopped: nothing answers on its port.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as refused:

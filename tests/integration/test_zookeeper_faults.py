@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from inferstack.configstore.zookeeper import CorruptRegistryError, ZooKeeperConfigStore
+from inferstack.configstore.base import ConfigStore
+from inferstack.configstore.zookeeper import CorruptRegistryError, open_zookeeper
 from inferstack.core.errors import InvalidArgumentError, UnavailableError
 from inferstack.core.registry import Registry
 from tests.contract.test_configstore_contract import (
@@ -92,10 +93,10 @@ def root(zookeeper: PrivateZooKeeper) -> Iterator[str]:
 @pytest.fixture
 def open_store(zookeeper: PrivateZooKeeper, root: str) -> Iterator[Any]:
     """Opens stores on the private ZooKeeper and `root`, and closes them after the test."""
-    opened: list[ZooKeeperConfigStore] = []
+    opened: list[ConfigStore] = []
 
-    def open_one(hosts: str | None = None, **options: Any) -> ZooKeeperConfigStore:
-        store = ZooKeeperConfigStore(hosts or zookeeper.endpoint, root, **options)
+    def open_one(hosts: str | None = None, **options: Any) -> ConfigStore:
+        store = open_zookeeper(hosts or zookeeper.endpoint, root, **options)
         opened.append(store)
         return store
 
@@ -191,13 +192,13 @@ def test_unreachable_address_fails_at_construction_naming_it() -> None:
         address = f"127.0.0.1:{taken.getsockname()[1]}"
     started = time.monotonic()
     with pytest.raises(UnavailableError, match=re.escape(address)):
-        ZooKeeperConfigStore(address, connect_timeout=1.0)
+        open_zookeeper(address, connect_timeout=1.0)
     assert time.monotonic() - started < 3.0
 
 
 def test_malformed_address_is_rejected() -> None:
     with pytest.raises(InvalidArgumentError, match=re.escape("127.0.0.1:notaport")):
-        ZooKeeperConfigStore("127.0.0.1:notaport")
+        open_zookeeper("127.0.0.1:notaport")
 
 
 # -- layout ----------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def test_pointer_names_the_newest_version_and_old_versions_are_pruned(
     assert pointer["node"] == versions[-1]
     assert header["revision"] == 8
     assert header["chunks"] == 1
-    assert store.load() == newest
+    assert store.registry.load() == newest
 
 
 # -- damaged data ----------------------------------------------------------------------------
@@ -283,9 +284,9 @@ def test_damaged_version_is_never_delivered_and_a_later_good_one_is(
 ) -> None:
     writer, watcher = open_store(), open_store()
     first = apply_once(writer)
-    watcher.load()
+    watcher.registry.load()
     seen = Recorder()
-    watcher.watch(seen)
+    watcher.registry.watch(seen)
     caplog.set_level(logging.WARNING, logger="inferstack.configstore.zookeeper")
 
     with raw_client(zookeeper.endpoint) as client:
@@ -295,13 +296,13 @@ def test_damaged_version_is_never_delivered_and_a_later_good_one_is(
     )
     assert seen.registries == []
     with pytest.raises(CorruptRegistryError):
-        watcher.load()
+        watcher.registry.load()
 
     repaired = next_registry(first).model_copy(update={"revision": 3})
-    writer.save(repaired, 2)  # the pointer claims 2: apply on top of it
+    writer.registry.save(repaired, 2)  # the pointer claims 2: apply on top of it
     wait_until(seen.saw(3), 1.0, "the repaired revision")
     assert seen.registries == [repaired]
-    assert watcher.load() == repaired
+    assert watcher.registry.load() == repaired
 
 
 # -- ZooKeeper restarts ----------------------------------------------------------------------
@@ -313,33 +314,34 @@ def test_watcher_keeps_quiet_while_zookeeper_is_down_and_catches_up_after_restar
     writer = open_store()
     watcher = open_store(request_timeout=1.0)
     first = apply_once(writer)
-    assert watcher.load() == first
+    assert watcher.registry.load() == first
     seen = Recorder()
-    watcher.watch(seen)
+    watcher.registry.watch(seen)
 
     zookeeper.stop()
     try:
         # Calls fail in bounded time naming the address; nothing half-done is left behind.
         with pytest.raises(UnavailableError, match=re.escape(zookeeper.endpoint)):
-            watcher.load()
+            watcher.registry.load()
         with pytest.raises(UnavailableError, match=re.escape(zookeeper.endpoint)):
-            watcher.save(next_registry(first), first.revision)
+            watcher.registry.save(next_registry(first), first.revision)
         assert seen.registries == []  # the server keeps the definitions it has
     finally:
         zookeeper.start()
 
     second = next_registry(first)
-    writer.save(second, first.revision)  # the same expected revision: the failed save did not apply
+    # The same expected revision: the failed save did not apply.
+    writer.registry.save(second, first.revision)
     took = wait_until(seen.saw(second.revision), CATCH_UP, "the watcher after the restart")
     assert seen.registries == [second]
-    assert watcher.load() == second
+    assert watcher.registry.load() == second
     print(f"change seen {took:.2f}s after the first save following the restart")
 
 
 # -- partitions of one client ----------------------------------------------------------------
 
 
-def expire_session_of(store: ZooKeeperConfigStore, hosts: str, root: str) -> None:
+def expire_session_of(store: ConfigStore, hosts: str, root: str) -> None:
     """Wait (while `store` is cut off) until ZooKeeper has expired its session.
 
     An ephemeral node of the store's own session disappears exactly when the server expires
@@ -363,12 +365,13 @@ def test_change_made_while_cut_off_is_picked_up_after_reconnect(
     writer = open_store()
     watcher = open_store(proxy.endpoint, session_timeout=SESSION_TIMEOUT, request_timeout=1.0)
     apply_once(writer)
-    watcher.load()
+    watcher.registry.load()
     seen = Recorder()
-    watcher.watch(seen)
+    watcher.registry.watch(seen)
     # Test-only look inside: the session id and an ephemeral node of that session.
-    session_before = watcher._client.client_id[0]
-    watcher._client.create(f"{root}/session-probe", ephemeral=True)
+    client = watcher.connection.client
+    session_before = client.client_id[0]
+    client.create(f"{root}/session-probe", ephemeral=True)
 
     proxy.cut()
     second = apply_once(writer)  # ZooKeeper is up; only the watcher cannot hear about it
@@ -381,7 +384,7 @@ def test_change_made_while_cut_off_is_picked_up_after_reconnect(
 
     took = wait_until(seen.saw(second.revision), CATCH_UP, "the watcher after reconnecting")
     assert seen.registries == [second]
-    session_after = watcher._client.client_id[0]
+    session_after = client.client_id[0]
     assert (session_after == session_before) == (outage == "session-kept")
     third = apply_once(writer)  # and the watch is still armed afterwards
     wait_until(seen.saw(third.revision), 1.0, "the next change")

@@ -7,12 +7,13 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from inferstack.configstore.files import FileConfigStore
+from inferstack.configstore.files import open_files
 from inferstack.core.definitions import CachePolicy
 from inferstack.core.errors import UnavailableError
 from inferstack.core.registry import Registry
@@ -52,6 +53,34 @@ class Published:
 
     async def publish(self, group: str, keys: Sequence[bytes], *, bump: bool) -> None:
         self.calls.append((group, list(keys), bump))
+
+
+class CountingFeed:
+    """A cache feed that counts its writes (keys published, generations bumped) and the key
+    publishes it spared because no process caches rows; the rest goes to the feed it wraps."""
+
+    def __init__(self, feed: Any) -> None:
+        self.feed = feed
+        self.writes = 0
+        self.unheard = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.feed, name)
+
+    def has_key_subscribers(self) -> bool:
+        heard: bool = self.feed.has_key_subscribers()
+        self.unheard += not heard
+        return heard
+
+    def invalidate_keys(self, batch: Any) -> dict[str, int]:
+        generations: dict[str, int] = self.feed.invalidate_keys(batch)
+        self.writes += 1
+        return generations
+
+    def bump_generations(self, groups: Collection[str]) -> dict[str, int]:
+        generations: dict[str, int] = self.feed.bump_generations(groups)
+        self.writes += 1
+        return generations
 
 
 class FailingSharedCache(MemoryCache):
@@ -160,7 +189,7 @@ async def test_invalidate_publishes_keys_or_a_bump_when_the_shared_cache_failed(
     assert published.calls == [("g", [b"a", b"b"], False), ("g", [b"c"], True)]
 
 
-# -- CacheCoherence over a real FileConfigStore ----------------------------------------------
+# -- CacheCoherence over a real embedded cache feed -------------------------------------------
 
 
 async def wait_for(condition: object, what: str, timeout: float = 2.0) -> None:
@@ -177,7 +206,7 @@ async def test_keys_written_by_one_worker_leave_every_other_workers_cache(tmp_pa
     workers = []
     for _ in range(2):
         source = RowSource(storage, MemoryCache())
-        coherence = CacheCoherence(FileConfigStore(tmp_path), source, loop)
+        coherence = CacheCoherence(open_files(tmp_path).cache_feed, source, loop)
         coherence.start()
         workers.append((source, coherence))
     try:
@@ -190,7 +219,7 @@ async def test_keys_written_by_one_worker_leave_every_other_workers_cache(tmp_pa
         await wait_for(lambda: other.local.get_many_sync("g", [b"k"]) != [b"old"], "the feed")
         assert await other.read("g", [b"k"], POLICY) == [b"new"]
         # A bump (ingest) moves every worker to a new generation.
-        generation = FileConfigStore(tmp_path).bump_generations(["g"])["g"]
+        generation = open_files(tmp_path).cache_feed.bump_generations(["g"])["g"]
         await wait_for(lambda: other.generations.get("g") == generation, "the bump")
     finally:
         for _, coherence in workers:
@@ -200,12 +229,13 @@ async def test_keys_written_by_one_worker_leave_every_other_workers_cache(tmp_pa
 async def test_concurrent_persists_are_coalesced_into_fewer_publishes(tmp_path: Path) -> None:
     loop = asyncio.get_running_loop()
     source = RowSource(LmdbStorage(tmp_path / "lmdb"), MemoryCache())
-    coherence = CacheCoherence(FileConfigStore(tmp_path), source, loop)
+    feed = CountingFeed(open_files(tmp_path).cache_feed)
+    coherence = CacheCoherence(feed, source, loop)  # type: ignore[arg-type]  # a spy
     coherence.start()
     try:
         await asyncio.gather(*(source.invalidate("g", [str(i).encode()]) for i in range(50)))
-        assert 1 <= coherence.published < 50
-        assert FileConfigStore(tmp_path).load_cache_state().sequence == coherence.published
+        assert 1 <= feed.writes < 50
+        assert open_files(tmp_path).cache_feed.load_state().sequence == feed.writes
     finally:
         coherence.stop()
 
@@ -214,7 +244,7 @@ async def test_a_publish_that_cannot_reach_the_config_store_fails_the_persist(
     tmp_path: Path,
 ) -> None:
     loop = asyncio.get_running_loop()
-    store = FileConfigStore(tmp_path)
+    store = open_files(tmp_path).cache_feed
     source = RowSource(LmdbStorage(tmp_path / "lmdb"), MemoryCache())
     coherence = CacheCoherence(store, source, loop)
     coherence.start()
@@ -231,30 +261,31 @@ async def test_a_publish_that_cannot_reach_the_config_store_fails_the_persist(
 
 async def test_keys_are_not_published_while_no_process_caches(tmp_path: Path) -> None:
     loop = asyncio.get_running_loop()
-    store = FileConfigStore(tmp_path)
+    store = open_files(tmp_path).cache_feed
     storage = LmdbStorage(tmp_path / "lmdb")
-    writer = CacheCoherence(store, RowSource(storage), loop)
+    counted = CountingFeed(store)
+    writer = CacheCoherence(counted, RowSource(storage), loop)  # type: ignore[arg-type]
     writer.start()  # no cache: it does not subscribe
     try:
         await writer.rows.invalidate("g", [b"a"])
-        assert (writer.published, writer.skipped) == (0, 1)
-        assert store.load_cache_state().sequence == 0
+        assert (counted.writes, counted.unheard) == (0, 1)
+        assert store.load_state().sequence == 0
         reader = CacheCoherence(store, RowSource(storage, MemoryCache()), loop)
         reader.start()  # caches: subscribes before it reads anything
         try:
             await writer.rows.invalidate("g", [b"b"])
-            assert (writer.published, writer.skipped) == (1, 1)
-            assert store.load_cache_state().sequence == 1
+            assert (counted.writes, counted.unheard) == (1, 1)
+            assert store.load_state().sequence == 1
         finally:
             reader.stop()
         await writer.rows.invalidate("g", [b"c"])
-        assert (writer.published, writer.skipped) == (1, 2)
+        assert (counted.writes, counted.unheard) == (1, 2)
     finally:
         writer.stop()
 
 
 def test_a_subscription_lives_as_long_as_its_process(tmp_path: Path) -> None:
-    store = FileConfigStore(tmp_path)
+    store = open_files(tmp_path).cache_feed
     assert not store.has_key_subscribers()
     subscription = store.subscribe_keys()
     assert store.has_key_subscribers()
@@ -264,8 +295,8 @@ def test_a_subscription_lives_as_long_as_its_process(tmp_path: Path) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; from pathlib import Path; "
-         "from inferstack.configstore.files import FileConfigStore; "
-         "FileConfigStore(Path(sys.argv[1])).subscribe_keys(); print('ready', flush=True); "
+         "from inferstack.configstore.files import open_files; "
+         "open_files(Path(sys.argv[1])).cache_feed.subscribe_keys(); print('ready', flush=True); "
          "time.sleep(60)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inferstack.configstore.files import FileConfigStore
+from inferstack.configstore.files import open_files
 from inferstack.core.callers import (
     ALL,
     Caller,
@@ -16,7 +16,9 @@ from inferstack.core.callers import (
     CallersConflictError,
     Grant,
     new_caller,
+    reads,
     token_id_of,
+    writes,
 )
 from inferstack.core.errors import (
     InvalidArgumentError,
@@ -134,11 +136,11 @@ async def test_an_open_server_asks_for_nothing_and_a_vanished_document_keeps_it_
 def test_a_denial_names_the_caller_the_permission_and_the_resource() -> None:
     _, caller, _ = _authorizer()
     with pytest.raises(PermissionDeniedError) as caught:
-        auth.authorize("Persist", caller, lambda: [auth.writes("feature_group", ["user_profile"])])
+        Authorizer.authorize("Persist", caller, lambda: [writes("feature_group", ["user_profile"])])
     assert str(caught.value) == "caller 'ranker' may not write feature group 'user_profile'"
     with pytest.raises(PermissionDeniedError, match="may not read every interaction type"):
-        auth.authorize("Get", caller, lambda: [auth.reads("interaction_type", [ALL])])
-    auth.authorize("Infer", caller, lambda: [auth.reads("model", ["ranker"])])  # allowed
+        Authorizer.authorize("Get", caller, lambda: [reads("interaction_type", [ALL])])
+    Authorizer.authorize("Infer", caller, lambda: [reads("model", ["ranker"])])  # allowed
 
 
 @pytest.mark.parametrize(
@@ -157,8 +159,8 @@ def test_which_binds_are_loopback(host: str, loopback: bool) -> None:
 def test_the_embedded_store_saves_callers_compare_and_set_and_watches_them(
     tmp_path: Path,
 ) -> None:
-    store = FileConfigStore(tmp_path)
-    assert store.load_callers() == Callers()
+    store = open_files(tmp_path).callers
+    assert store.load() == Callers()
     seen: list[int] = []
     changed = threading.Event()
 
@@ -166,13 +168,13 @@ def test_the_embedded_store_saves_callers_compare_and_set_and_watches_them(
         seen.append(callers.revision)
         changed.set()
 
-    watch = store.watch_callers(on_change)
+    watch = store.watch(on_change)
     try:
         caller, _ = new_caller("app", grants("admin:*"), 0.0)
-        store.save_callers(Callers().with_caller(caller), 0)
+        store.save(Callers().with_caller(caller), 0)
         with pytest.raises(CallersConflictError, match="revision 1, expected 0"):
-            store.save_callers(Callers().with_caller(caller), 0)
-        assert store.load_callers().callers["app"] == caller
+            store.save(Callers().with_caller(caller), 0)
+        assert store.load().callers["app"] == caller
         deadline = time.monotonic() + 5
         while 1 not in seen and time.monotonic() < deadline:
             changed.wait(0.1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inferstack.configstore.files import FileConfigStore
+from inferstack.configstore.files import open_files
 from inferstack.core.rowformat import GroupCodec
 from inferstack.featurestore.compaction import (
     compact_group,
@@ -138,7 +138,7 @@ def test_compact_command_reports_per_group_in_json_and_as_a_table(tmp_path: Path
         "    features: [{name: flag, type: bool, default: false}]\n"
     )
     inferstack("apply", "-f", str(spec), data_dir=tmp_path)
-    assert FileConfigStore(tmp_path).load().feature_groups.keys() == {"profile", "other"}
+    assert open_files(tmp_path).registry.load().feature_groups.keys() == {"profile", "other"}
     lmdb_storage = LmdbStorage(tmp_path / "lmdb")
     lmdb_storage.write_sync("profile", rows(25, int(time.time()) - 60) + rows(5, 0, start=25))
     lmdb_storage.close_sync()

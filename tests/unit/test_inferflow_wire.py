@@ -22,25 +22,28 @@ from inferstack.cli import models as models_cli
 from inferstack.cli.infer import parse_context, scores_json
 from inferstack.client.channels import AsyncChannelPool, ChannelPool
 from inferstack.client.inferflow import AsyncInferflowClient, InferflowClient, decode_response
-from inferstack.configstore.files import FileConfigStore
+from inferstack.configstore.files import open_files
 from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.registry import Registry, plan
 from inferstack.core.rowformat import var_column
 from inferstack.core.types import FeatureType
 from inferstack.featurestore.catalog import Catalog
-from inferstack.featurestore.http_gateway import make_app
 from inferstack.inferflow import describe
 from inferstack.inferflow.executor import InferResult
 from inferstack.inferflow.graph import FeatureRef, compile_plan
-from inferstack.inferflow.grpc_service import InferflowServicer
-from inferstack.inferflow.http_gateway import add_routes, parse_request, result_to_json
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
 from inferstack.proto.inferflow.v1 import inferflow_pb2_grpc as pb_grpc
 from inferstack.server.components import build
+from inferstack.server.grpc import inferflow as inferflow_grpc
+from inferstack.server.grpc.inferflow import response_to_proto
+from inferstack.server.grpc.registration import add_service
+from inferstack.server.http.app import make_app
+from inferstack.server.http.inferflow import parse_request, result_to_json
 from inferstack.server.settings import load_settings
 from inferstack.server.supervisor import free_port
-from inferstack.wire.inferflow import request_from_proto, request_to_proto, response_to_proto
+from inferstack.wire.inferflow import request_from_proto, request_to_proto
+from tests.helpers import open_pipeline
 
 # ---- a small registry: three entity hops, two models, one expression -------------------------
 
@@ -542,7 +545,7 @@ def test_plan_dot_has_every_node_and_reference_edge() -> None:
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    FileConfigStore(tmp_path).save(small_registry(), expected_revision=0)
+    open_files(tmp_path).registry.save(small_registry(), expected_revision=0)
     return tmp_path
 
 
@@ -660,7 +663,7 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
     data_dir = tmp_path_factory.mktemp("inferflow")
     parsed = DefinitionsFile.model_validate({**SPEC, "models": [EXPRESSION_ONLY]})
     registry = plan(Registry(), parsed.entities, parsed.feature_groups, parsed.models).registry
-    FileConfigStore(data_dir).save(registry, expected_revision=0)
+    open_files(data_dir).registry.save(registry, expected_revision=0)
     components = await build(load_settings(None, {"data_dir": str(data_dir)}), watch=False)
     features = components.service
     await features.persist(
@@ -677,11 +680,12 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         {"clicks": np.array([1], dtype=np.float32)},
     )
     server = grpc.aio.server()
-    pb_grpc.add_InferflowServicer_to_server(InferflowServicer(components.inferflow), server)
+    pipeline = open_pipeline()
+    endpoints = inferflow_grpc.endpoints(components.inferflow)
+    add_service(server, pipeline, inferflow_grpc.SERVICE, endpoints)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    app = make_app(features)
-    add_routes(app, components.inferflow)
+    app = make_app(pipeline, features, components.inferflow, components.interactions)
     runner = web.AppRunner(app)
     await runner.setup()
     http_port = free_port("127.0.0.1")

@@ -25,17 +25,19 @@ from typer.testing import CliRunner
 
 from inferstack.cli import interactions as cli
 from inferstack.client.interactions import decode_histories, ingest_request
-from inferstack.configstore.files import FileConfigStore
+from inferstack.configstore.files import open_files
 from inferstack.core.documents import DefinitionsFile
 from inferstack.core.errors import InvalidArgumentError, NotFoundError
 from inferstack.core.events import EventBatch, History
 from inferstack.core.registry import Registry, plan
 from inferstack.core.rowformat import VarColumn, var_column
-from inferstack.interactions import http_gateway
 from inferstack.interactions.eventfiles import BadEventError, EventFile, to_batch
 from inferstack.interactions.events import InteractionCatalog, decode_rows, encode_batch
+from inferstack.interactions.ingest import rejection
 from inferstack.interactions.service import SweepResult
 from inferstack.proto.interactions.v1 import interactions_pb2 as pb
+from inferstack.server.http import interactions as http_gateway
+from inferstack.server.http.routes import add_json_routes
 from inferstack.server.supervisor import free_port
 from inferstack.wire.interactions import (
     batches_from_proto,
@@ -47,6 +49,7 @@ from inferstack.wire.interactions import (
     since_ms,
     sweep_limit,
 )
+from tests.helpers import open_pipeline
 
 TYPES = """\
 interaction_types:
@@ -428,7 +431,8 @@ class RecordingService:
 async def http(catalog: InteractionCatalog) -> AsyncIterator[tuple[TestClient[Any, Any], Any]]:
     service = RecordingService(catalog)
     app = web.Application()
-    http_gateway.add_routes(app, service)  # type: ignore[arg-type]  # stands in
+    routes = http_gateway.routes(service)  # type: ignore[arg-type]  # stands in
+    add_json_routes(app, open_pipeline(), routes)
     async with TestClient(TestServer(app)) as client:
         yield client, service
 
@@ -598,12 +602,12 @@ def test_cli_window_defaults_to_the_last_events_and_reads_since() -> None:
         cli.window(None, "last tuesday")
 
 
-def test_cli_server_rejections_become_event_indices() -> None:
-    bad = cli.server_rejection("batch 0, event 17: field 'price' is float32, got 'x'")
+def test_ingest_server_rejections_become_event_indices() -> None:
+    bad = rejection("batch 0, event 17: field 'price' is float32, got 'x'")
     assert (bad.index, bad.reason) == (17, "field 'price' is float32, got 'x'")
-    whole = cli.server_rejection("batch 0: field 'price' has 2 values for 3 events")
+    whole = rejection("batch 0: field 'price' has 2 values for 3 events")
     assert (whole.index, whole.reason) == (-1, "field 'price' has 2 values for 3 events")
-    other = cli.server_rejection("something else")
+    other = rejection("something else")
     assert (other.index, other.reason) == (-1, "something else")
 
 
@@ -624,7 +628,7 @@ def test_cli_get_errors_are_one_line_and_exit_1() -> None:
 
 
 def test_cli_ingest_checks_the_type_and_files_first(tmp_path: Path) -> None:
-    store = FileConfigStore(tmp_path)
+    store = open_files(tmp_path).registry
     store.save(make_registry(), store.load().revision)
     (tmp_path / "events.csv").write_text("event_id,user_id,product_id\ne1,42,1\n")
     runner = CliRunner()

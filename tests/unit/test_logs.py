@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
+from inferstack.core.ratelimit import RateLimiter
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
-from inferstack.server.grpc_handlers import MalformedRequest, tolerant_deserializer
+from inferstack.server.grpc.registration import MalformedRequest, tolerant_deserializer
 from inferstack.server.logs import (
     JsonFormatter,
-    RateLimiter,
     RequestLog,
     TextFormatter,
     one_line,

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from inferstack.core.rowformat import Column, GroupCodec, VarColumn, var_column
 from inferstack.core.types import FeatureType
-from inferstack.featurestore.grpc_service import encode_responses
 from inferstack.featurestore.service import ResultColumn, RetrieveResult
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
+from inferstack.server.grpc.featurestore import encode_responses
 from tests.helpers import registry_from, user_spec
 
 FIXED_TYPES = ["bool", "int8", "int32", "int64", "uint64", "float16", "float32", "float64",

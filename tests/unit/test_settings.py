@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from inferstack.core.errors import DefinitionError
+from inferstack.kv.settings import CassandraSettings
 from inferstack.server.settings import (
-    CassandraStorageSettings,
     LmdbStorageSettings,
     ServeSettings,
     ZooKeeperConfigSettings,
@@ -43,7 +43,7 @@ def test_distributed_example_and_env_overrides() -> None:
             "INFERSTACK_TARGET": "ignored:1",
         },
     )
-    assert isinstance(settings.storage, CassandraStorageSettings)
+    assert isinstance(settings.storage, CassandraSettings)
     assert settings.storage.contact_points == ["10.1.1.1:9042", "10.1.1.2:9042"]
     assert settings.cache.shared is not None and settings.cache.shared.timeout == 0.02
     assert int(settings.cache.local.max_bytes) == 256 << 20
@@ -87,3 +87,32 @@ def test_environment_text_that_looks_like_yaml_stays_text() -> None:
     )
     assert settings.cache.shared is not None and settings.cache.shared.prefix == "run1:"
     assert isinstance(settings.config, ZooKeeperConfigSettings) and settings.config.root == "/a: b"
+
+
+def test_cassandra_adapters_take_the_storage_section_whole(tmp_path: Path) -> None:
+    from inferstack.interactions.cold.cassandra import CassandraColdStore
+    from inferstack.kv.cassandra import CassandraStorage
+    from inferstack.server.components import open_cold_store, open_storage
+
+    settings = load_settings(
+        DEPLOY / "distributed.yaml",
+        environ={
+            "INFERSTACK_STORAGE__TYPE": "scylla",
+            "INFERSTACK_STORAGE__KEYSPACE": "ks_2",
+            "INFERSTACK_STORAGE__REQUEST_TIMEOUT": "250ms",
+            "INFERSTACK_STORAGE__MAX_IN_FLIGHT": "7",
+        },
+    )
+    assert isinstance(settings.storage, CassandraSettings) and settings.storage.type == "scylla"
+    storage = open_storage(settings)  # nothing connects before the first call
+    assert isinstance(storage, CassandraStorage) and storage.settings is settings.storage
+    assert (storage.keyspace, storage.request_timeout, storage.max_in_flight) == ("ks_2", 0.25, 7)
+    cold = open_cold_store(settings)
+    assert isinstance(cold, CassandraColdStore)
+    assert (cold.keyspace, cold.where) == ("ks_2", storage.where)
+
+    # The file format is the one it always was: `type` picks the adapter and is required.
+    path = tmp_path / "deploy.yaml"
+    path.write_text("storage:\n  contact_points: [db1:9042]\n")
+    with pytest.raises(DefinitionError, match="storage"):
+        load_settings(path, environ={})

@@ -1,8 +1,10 @@
-"""`inferstack apply`: validate definitions, show the difference, store them."""
+"""`inferstack apply`: validate definitions, show the difference, store them.
+
+The flow itself is `server/apply.py`; this module parses options and prints.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -18,12 +20,8 @@ from inferstack.cli.common import (
     print_json,
     settings_from,
 )
-from inferstack.configstore.base import ConfigConflictError
 from inferstack.core.errors import DefinitionError, InferstackError
-from inferstack.core.loading import load_definitions
-from inferstack.core.registry import plan
-from inferstack.inferflow.validation import check_models, read_artifacts
-from inferstack.server.components import open_config_store, prepare_storage
+from inferstack.server.apply import ApplyResult, apply_definitions
 
 COLOURS = {"create": "green", "update": "yellow", "delete": "red"}
 
@@ -43,60 +41,36 @@ def apply(
     """Validate definitions and model configs, print what changes, and store them."""
     settings = settings_from(config, data_dir=data_dir)
     try:
-        store = open_config_store(settings)
-        current = store.load()
-    except InferstackError as exc:
-        fail(str(exc))
-    try:
-        definitions = load_definitions(files, current)
+        result = apply_definitions(settings, files, dry_run=dry_run, prune=prune)
     except DefinitionError as exc:
         for problem in exc.problems:
             errors.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
-    models, artifacts, problems = read_artifacts(definitions)
-    result = plan(
-        current,
-        definitions.entities,
-        definitions.feature_groups,
-        models,
-        definitions.interaction_types,
-        prune=prune,
-    )
-    problems += check_models(result.registry, definitions.model_sources, artifacts)
-    if problems:
-        for problem in problems:
-            errors.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-    if not result.empty and not dry_run:
-        try:
-            # Model files and tables first: a registry never names a file servers cannot
-            # fetch, and servers never race each other to create a table it needs.
-            for data in artifacts.values():
-                store.put_blob(data)
-            asyncio.run(prepare_storage(settings, result.registry))
-            store.save(result.registry, expected_revision=current.revision)
-        except ConfigConflictError as exc:
-            fail(str(exc))
-        except InferstackError as exc:
-            fail(str(exc))
-    store.close()
+    except InferstackError as exc:
+        fail(str(exc))
     if as_json:
-        print_json(
-            {
-                "changes": [
-                    {"action": c.action, "kind": c.kind, "name": c.name, "details": c.details}
-                    for c in result.changes
-                ],
-                "revision": result.registry.revision,
-                "applied": bool(result.changes) and not dry_run,
-            }
-        )
-        return
+        print_json(result_json(result))
+    else:
+        print_result(result)
+
+
+def result_json(result: ApplyResult) -> dict[str, object]:
+    return {
+        "changes": [
+            {"action": c.action, "kind": c.kind, "name": c.name, "details": c.details}
+            for c in result.changes
+        ],
+        "revision": result.revision,
+        "applied": result.applied,
+    }
+
+
+def print_result(result: ApplyResult) -> None:
     for change in result.changes:
         console.print(f"[{COLOURS[change.action]}]{change}[/]", highlight=False)
     if result.empty:
         console.print("No changes.")
-    elif dry_run:
+    elif result.dry_run:
         console.print(f"Dry run: {len(result.changes)} change(s) not applied.")
     else:
-        console.print(f"Applied revision {result.registry.revision}.")
+        console.print(f"Applied revision {result.revision}.")

@@ -54,9 +54,9 @@ def _change(
     """Read, change and store the callers (compare-and-set on the revision)."""
     store = _store(config, data_dir)
     try:
-        current = store.load_callers()
+        current = store.callers.load()
         changed = change(current)
-        store.save_callers(changed, current.revision)
+        store.callers.save(changed, current.revision)
         return changed
     except InferstackError as exc:
         fail(str(exc))
@@ -105,7 +105,7 @@ def list_callers(
     """Every caller with its grants (never a token)."""
     store = _store(config, data_dir)
     try:
-        callers = store.load_callers()
+        callers = store.callers.load()
     except InferstackError as exc:
         fail(str(exc))
     finally:

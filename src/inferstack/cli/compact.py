@@ -23,8 +23,8 @@ from inferstack.cli.common import (
 from inferstack.core.errors import InferstackError
 from inferstack.featurestore.compaction import GroupCompaction, compact_group
 from inferstack.kv.lmdb import LmdbStorage
+from inferstack.kv.settings import CassandraSettings
 from inferstack.server.components import open_config_store
-from inferstack.server.settings import CassandraStorageSettings
 
 
 def compact(
@@ -45,7 +45,7 @@ def compact(
     compact slowly in the background). Freed pages are reused by later writes.
     """
     settings = settings_from(config, data_dir=data_dir)
-    if isinstance(settings.storage, CassandraStorageSettings):
+    if isinstance(settings.storage, CassandraSettings):
         fail(
             f"compact works on embedded (LMDB) storage; {settings.storage.type} removes "
             "expired rows itself (every row is written with the group's TTL)"
@@ -53,7 +53,7 @@ def compact(
     try:
         store = open_config_store(settings)
         try:
-            defined = sorted(store.load().feature_groups)
+            defined = sorted(store.registry.load().feature_groups)
         finally:
             store.close()
     except InferstackError as exc:

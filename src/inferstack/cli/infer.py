@@ -23,7 +23,7 @@ from inferstack.cli.common import (
 )
 from inferstack.client.channels import DEFAULT_TARGET
 from inferstack.client.inferflow import InferflowClient, Scores
-from inferstack.featurestore.http_gateway import json_values
+from inferstack.wire.json import json_values
 
 
 def infer(

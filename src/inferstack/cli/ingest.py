@@ -22,7 +22,7 @@ from inferstack.cli.common import (
     print_json,
     settings_from,
 )
-from inferstack.configstore.base import ConfigStore
+from inferstack.configstore.base import CacheFeedStore
 from inferstack.core.errors import InferstackError
 from inferstack.featurestore.catalog import Catalog
 from inferstack.featurestore.ingest import (
@@ -61,10 +61,10 @@ def ingest(
     settings = settings_from(config, data_dir=data_dir)
     try:
         store = open_config_store(settings)
-        catalog = Catalog(store.load())
+        catalog = Catalog(store.registry.load())
     except InferstackError as exc:
         fail(str(exc))
-    follower = _CacheBump(store, feature_group)
+    follower = _CacheBump(store.cache_feed, feature_group)
     try:
         report = asyncio.run(
             _run(settings, catalog, feature_group, files, strict, chunk_rows, as_json, follower)
@@ -97,15 +97,15 @@ class _CacheBump:
     an ingest, and every BUMP_INTERVAL seconds while a long one writes, so servers never
     serve rows older than that from their caches."""
 
-    def __init__(self, store: ConfigStore, group: str) -> None:
-        self.store = store
+    def __init__(self, feed: CacheFeedStore, group: str) -> None:
+        self.feed = feed
         self.group = group
         self.failure: str | None = None
         self._last = time.monotonic()
 
     def bump(self) -> None:
         try:
-            self.store.bump_generations([self.group])
+            self.feed.bump_generations([self.group])
             self.failure = None
         except Exception as exc:  # unreachable config store, disk errors: reported, not fatal
             self.failure = str(exc)

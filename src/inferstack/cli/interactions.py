@@ -1,22 +1,19 @@
 """`inferstack interactions`: read, ingest, hydrate and sweep users' events on a running server.
 
-`ingest` reads Parquet, CSV or JSON-lines files in batches of 10k events and sends each as one
-Ingest call; the server stores a batch whole or not at all, so a bad event rejects its batch,
-and the report names the file, the batch and the event's index in the file.
+`ingest` sends Parquet, CSV or JSON-lines files to a server in batches of 10k events, one
+Ingest call each: the flow is `interactions/ingest.py`; this module parses options, sends
+over gRPC and prints the summary.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
-import pyarrow as pa
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -42,23 +39,29 @@ from inferstack.client.interactions import (
     EventHistory,
     InteractionsClient,
 )
-from inferstack.core.errors import InferstackError
+from inferstack.core.errors import InferstackError, InvalidArgumentError
+from inferstack.core.events import EventBatch
 from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP, InteractionType
-from inferstack.featurestore.http_gateway import json_values
-from inferstack.interactions.eventfiles import BadEventError, EventFile, to_batch
+from inferstack.interactions.eventfiles import EventFile
 from inferstack.interactions.events import InteractionCatalog
+from inferstack.interactions.ingest import (
+    BATCH_EVENTS,
+    IngestStoppedError,
+    IngestSummary,
+    ingest_event_files,
+    open_event_files,
+    total_events,
+)
 from inferstack.server.components import open_config_store
 from inferstack.wire.interactions import since_ms
+from inferstack.wire.json import json_values
 
 app = typer.Typer(
     help="The interaction store: users' recent events (clicks, orders...).", no_args_is_help=True
 )
 
 DEFAULT_LAST = 20
-BATCH_EVENTS = 10_000
-IN_FLIGHT = 4  # batches sent concurrently: the server's workers each take one
 SHOWN_REJECTIONS = 20
-SERVER_EVENT = re.compile(r"^batch \d+(?:, event (\d+))?: (.*)$", re.DOTALL)
 
 # -t is the interaction type here, so the target has no short flag (unlike `inferstack infer`).
 TargetOption = Annotated[
@@ -211,28 +214,6 @@ def sweep(
 # ---- ingest ----------------------------------------------------------------------------------
 
 
-@dataclass
-class RejectedBatch:
-    file: str
-    batch: int  # 0-based batch of the file
-    first_event: int  # 0-based index in the file of the batch's first event
-    events: int  # events in the batch (none of them stored)
-    event: int | None  # 0-based index in the file of the event at fault, when known
-    reason: str
-
-
-@dataclass
-class IngestSummary:
-    type: str
-    files: list[str]
-    events_read: int = 0
-    events_stored: int = 0
-    events_rejected: int = 0
-    rejected_batches: list[RejectedBatch] = field(default_factory=list)
-    ignored_columns: dict[str, list[str]] = field(default_factory=dict)  # per file
-    seconds: float = 0.0
-
-
 @app.command("ingest")
 def ingest(
     files: Annotated[list[Path], typer.Argument(help=".parquet, .csv or .jsonl files.")],
@@ -259,14 +240,19 @@ def ingest(
     settings = settings_from(config, data_dir=data_dir)
     try:
         store = open_config_store(settings)
-        catalog = InteractionCatalog(store.load())
-        store.close()
+        try:
+            catalog = InteractionCatalog(store.registry.load())
+        finally:
+            store.close()
         kind = catalog.type(type_name)
-        opened = [EventFile(path, kind) for path in files]  # every file checked before sending
+        opened = open_event_files(kind, files)
     except InferstackError as exc:
         fail(str(exc))
     security = client_security(token, ca, cert, key)
-    summary = asyncio.run(send_files(kind, opened, target, batch_events, as_json, security))
+    try:
+        summary = asyncio.run(send_files(kind, opened, target, batch_events, as_json, security))
+    except IngestStoppedError as exc:
+        fail(str(exc))
     if as_json:
         print_json(asdict(summary))
     else:
@@ -283,14 +269,7 @@ async def send_files(
     quiet: bool,
     security: dict[str, Any] | None = None,
 ) -> IngestSummary:
-    """Send every file's events in batches of `size`, IN_FLIGHT batches at a time."""
-    summary = IngestSummary(kind.name, [str(f.path) for f in files])
-    summary.ignored_columns = {str(f.path): f.ignored for f in files if f.ignored}
-    started = time.perf_counter()
-    slots = asyncio.Semaphore(IN_FLIGHT)
-    pending: set[asyncio.Task[None]] = set()
-    known = [f.events for f in files]
-    total = None if None in known else sum(n or 0 for n in known)
+    """ingest_event_files to a server over gRPC, with a progress bar unless `quiet`."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -299,74 +278,24 @@ async def send_files(
         TimeElapsedColumn(),
     )
     async with AsyncInteractionsClient(target, timeout=60.0, **(security or {})) as client:
-        with Progress(*columns, console=console, disable=quiet) as progress:
-            task = progress.add_task(f"ingest {kind.name}", total=total)
 
-            async def send(file: EventFile, number: int, first: int, table: pa.Table) -> None:
-                try:
-                    stored = await _send(client, kind, table)
-                    summary.events_stored += stored
-                except BadEventError as bad:
-                    event = None if bad.index < 0 else first + bad.index
-                    summary.rejected_batches.append(
-                        RejectedBatch(
-                            str(file.path), number, first, table.num_rows, event, bad.reason
-                        )
-                    )
-                    summary.events_rejected += table.num_rows
-                finally:
-                    progress.advance(task, table.num_rows)
-                    slots.release()
-
+        async def send(batch: EventBatch) -> int:
             try:
-                for file in files:
-                    for number, (first, table) in enumerate(file.tables(size)):
-                        summary.events_read += table.num_rows
-                        await slots.acquire()
-                        pending.add(asyncio.create_task(send(file, number, first, table)))
-                        pending = _reap(pending)
-                await asyncio.gather(*pending)
-            except (grpc.RpcError, InferstackError) as exc:
-                for running in pending:
-                    running.cancel()
-                fail(f"{_describe(exc)} ({summary.events_stored:,} events stored before)")
-    summary.rejected_batches.sort(key=lambda r: (summary.files.index(r.file), r.batch))
-    summary.seconds = time.perf_counter() - started
-    return summary
+                return await client.ingest_batches([batch])
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidArgumentError(exc.details() or "rejected") from None
+                raise InferstackError(f"{exc.code().name}: {exc.details()}") from None
 
-
-def _reap(tasks: set[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
-    """The tasks still running; a finished one that failed raises its error here."""
-    for task in tasks:
-        if task.done():
-            task.result()
-    return {task for task in tasks if not task.done()}
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, grpc.RpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc)
-
-
-async def _send(client: AsyncInteractionsClient, kind: InteractionType, table: pa.Table) -> int:
-    """One batch; an event refused here or by the server is BadEventError with its index in
-    the batch."""
-    try:
-        return await client.ingest_batches([to_batch(kind, table)])
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
-            raise
-        raise server_rejection(exc.details() or "rejected") from None
-
-
-def server_rejection(details: str) -> BadEventError:
-    """The server's "batch 0, event 17: reason" as the event's index in the batch + reason."""
-    match = SERVER_EVENT.match(details)
-    if match is None:
-        return BadEventError(-1, details)
-    index = int(match.group(1)) if match.group(1) is not None else -1
-    return BadEventError(index, match.group(2))
+        with Progress(*columns, console=console, disable=quiet) as progress:
+            task = progress.add_task(f"ingest {kind.name}", total=total_events(files))
+            return await ingest_event_files(
+                kind,
+                files,
+                send,
+                batch_events=size,
+                progress=lambda events: progress.advance(task, events),
+            )
 
 
 def print_summary(summary: IngestSummary) -> None:

@@ -29,7 +29,7 @@ from inferstack.cli.common import (
     print_json,
     settings_from,
 )
-from inferstack.configstore.base import BlobInfo, ConfigStore
+from inferstack.configstore.base import BlobInfo, BlobStore, ConfigStore
 from inferstack.configstore.pruning import (
     DEFAULT_GRACE_SECONDS,
     blobs_to_prune,
@@ -136,11 +136,11 @@ def prune(
     try:
         # Blobs before the registry: the registry is then at least as new as the listing,
         # so a file an apply stored and saved meanwhile is seen referenced, not orphaned.
-        blobs = store.list_blobs()
-        registry = store.load()
+        blobs = store.blobs.list()
+        registry = store.registry.load()
         now = time.time()
         prunable = blobs_to_prune(blobs, referenced_digests(registry), now, grace)
-        deleted = set() if dry_run else _delete(store, prunable, quiet=as_json)
+        deleted = set() if dry_run else _delete(store.blobs, prunable, quiet=as_json)
     except InferstackError as exc:
         fail(str(exc))
     finally:
@@ -159,7 +159,7 @@ def _open_store(config: Path | None, data_dir: Path | None) -> ConfigStore:
         fail(str(exc))
 
 
-def _delete(store: ConfigStore, blobs: list[BlobInfo], *, quiet: bool) -> set[str]:
+def _delete(store: BlobStore, blobs: list[BlobInfo], *, quiet: bool) -> set[str]:
     """Delete each blob unless it was stored again since it was listed; the deleted ones."""
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -173,7 +173,7 @@ def _delete(store: ConfigStore, blobs: list[BlobInfo], *, quiet: bool) -> set[st
     with Progress(*columns, console=console, disable=disable, transient=False) as progress:
         task = progress.add_task("prune model files", total=len(blobs))
         for blob in blobs:
-            if store.delete_blob(blob.digest, if_stored_at=blob.stored_at):
+            if store.delete(blob.digest, if_stored_at=blob.stored_at):
                 deleted.add(blob.digest)
             progress.advance(task)
     return deleted
@@ -251,7 +251,7 @@ def load_registry(config: Path | None, data_dir: Path | None) -> Registry:
     try:
         store = open_config_store(settings_from(config, data_dir=data_dir))
         try:
-            return store.load()
+            return store.registry.load()
         finally:
             store.close()
     except InferstackError as exc:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from inferstack.cli.common import ConfigOption, DataDirOption, settings_from
+from inferstack.console import add_console
 from inferstack.server import logs, supervisor
 
 
@@ -82,4 +83,5 @@ def serve(
         announce: Callable[[str], None] = logging.getLogger("inferstack.serve").info
     else:
         announce = lambda line: print(line, flush=True)  # noqa: E731
-    raise typer.Exit(supervisor.serve(settings, announce=announce))
+    # Every worker also serves the console under /ui.
+    raise typer.Exit(supervisor.serve(settings, announce=announce, extensions=[add_console]))

@@ -20,7 +20,10 @@ from inferstack.console import add_console
 from inferstack.console.app import MetricsText, local_metrics
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.server import auth
+from inferstack.server.admission import Gate
 from inferstack.server.components import build
+from inferstack.server.logs import RequestLog
+from inferstack.server.pipeline import Pipeline
 from inferstack.server.settings import ServeSettings
 
 DEFAULT_PORT = 6568
@@ -57,17 +60,24 @@ def ui(
 
 async def _serve(settings: ServeSettings, host: str, port: int, metrics_url: str | None) -> None:
     components = await build(settings)
-    callers_watch = auth.start(components.config)  # the console asks for tokens as serve does
-    problem = auth.open_bind_problem(host, auth.current().callers, settings.insecure_open)
+    # The console asks for tokens as serve does, and admits its calls the same way.
+    authorizer, callers_watch = auth.start(components.config)
+    problem = auth.open_bind_problem(host, authorizer.callers, settings.insecure_open)
     if problem is not None:
-        callers_watch.stop()
         callers_watch.stop()
         await components.close()
         raise InvalidArgumentError(problem)
+    limits = settings.admission
+    gate = Gate(limits.max_in_flight, limits.max_queue, limits.max_queue_wait)
+    pipeline = Pipeline(authorizer, gate, RequestLog(settings.access_log))
     app = web.Application()
     session = ClientSession(timeout=ClientTimeout(total=2)) if metrics_url else None
     add_console(
-        app, components, settings, _remote(session, metrics_url) if session else local_metrics
+        app,
+        pipeline,
+        components,
+        settings,
+        _remote(session, metrics_url) if session else local_metrics,
     )
     app.router.add_get("/", _to_console)
     runner = web.AppRunner(app, access_log=None)

@@ -4,7 +4,6 @@ from inferstack.client.featurestore import (
     AsyncFeatureStoreClient,
     FeatureFrame,
     FeatureStoreClient,
-    Query,
 )
 from inferstack.client.inferflow import AsyncInferflowClient, InferflowClient, Scores
 from inferstack.client.interactions import (
@@ -14,6 +13,7 @@ from inferstack.client.interactions import (
     SweepCounts,
 )
 from inferstack.core.events import EventBatch
+from inferstack.core.queries import Query
 
 __all__ = [
     "AsyncFeatureStoreClient",

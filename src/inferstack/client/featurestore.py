@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from inferstack.client.channels import AsyncPooledClient, PooledClient
 from inferstack.client.columns import Columns, decode_columns
+from inferstack.core.queries import Query as Query  # re-exported: the client's Query
 from inferstack.core.rowformat import Column, RowStatus, var_column
 from inferstack.core.types import NUMERIC_DTYPES, FeatureType
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
@@ -34,15 +35,6 @@ if TYPE_CHECKING:
 
 FOUND = int(RowStatus.FOUND)  # a plain int: numpy compares it faster than the enum
 Keys = Mapping[str, Sequence[Any] | npt.NDArray[Any]]
-
-
-@dataclass(frozen=True)
-class Query:
-    """One entity's keys and the features wanted ("group", "group.*", "group.feature")."""
-
-    entity: str
-    keys: Mapping[str, Sequence[Any] | npt.NDArray[Any]]
-    features: Sequence[str] = ()
 
 
 @dataclass

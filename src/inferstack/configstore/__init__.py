@@ -1,5 +1,21 @@
-"""Where definitions live: the interface, and one adapter per backing system."""
+"""Where definitions live: the interfaces, and one adapter package per backing system."""
 
-from inferstack.configstore.base import ConfigConflictError, ConfigStore, Watch
+from inferstack.configstore.base import (
+    BlobStore,
+    CacheFeedStore,
+    CallerStore,
+    ConfigConflictError,
+    ConfigStore,
+    RegistryStore,
+    Watch,
+)
 
-__all__ = ["ConfigConflictError", "ConfigStore", "Watch"]
+__all__ = [
+    "BlobStore",
+    "CacheFeedStore",
+    "CallerStore",
+    "ConfigConflictError",
+    "ConfigStore",
+    "RegistryStore",
+    "Watch",
+]

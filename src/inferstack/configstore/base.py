@@ -1,4 +1,12 @@
-"""The config store interface: one whole registry, replaced atomically, plus model blobs.
+"""The config store interfaces, one per concern, and the bundle the wiring opens.
+
+* `RegistryStore`: one whole registry, replaced atomically, watched by every server.
+* `BlobStore`: model files by digest.
+* `CacheFeedStore`: cache generations and invalidated keys (cachefeed.py).
+* `CallerStore`: who may call (core/callers.py).
+
+Each backend (files/, zookeeper/) implements the four over one shared connection, bundled
+in a `ConfigStore`; a consumer takes only the store it needs.
 
 Blobs are content-addressed: stored under the sha256 of their bytes, so a config names a
 model file by digest and every server fetches exactly those bytes, whichever store it uses.
@@ -55,11 +63,11 @@ def check_digest(digest: str) -> str:
 
 @dataclass(frozen=True)
 class BlobInfo:
-    """One stored blob as `list_blobs` reports it."""
+    """One stored blob as `BlobStore.list` reports it."""
 
     digest: str
     size: int  # bytes
-    # Unix seconds of the last put_blob of these bytes: storing bytes already stored
+    # Unix seconds of the last put of these bytes: storing bytes already stored
     # refreshes it, so a blob an apply in progress relies on always looks young.
     stored_at: float
 
@@ -68,13 +76,8 @@ class Watch(Protocol):
     def stop(self) -> None: ...
 
 
-class ConfigStore(Protocol):
-    """Stores the registry as one document so readers never see half an apply.
-
-    It also stores blobs (model files) by digest. Blobs stay until `delete_blob` removes
-    them; `inferstack models prune` does that for blobs the current registry does not
-    reference and that are older than a grace period (see configstore/pruning.py).
-    """
+class RegistryStore(Protocol):
+    """Stores the registry as one document so readers never see half an apply."""
 
     def load(self) -> Registry:
         """The newest registry; an empty one if nothing was ever applied."""
@@ -88,42 +91,51 @@ class ConfigStore(Protocol):
         """Call `on_change` with each newer registry until the watch is stopped."""
         ...
 
-    def put_blob(self, data: bytes) -> str:
+
+class BlobStore(Protocol):
+    """Stores blobs (model files) by digest. Blobs stay until `delete` removes them;
+    `inferstack models prune` does that for blobs the current registry does not reference
+    and that are older than a grace period (see configstore/pruning.py).
+    """
+
+    def put(self, data: bytes) -> str:
         """Store bytes under their sha256 (hex) and return it. Storing the same bytes again
         writes no bytes but refreshes the blob's `stored_at`, so pruning spares it while the
         apply that stored it finishes. Readers never see a blob half written."""
         ...
 
-    def get_blob(self, digest: str) -> bytes:
+    def get(self, digest: str) -> bytes:
         """The bytes stored under `digest`; BlobNotFoundError naming the digest if absent,
         CorruptBlobError naming it if what was read does not hash to it."""
         ...
 
-    def has_blob(self, digest: str) -> bool:
+    def has(self, digest: str) -> bool:
         """Whether a complete blob is stored under `digest` (its bytes are not re-checked)."""
         ...
 
-    def list_blobs(self) -> list[BlobInfo]:
+    def delete(self, digest: str, *, if_stored_at: float | None = None) -> bool:
+        """Delete the blob stored under `digest`; True if something was deleted, False if
+        there was none (not an error). Readers see the whole blob or BlobNotFoundError.
+
+        With `if_stored_at` (the `stored_at` list reported), the blob is deleted only if
+        nobody stored it since: a put racing the delete (an apply re-using the same file)
+        either refreshes it first, so it is kept and False returned, or stores it anew after
+        it is gone.
+        """
+        ...
+
+    def list(self) -> list[BlobInfo]:
         """Every blob stored, sorted by digest. A blob a writer left unfinished is listed
         too when the store names it by digest (ZooKeeper: its size is what its chunks
         hold), so pruning can delete it; the file store's are nameless temporary files."""
         ...
 
-    def delete_blob(self, digest: str, *, if_stored_at: float | None = None) -> bool:
-        """Delete the blob stored under `digest`; True if something was deleted, False if
-        there was none (not an error). Readers see the whole blob or BlobNotFoundError.
 
-        With `if_stored_at` (the `stored_at` list_blobs reported), the blob is deleted only
-        if nobody stored it since: a put_blob racing the delete (an apply re-using the same
-        file) either refreshes it first, so it is kept and False returned, or stores it anew
-        after it is gone.
-        """
-        ...
+class CacheFeedStore(Protocol):
+    """The cache feed (cachefeed.py): how every worker's caches follow writes."""
 
-    # The cache feed (cachefeed.py): how every worker's caches follow writes.
-
-    def load_cache_state(self) -> CacheState:
-        """Current cache generations and feed position; where a later watch_cache starts."""
+    def load_state(self) -> CacheState:
+        """Current cache generations and feed position; where a later `watch` starts."""
         ...
 
     def bump_generations(self, groups: Collection[str]) -> dict[str, int]:
@@ -135,7 +147,7 @@ class ConfigStore(Protocol):
         generations instead: those are returned (empty when published as keys)."""
         ...
 
-    def watch_cache(self, listener: CacheListener) -> Watch:
+    def watch(self, listener: CacheListener) -> Watch:
         """Deliver generation changes and invalidated keys to `listener` until stopped."""
         ...
 
@@ -151,19 +163,45 @@ class ConfigStore(Protocol):
         cannot tell cheaply answers True."""
         ...
 
-    # Callers (core/callers.py): who may call, with hashes of their tokens.
 
-    def load_callers(self) -> Callers:
+class CallerStore(Protocol):
+    """Callers (core/callers.py): who may call, with hashes of their tokens."""
+
+    def load(self) -> Callers:
         """The callers document; revision 0 (no callers, open server) if never written."""
         ...
 
-    def save_callers(self, callers: Callers, expected_revision: int) -> None:
+    def save(self, callers: Callers, expected_revision: int) -> None:
         """Replace the callers if the stored revision is still `expected_revision`, else
         CallersConflictError."""
         ...
 
-    def watch_callers(self, on_change: Callable[[Callers], None]) -> Watch:
+    def watch(self, on_change: Callable[[Callers], None]) -> Watch:
         """Call `on_change` with the current callers, then with each change, until stopped."""
         ...
 
-    def close(self) -> None: ...
+
+class Connection(Protocol):
+    """What one backend's four stores share: a ZooKeeper session, or a directory."""
+
+    def close(self) -> None:
+        """Stop every watch the stores started on it and release it."""
+        ...
+
+
+@dataclass(frozen=True)
+class ConfigStore:
+    """One backend's four stores over one connection, as the wiring opens them
+    (configstore.files.open_files, configstore.zookeeper.open_zookeeper).
+
+    Whoever opened it closes it; the parts it hands out take only the store they use.
+    """
+
+    registry: RegistryStore
+    blobs: BlobStore
+    cache_feed: CacheFeedStore
+    callers: CallerStore
+    connection: Connection
+
+    def close(self) -> None:
+        self.connection.close()

@@ -4,7 +4,7 @@ A blob may go when the current registry references no model file by its digest a
 stored at least a grace period ago (default 1 hour). The grace period is for applies in
 progress: `inferstack apply` stores its model files first and saves the registry naming
 them afterwards, so a young unreferenced blob may be about to be referenced. Storing bytes
-already stored refreshes a blob's `stored_at` (see ConfigStore.put_blob), so this holds for
+already stored refreshes a blob's `stored_at` (see BlobStore.put), so this holds for
 an apply that goes back to an older model file too.
 
 Servers never need a blob the current registry does not reference. A worker reads model

@@ -3,8 +3,9 @@
 
 Pages are rendered on the server with Jinja2, autoescaping every value (feature names,
 descriptions and string values come from users). Look up and Try it call the feature and
-inferflow services exactly as the gateways do, so the same limits and checks apply; they are
-counted in the request metrics as `ui_lookup` and `ui_infer`.
+inferflow services through the worker's call pipeline, as the gateways do, so the same
+limits and checks apply; they are counted in the request metrics as `ui_lookup` and
+`ui_infer`.
 
 When callers are configured (server/auth.py), every page needs a caller's token: the browser
 asks for it with its own sign-in prompt (HTTP Basic: any user name, the token as password)
@@ -37,14 +38,14 @@ from inferstack.console.lookup import look_up, parse_keys
 from inferstack.console.modelview import node_details
 from inferstack.console.systems import SystemProbe
 from inferstack.console.tryit import RANDOM_CHOICES, context_of, random_ids, try_model
-from inferstack.core.callers import Caller
+from inferstack.core.callers import Caller, Need, reads
 from inferstack.core.errors import InferstackError, InvalidArgumentError, UnauthenticatedError
-from inferstack.featurestore.http_gateway import HTTP_STATUS
 from inferstack.featurestore.service import FeatureService
 from inferstack.inferflow.describe import describe, plan_graph
 from inferstack.inferflow.service import BrokenModel, InferflowService
-from inferstack.server import admission, auth
 from inferstack.server.components import Components
+from inferstack.server.http.routes import HTTP_STATUS
+from inferstack.server.pipeline import Pipeline
 from inferstack.server.settings import ServeSettings
 
 STATIC_FILES = {"console.css": "text/css", "console.js": "text/javascript"}
@@ -75,6 +76,7 @@ class Console:
     features: FeatureService
     inferflow: InferflowService
     systems: SystemProbe
+    pipeline: Pipeline  # the worker's: its callers, admission gate and request metrics
     metrics_text: MetricsText = local_metrics
     history: History = field(default_factory=History)
     templates: Environment = field(default_factory=lambda: _environment())
@@ -109,15 +111,18 @@ CONSOLE_KEY = web.AppKey("console", Console)
 
 def add_console(
     app: web.Application,
+    pipeline: Pipeline,
     components: Components,
     settings: ServeSettings,
     metrics_text: MetricsText = local_metrics,
 ) -> None:
-    """Serve the console under /ui on an app that is not started yet."""
+    """Serve the console under /ui on an app that is not started yet (a worker extension:
+    server/worker.py `Extension`)."""
     app[CONSOLE_KEY] = Console(
         components.service,
         components.inferflow,
         SystemProbe(components, settings),
+        pipeline,
         metrics_text,
     )
     app.middlewares.append(_signed_in)
@@ -143,11 +148,12 @@ async def _signed_in(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """With callers configured, a console page needs a caller's token (Basic or Bearer)."""
-    if not request.path.startswith("/ui") or not auth.current().required:
+    authorizer = request.app[CONSOLE_KEY].pipeline.authorizer
+    if not request.path.startswith("/ui") or not authorizer.required:
         return await handler(request)
     try:
         header = _bearer_of(request.headers.get("Authorization"))
-        request[CALLER_KEY] = await auth.authenticate("ui", header)
+        request[CALLER_KEY] = await authorizer.authenticate("ui", header)
     except UnauthenticatedError as exc:
         return web.Response(
             status=401,
@@ -218,10 +224,11 @@ async def lookup_page(request: web.Request) -> web.Response:
         try:
             groups = list(catalog.groups_by_entity.get(entity.name, []))
             context["view"] = await _as_call(
+                console.pipeline,
                 "ui_lookup",
                 lambda: look_up(console.features, entity, parse_keys(entity, keys)),
                 _caller(request),
-                lambda: [auth.reads("feature_group", groups)],
+                lambda: [reads("feature_group", groups)],
             )
         except InferstackError as exc:
             status, context["error"] = HTTP_STATUS.get(exc.status, 400), str(exc)
@@ -296,10 +303,11 @@ async def try_page(request: web.Request) -> web.Response:
                 texts[plan.candidates.name] = _random_candidates(request, context)
             inputs = context_of(config, texts)
             context["result"] = await _as_call(
+                console.pipeline,
                 "ui_infer",
                 lambda: try_model(console.inferflow, name, inputs, chosen),
                 _caller(request),
-                lambda: [auth.reads("model", [name])],
+                lambda: console.inferflow.infer_needs(name),
             )
         except InferstackError as exc:
             status, context["error"] = HTTP_STATUS.get(exc.status, 400), str(exc)
@@ -365,32 +373,16 @@ async def static_file(request: web.Request) -> web.Response:
 
 
 async def _as_call(
+    pipeline: Pipeline,
     method: str,
     work: Callable[[], Awaitable[T]],
-    caller: Caller | None = None,
-    needs: auth.Needs | None = None,
+    caller: Caller | None,
+    needs: Callable[[], list[Need]],
 ) -> T:
-    """Run a Look up or Try it call as any other: the caller's grants checked, admitted by
-    the worker's gate (or refused with its error), and counted in the request metrics under
-    `method`."""
-    started = time.perf_counter()
-    code = "OK"
-    gate = admission.current()
-    try:
-        auth.authorize(method, caller, needs)
-        admitted = started if gate.try_enter() else await gate.wait(method)
-        try:
-            return await work()
-        finally:
-            gate.leave(method, time.perf_counter() - admitted)
-    except InferstackError as exc:
-        code = exc.status
-        raise
-    except Exception:
-        code = "INTERNAL"
-        raise
-    finally:
-        metrics.count_request(method, code, time.perf_counter() - started)
+    """Run a Look up or Try it call as any other, through the worker's call pipeline: the
+    signed-in caller's grants checked, admitted by the worker's gate (or refused with its
+    error), and counted in the request metrics under `method`."""
+    return await pipeline.run(method, work, touches=needs, caller=caller, authenticated=True)
 
 
 def _environment() -> Environment:

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferstack.inferflow.service import BrokenModel
+from inferstack.kv.redis import redacted
+from inferstack.kv.settings import CassandraSettings
 from inferstack.server.components import Components
-from inferstack.server.settings import (
-    CassandraStorageSettings,
-    ServeSettings,
-    ZooKeeperConfigSettings,
-)
+from inferstack.server.settings import ServeSettings, ZooKeeperConfigSettings
 
 PROBE_TIMEOUT = 2.0
 KEEP_SECONDS = 5.0
@@ -64,7 +62,7 @@ class SystemProbe:
     async def _storage(self) -> SystemState:
         storage = self.settings.storage
         kind: str
-        if isinstance(storage, CassandraStorageSettings):
+        if isinstance(storage, CassandraSettings):
             kind, where = storage.type, f"{', '.join(storage.contact_points)} / {storage.keyspace}"
         else:
             kind, where = "lmdb", str(storage.path or self.settings.data_dir / "lmdb")
@@ -94,7 +92,7 @@ class SystemProbe:
         cache = self._shared()
         if configured is None or cache is None:
             return SystemState("shared cache", "redis", "-", "off")
-        where = str(getattr(cache, "where", configured.address))
+        where = str(getattr(cache, "where", None) or redacted(configured.address))
         breaker = str(getattr(getattr(cache, "breaker_state", None), "name", "")).lower()
         if breaker == "open":
             return SystemState(
@@ -115,7 +113,7 @@ class SystemProbe:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
-                stored = await asyncio.to_thread(self.components.config.load)
+                stored = await asyncio.to_thread(self.components.config.registry.load)
         except Exception as exc:
             return SystemState(
                 "config store", kind, where, "down", f"{_reason(exc)}; serving revision {in_use}"
@@ -128,7 +126,7 @@ class SystemProbe:
     async def _hot_tier(self) -> SystemState:
         hot = self.settings.interactions.hot
         if hot.type == "redis":
-            where = hot.address or "-"
+            where = redacted(hot.address) if hot.address else "-"
         else:
             where = str(hot.path or self.settings.data_dir / "interactions" / "hot")
         tier = self.components.interactions.hot

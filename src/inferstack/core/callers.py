@@ -26,6 +26,7 @@ import hmac
 import json
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +43,30 @@ TOKEN_PREFIX = "isk_"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _TOKEN = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})")
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """What one request does to which resources: `names` of one kind (ALL = every one).
+    Each part's service declares the needs of its requests; the server checks them against
+    the caller's grants (server/auth.py) before the request runs."""
+
+    permission: Permission
+    kind: Kind
+    names: Iterable[str]
+
+
+def reads(kind: Kind, names: Iterable[str]) -> Need:
+    return Need("read", kind, names)
+
+
+def writes(kind: Kind, names: Iterable[str]) -> Need:
+    return Need("write", kind, names)
+
+
+def distinct(names: Iterable[str]) -> list[str]:
+    """Names once each, in order: a denial names the first one asked for."""
+    return list(dict.fromkeys(names))
 
 
 class CallersConflictError(InferstackError):

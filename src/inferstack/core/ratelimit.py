@@ -1,14 +1,44 @@
-"""Log lines that repeat (a system away, a client retrying every few milliseconds) at most
-once per interval each, with how many were held back, so a log stays readable in an outage."""
+"""Log lines that repeat (a system away, a client retrying every few milliseconds, a caller
+sending bad requests) at most so many per interval, with how many were held back, so a log
+stays readable in an outage and a flood cannot fill a disk. One limiter, `RateLimiter`,
+behind every such log line."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections.abc import Callable
 
 WARNING_INTERVAL = 10.0  # seconds between repeated warnings of the same kind
 MAX_CAUSES = 64  # kinds one RateLimitedWarnings tells apart; beyond, they share one
+
+
+class RateLimiter:
+    """At most `limit` events per window of `window` seconds; counts what it refuses and
+    hands that count to the first event it allows afterwards."""
+
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._window_start = clock()
+        self._allowed = 0
+        self._suppressed = 0
+
+    def allow(self) -> tuple[bool, int]:
+        """(whether this event may go out, how many were suppressed before it)."""
+        now = self._clock()
+        if now - self._window_start >= self.window:
+            self._window_start = now
+            self._allowed = 0
+        if self._allowed >= self.limit:
+            self._suppressed += 1
+            return False, 0
+        self._allowed += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return True, suppressed
 
 
 class RateLimitedWarning:
@@ -21,21 +51,17 @@ class RateLimitedWarning:
 
     def __init__(self, logger: logging.Logger, interval: float = WARNING_INTERVAL) -> None:
         self._logger = logger
-        self._interval = interval
-        self._last = -math.inf
-        self._suppressed = 0
+        self._limiter = RateLimiter(1, interval)
 
     def warn(self, message: str, *args: object, exc_info: bool = False) -> None:
         self.log(logging.WARNING, message, *args, exc_info=exc_info)
 
     def log(self, level: int, message: str, *args: object, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            self._suppressed += 1
+        allowed, suppressed = self._limiter.allow()
+        if not allowed:
             return
-        if self._suppressed:
-            message += f" ({self._suppressed} similar lines suppressed)"
-        self._last, self._suppressed = now, 0
+        if suppressed:
+            message += f" ({suppressed} similar lines suppressed)"
         self._logger.log(level, message, *args, exc_info=exc_info)
 
 

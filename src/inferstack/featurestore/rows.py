@@ -74,8 +74,6 @@ class RowSource:
         self.caches: list[RowCache] = [
             cache for cache in (local_cache, shared_cache) if cache is not None
         ]
-        self.storage_reads = 0  # batches sent to storage, for tests and metrics
-        self.skipped_fills = 0  # shared-cache back-fills dropped because too many were pending
         self.generations: dict[str, int] = {}  # cache generation per group; absent = 0
         self.caching = True  # False while the cache feed cannot be heard: caches bypassed
         self._invalidations = 0  # forget() calls so far; a read remembers where it started
@@ -104,7 +102,6 @@ class RowSource:
     ) -> list[bytes | None]:
         caches = self.caches if policy.enabled and self.caching else []
         if not caches and self.storage.reads_inline:  # nothing to look up or fill: read
-            self.storage_reads += 1
             metrics.STORAGE_KEYS.inc(len(keys))
             return await self.storage.read(group, keys)
         snapshot = _Snapshot(self.generations.get(group, 0), self._invalidations, time.monotonic())
@@ -144,7 +141,6 @@ class RowSource:
 
     async def _from_storage(self, group: str, keys: list[bytes]) -> dict[bytes, bytes | None]:
         if self.storage.reads_inline:  # nothing can be in flight: no batch to share
-            self.storage_reads += 1
             metrics.STORAGE_KEYS.inc(len(keys))
             return dict(zip(keys, await self.storage.read(group, keys), strict=True))
         waiting: list[Batch] = []
@@ -161,7 +157,6 @@ class RowSource:
             for key in to_fetch:
                 self._inflight[(group, key)] = mine
             try:
-                self.storage_reads += 1
                 metrics.STORAGE_KEYS.inc(len(to_fetch))
                 rows = await self.storage.read(group, to_fetch)
                 result.update(zip(to_fetch, rows, strict=True))
@@ -199,12 +194,10 @@ class RowSource:
         for cache in caches:
             if cache is not self.shared:
                 await _safe_set(cache, group, items, policy, generation)
-            elif len(self._fills) < MAX_PENDING_FILLS:
+            elif len(self._fills) < MAX_PENDING_FILLS:  # else skipped: the cache is behind
                 task = asyncio.create_task(_safe_set(cache, group, items, policy, generation))
                 self._fills.add(task)
                 task.add_done_callback(self._fills.discard)
-            else:
-                self.skipped_fills += 1
 
     def _still_current(
         self, group: str, items: list[tuple[bytes, bytes | None]], snapshot: _Snapshot

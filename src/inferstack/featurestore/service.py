@@ -12,8 +12,14 @@ import numpy as np
 import numpy.typing as npt
 
 from inferstack import metrics
-from inferstack.core.errors import InvalidArgumentError, ResourceExhaustedError
+from inferstack.core.callers import Need, distinct, reads, writes
+from inferstack.core.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 from inferstack.core.keys import KeyValues, encode_keys
+from inferstack.core.queries import Query as Query  # re-exported for the transports
 from inferstack.core.rowformat import Column, GroupCodec, VarColumn
 from inferstack.core.types import FeatureType
 from inferstack.featurestore.catalog import Catalog, Selection
@@ -29,12 +35,6 @@ class ResultColumn(NamedTuple):
     type: FeatureType
     values: Column
     type_name: str  # str(type), computed once per catalog rather than per response
-
-
-class Query(NamedTuple):
-    entity: str
-    keys: Mapping[str, KeyValues]
-    features: Sequence[str] = ()
 
 
 @dataclass
@@ -53,6 +53,20 @@ class FeatureService:
 
     def use_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog  # one reference swap: requests in flight keep the old one
+
+    # What each request touches, for the caller's grants (checked before it runs).
+
+    def retrieve_needs(self, entity: str, features: Sequence[str]) -> list[Need]:
+        """A Retrieve reads the feature groups its selectors name, or every group of the
+        entity when it names none (an unknown entity: NOT_FOUND, as the Retrieve would be)."""
+        if features:
+            groups = distinct(feature.partition(".")[0] for feature in features)
+        else:
+            groups = [selection.group for selection in self.catalog.select(entity, [])]
+        return [reads("feature_group", groups)]
+
+    def persist_needs(self, group: str) -> list[Need]:
+        return [writes("feature_group", [group])]
 
     async def retrieve(
         self, entity: str, keys: Mapping[str, KeyValues], features: Sequence[str] = ()
@@ -88,11 +102,18 @@ class FeatureService:
     async def retrieve_all(self, queries: Sequence[Query]) -> list[RetrieveResult]:
         """Independent retrieves, answered in order; the first that fails raises. Their
         storage reads overlap, unless storage reads inline (LMDB): reads that never yield
-        cannot overlap, and tasks would only add their own cost."""
+        cannot overlap, and tasks would only add their own cost. The batch as a whole may
+        ask for at most `max_keys` keys."""
+        total = sum(max((len(v) for v in query.keys.values()), default=0) for query in queries)
+        if total > self.max_keys:
+            raise ResourceExhaustedError(
+                f"{total} keys requested in one batch; the maximum is {self.max_keys}"
+            )
         if len(queries) == 1 or self.rows.storage.reads_inline:
-            return [await self.retrieve(*query) for query in queries]
+            return [await self.retrieve(q.entity, q.keys, q.features) for q in queries]
         results = await asyncio.gather(
-            *(self.retrieve(*query) for query in queries), return_exceptions=True
+            *(self.retrieve(q.entity, q.keys, q.features) for q in queries),
+            return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
@@ -124,6 +145,30 @@ class FeatureService:
         )
         await self.rows.invalidate(group, encoded_keys)
         return count
+
+    async def persist_typed(
+        self,
+        group: str,
+        keys: Mapping[str, KeyValues],
+        columns: Sequence[tuple[str, FeatureType, Column]],
+    ) -> int:
+        """`persist` of columns that say their own type (as they arrive over the wire): each
+        must name a feature of the group, once, of the feature's type."""
+        definition = self.catalog.group(group)
+        checked: dict[str, Column] = {}
+        for name, sent_type, values in columns:
+            if name in checked:
+                raise InvalidArgumentError(f"column '{name}' is given twice")
+            feature = definition.feature(name)
+            if feature is None:
+                raise NotFoundError(f"feature '{definition.name}.{name}' not found")
+            if sent_type != feature.type:
+                raise InvalidArgumentError(
+                    f"feature '{definition.name}.{name}' is {feature.type}, "
+                    f"the column is {sent_type}"
+                )
+            checked[name] = values
+        return await self.persist(group, keys, checked)
 
 
 def check_columns(codec: GroupCodec, columns: Mapping[str, Column], count: int) -> None:

@@ -27,8 +27,9 @@ from inferstack.core.errors import (
     UnavailableError,
 )
 from inferstack.core.keys import KeyValues, coerce_values
+from inferstack.core.queries import Query
 from inferstack.core.rowformat import RowStatus, VarColumn
-from inferstack.inferflow.features import FeatureSource, FetchedColumn, FetchQuery
+from inferstack.inferflow.features import FeatureSource, FetchedColumn
 from inferstack.inferflow.graph import (
     Equals,
     ExecutionPlan,
@@ -203,13 +204,13 @@ async def _fetch_stage(
     rows: int,
     extra: Sequence[FeatureRef],
 ) -> None:
-    queries: list[FetchQuery] = []
+    queries: list[Query] = []
     inverses: list[npt.NDArray[np.intp] | None] = []
     for node in stage:
         keys, inverse = _keys_of(node, context, fetched, rows)
         selectors = dict.fromkeys(node.selectors)
         selectors.update((ref.selector, None) for ref in extra if ref.fetch == node.name)
-        queries.append(FetchQuery(node.entity, keys, list(selectors)))
+        queries.append(Query(node.entity, keys, list(selectors)))
         inverses.append(inverse)
     results = await source.fetch(queries)
     for node, result, inverse in zip(stage, results, inverses, strict=True):

@@ -13,21 +13,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from inferstack.core.keys import KeyValues
+from inferstack.core.queries import Query
 from inferstack.core.rowformat import Column
-from inferstack.featurestore.service import FeatureService, Query
+from inferstack.featurestore.service import FeatureService
 
 if TYPE_CHECKING:
     from inferstack.client.featurestore import AsyncFeatureStoreClient
 
 FetchedColumn = Column | npt.NDArray[Any]  # VarColumn in process; str objects from a client
-
-
-@dataclass(frozen=True)
-class FetchQuery:
-    entity: str
-    keys: Mapping[str, KeyValues]
-    features: Sequence[str]  # "group.feature" selectors
 
 
 @dataclass(frozen=True)
@@ -38,7 +31,9 @@ class Fetched:
 
 
 class FeatureSource(Protocol):
-    async def fetch(self, queries: Sequence[FetchQuery]) -> list[Fetched]: ...
+    async def fetch(self, queries: Sequence[Query]) -> list[Fetched]:
+        """One stage's fetches (features as "group.feature" selectors), answered in order."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -49,10 +44,8 @@ class LocalFeatureSource:
     def __init__(self, service: FeatureService) -> None:
         self.service = service
 
-    async def fetch(self, queries: Sequence[FetchQuery]) -> list[Fetched]:
-        results = await self.service.retrieve_all(
-            [Query(query.entity, query.keys, query.features) for query in queries]
-        )
+    async def fetch(self, queries: Sequence[Query]) -> list[Fetched]:
+        results = await self.service.retrieve_all(queries)
         return [
             Fetched(result.count, {c.name: c.values for c in result.columns}, result.status)
             for result in results
@@ -68,12 +61,8 @@ class RemoteFeatureSource:
     def __init__(self, client: AsyncFeatureStoreClient) -> None:
         self.client = client
 
-    async def fetch(self, queries: Sequence[FetchQuery]) -> list[Fetched]:
-        from inferstack.client.featurestore import Query
-
-        frames = await self.client.retrieve_batch(
-            [Query(q.entity, q.keys, list(q.features)) for q in queries]
-        )
+    async def fetch(self, queries: Sequence[Query]) -> list[Fetched]:
+        frames = await self.client.retrieve_batch(queries)
         return [Fetched(frame.count, frame.columns, frame.status) for frame in frames]
 
     async def close(self) -> None:

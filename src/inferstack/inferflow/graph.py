@@ -5,6 +5,10 @@ expression depends on whatever its inputs name. Compiling checks every reference
 feature store's catalog (entity, key arity and type, feature exists, numeric where a model
 needs numbers) and rejects cycles. The result is immutable and built once per registry
 revision, off the request path; requests only follow it.
+
+Longer than most modules (~680 lines) on purpose: the plan's node types and the compiler
+passes that build them share one builder and read top to bottom as one algorithm; split,
+each half would only make sense beside the other.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from inferstack import metrics
+from inferstack.core.callers import Need, reads
 from inferstack.core.errors import InferstackError, NotFoundError, UnavailableError
 from inferstack.core.keys import KeyValues
 from inferstack.core.modelconfig import Model
@@ -187,6 +188,10 @@ class InferflowService:
         if isinstance(found, BrokenModel):
             raise UnavailableError(f"model '{model}' v{found.version} cannot serve: {found.reason}")
         return found
+
+    def infer_needs(self, model: str) -> list[Need]:
+        """What an Infer touches, for the caller's grants: the model."""
+        return [reads("model", [model])]
 
     async def infer(
         self,

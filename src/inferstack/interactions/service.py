@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, TypeVar
@@ -33,11 +33,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from inferstack import metrics
+from inferstack.core.callers import ALL, Need, distinct, reads, writes
 from inferstack.core.errors import InvalidArgumentError, UnavailableError
 from inferstack.core.events import EventBatch, History
 from inferstack.core.interactiontypes import TIMESTAMP
 from inferstack.core.ratelimit import RateLimitedWarnings
 from inferstack.core.registry import Registry
+from inferstack.core.text import one_line
 from inferstack.interactions.cold.base import ColdStore, ColdWrite
 from inferstack.interactions.coldrow import (
     ColdRowError,
@@ -90,6 +92,21 @@ class InteractionService:
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    # What each request touches, for the caller's grants (checked before it runs). Naming no
+    # type means every type, and a sweep moves every type.
+
+    def ingest_needs(self, types: Iterable[str]) -> list[Need]:
+        return [writes("interaction_type", distinct(types))]
+
+    def get_needs(self, types: Sequence[str]) -> list[Need]:
+        return [reads("interaction_type", types_named(types))]
+
+    def hydrate_needs(self, types: Sequence[str]) -> list[Need]:
+        return [writes("interaction_type", types_named(types))]
+
+    def sweep_needs(self) -> list[Need]:
+        return [writes("interaction_type", [ALL])]
 
     async def ingest(self, batches: Sequence[EventBatch]) -> int:
         """Store every event of every batch, or none; returns how many were stored."""
@@ -310,11 +327,6 @@ class InteractionService:
         await self.cold.close()
 
 
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 500 else text[:500] + "..."
-
-
 def _hot_alone(hot: HotRange, limit: int | None, since: int | None) -> bool:
     """Whether the hot events read are the whole answer: the hot tier holds every cold event
     at or after `since`, or it returned `limit` events none older than its coverage."""
@@ -355,10 +367,15 @@ async def run_sweeper(
                 logging.WARNING if away else logging.ERROR,
                 "sweep failed, retrying every %gs: %s",
                 interval,
-                one_line(exc),
+                one_line(exc, 500),
                 exc_info=not away,
             )
             swept = SweepResult()
         if swept.users + swept.lost_claims < limit:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+
+def types_named(types: Sequence[str]) -> list[str]:
+    """The interaction types a request names; none named means every type."""
+    return distinct(types) if types else [ALL]

@@ -101,9 +101,9 @@ from inferstack.kv.cassandra_ring import (
     local_nodes,
     replication_factor,
 )
+from inferstack.kv.settings import CassandraSettings
 
 DEFAULT_PORT = 9042
-DEFAULT_KEYSPACE = "inferstack"
 DEFAULT_REPLICATION: Mapping[str, str | int] = {
     "class": "SimpleStrategy",
     "replication_factor": 1,
@@ -185,17 +185,9 @@ class CassandraStorage:
 
     def __init__(
         self,
-        contact_points: Sequence[str],
+        settings: CassandraSettings,
         *,
-        keyspace: str = DEFAULT_KEYSPACE,
-        replication: Mapping[str, str | int] | None = None,
-        local_dc: str | None = None,
-        read_consistency: str = "LOCAL_ONE",
-        write_consistency: str = "LOCAL_QUORUM",
-        request_timeout: float = 1.0,
-        connect_timeout: float = 5.0,
         schema_timeout: float = 30.0,
-        max_in_flight: int = 128,
         table_prefix: str = TABLE_PREFIX,
         kind: str = "feature group",
         read_group_size: int = READ_GROUP_SIZE,
@@ -203,19 +195,22 @@ class CassandraStorage:
         """`table_prefix` and `kind` (what a table holds, for table comments and messages)
         let other parts keep their own tables through this adapter, e.g. the interaction
         store's cold tier ("ic_", "interaction type")."""
+        contact_points, keyspace = settings.contact_points, settings.keyspace
         if not contact_points:
             raise ValueError("cassandra: at least one contact point (host:port) is needed")
         if not _KEYSPACE_NAME.match(keyspace):
             raise ValueError(f"cassandra keyspace {keyspace!r} must match {_KEYSPACE_NAME.pattern}")
         for name, value in (
-            ("request_timeout", request_timeout),
-            ("connect_timeout", connect_timeout),
+            ("request_timeout", settings.request_timeout),
+            ("connect_timeout", settings.connect_timeout),
             ("schema_timeout", schema_timeout),
         ):
             if not value > 0:
                 raise ValueError(f"cassandra {name} must be positive, got {value}")
-        if max_in_flight < 1:
-            raise ValueError(f"cassandra max_in_flight must be at least 1, got {max_in_flight}")
+        if settings.max_in_flight < 1:
+            raise ValueError(
+                f"cassandra max_in_flight must be at least 1, got {settings.max_in_flight}"
+            )
         if read_group_size < 1:
             raise ValueError(f"cassandra read_group_size must be at least 1, got {read_group_size}")
         if not _TABLE_PREFIX.match(table_prefix):
@@ -224,6 +219,7 @@ class CassandraStorage:
             )
         if not _KIND.match(kind):
             raise ValueError(f"cassandra table kind {kind!r} must match {_KIND.pattern}")
+        self.settings = settings
         self.table_prefix = table_prefix
         self.kind = kind
         self.contact_points = [parse_contact_point(point) for point in contact_points]
@@ -236,20 +232,20 @@ class CassandraStorage:
             )
         self.port = ports.pop()
         self.keyspace = keyspace
-        self.local_dc = local_dc
-        self.request_timeout = request_timeout
-        self.connect_timeout = connect_timeout
+        self.local_dc = settings.local_dc
+        self.request_timeout = settings.request_timeout
+        self.connect_timeout = settings.connect_timeout
         self.schema_timeout = schema_timeout
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = settings.max_in_flight
         self.read_group_size = read_group_size
-        self._replication_cql = replication_cql(replication or DEFAULT_REPLICATION)
-        self._read_consistency = consistency_level(read_consistency)
-        self._write_consistency = consistency_level(write_consistency)
+        self._replication_cql = replication_cql(settings.replication or DEFAULT_REPLICATION)
+        self._read_consistency = consistency_level(settings.read_consistency)
+        self._write_consistency = consistency_level(settings.write_consistency)
 
         self._session: Any = None
         self._closed = False
         self._connect_lock = asyncio.Lock()
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._statements: dict[str, _Statements] = {}
         # Tables this adapter created: the driver's metadata learns of them a moment later.
         self._created: set[str] = set()

@@ -1,7 +1,7 @@
 """Admission control: how many calls a worker executes at once, and what happens to the rest.
 
-Every gRPC method (`answer` in featurestore/grpc_service.py, which every servicer uses) and
-every JSON route (`json_route`) passes through the worker's one `Gate`. At most
+Every gRPC method, JSON route and console call passes through the worker's one `Gate`, held
+by its call pipeline (server/pipeline.py). At most
 `max_in_flight` calls execute at once; later calls wait in order in a queue of at most
 `max_queue`. A call that cannot be served in time is answered at once, never late:
 
@@ -205,16 +205,3 @@ class Gate:
             f"server busy: no slot freed within admission.max_queue_wait = "
             f"{self.max_queue_wait:g}s ({self._limits()}); retry later or elsewhere"
         )
-
-
-_current = Gate()
-
-
-def current() -> Gate:
-    """The gate of this process (the worker installs one built from its settings)."""
-    return _current
-
-
-def install(gate: Gate) -> None:
-    global _current
-    _current = gate

@@ -1,9 +1,8 @@
 """Authentication and authorization of every call, for every transport.
 
-Each worker installs one `Authorizer` (like the admission gate) fed by the config store's
-callers document (core/callers.py) through a watch, so a revocation reaches it within a
-second. The shared call paths (featurestore/grpc_service.py `answer`, http_gateway.py
-`json_route`, the console) call:
+Each worker has one `Authorizer`, fed by the config store's callers document
+(core/callers.py) through a watch, so a revocation reaches it within a second. The call
+pipeline (server/pipeline.py) asks it, for every gRPC method, HTTP route and console call:
 
 * `authenticate(method, header)`: the `authorization` value of the call -> the caller (or
   None when no callers are configured: the server is open). UNAUTHENTICATED when callers are
@@ -11,12 +10,12 @@ second. The shared call paths (featurestore/grpc_service.py `answer`, http_gatew
 * `authorize(method, caller, needs)`: each `Need` (permission, resource kind, names) must be
   allowed by the caller's grants, else PERMISSION_DENIED naming the first thing denied.
 
-The servicers say what a request touches (the feature groups of a Retrieve, the model of an
-Infer, ...) as a function that is only evaluated when callers are configured, so an open
-server pays nothing for it. A verified token is remembered per worker under its sha256, so a
-call pays one dictionary lookup; scrypt runs once per token (in a thread, one at a
-time per worker, so guessing cannot take the loop or all cores). Tokens are never logged nor
-put in any message.
+The parts' services say what a request touches (the feature groups of a Retrieve, the model
+of an Infer, ...: core/callers.py `Need`) as a function that is only evaluated when callers
+are configured, so an open server pays nothing for it. A verified token is remembered per
+worker under its sha256, so a call pays one dictionary lookup; scrypt runs once per token
+(in a thread, one at a time per worker, so guessing cannot take the loop or all cores).
+Tokens are never logged nor put in any message.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from typing import Any
 
 from inferstack import metrics
 from inferstack.configstore.base import ConfigStore, Watch
-from inferstack.core.callers import ALL, Caller, Callers, Kind, Permission, token_id_of
+from inferstack.core.callers import ALL, Caller, Callers, Need, token_id_of
 from inferstack.core.errors import PermissionDeniedError, UnauthenticatedError
 from inferstack.server.requestcontext import set_caller
 
@@ -45,15 +44,6 @@ _KIND_TEXT = {
     "model": "model",
     "interaction_type": "interaction type",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Need:
-    """What one request does to which resources: `names` of one kind (ALL = every one)."""
-
-    permission: Permission
-    kind: Kind
-    names: Iterable[str]
 
 
 Needs = Callable[[], Iterable[Need]]
@@ -78,6 +68,7 @@ class Authorizer:
     def __init__(self, callers: Callers | None = None) -> None:
         self._state = _State.of(callers or Callers())
         self._verifying: asyncio.Semaphore | None = None
+        self._counters: dict[tuple[str, str], Any] = {}  # (caller, method) -> its counter
 
     @property
     def required(self) -> bool:
@@ -130,6 +121,39 @@ class Authorizer:
             raise UnauthenticatedError(BAD_TOKEN)
         return caller
 
+    async def authenticate(self, method: str, header: str | None) -> Caller | None:
+        """The calling caller (set as the request context's caller), None when the server
+        is open; UNAUTHENTICATED (counted) when callers are configured and the token is not
+        valid."""
+        if not self.required:
+            return None
+        try:
+            caller = await self.caller_of(header)
+        except UnauthenticatedError as exc:
+            reason = "no_token" if str(exc) == NO_TOKEN else "bad_token"
+            metrics.AUTH_DENIALS.labels("", method, reason).inc()
+            raise
+        assert caller is not None
+        set_caller(caller.name)
+        counter = self._counters.get((caller.name, method))
+        if counter is None:  # labels() costs microseconds; a call should not pay it each time
+            counter = self._counters[caller.name, method] = metrics.CALLER_REQUESTS.labels(
+                caller.name, method
+            )
+        counter.inc()
+        return caller
+
+    @staticmethod
+    def authorize(method: str, caller: Caller | None, needs: Needs | None) -> None:
+        """PERMISSION_DENIED (counted) naming the first resource `caller` may not use."""
+        if caller is None or needs is None:
+            return
+        for need in needs():
+            for name in need.names:
+                if not caller.allows(need.permission, need.kind, name):
+                    metrics.AUTH_DENIALS.labels(caller.name, method, "permission").inc()
+                    raise PermissionDeniedError(denial(caller.name, need, name))
+
 
 def bearer_token(header: str | None) -> str | None:
     """The token of `Bearer <token>` (scheme case-insensitive), else None."""
@@ -142,77 +166,17 @@ def bearer_token(header: str | None) -> str | None:
     return token
 
 
-_installed = Authorizer()
-_counters: dict[tuple[str, str], Any] = {}  # (caller, method) -> its request counter
-
-
-def install(authorizer: Authorizer) -> None:
-    global _installed
-    _installed = authorizer
-
-
-def current() -> Authorizer:
-    return _installed
-
-
-async def authenticate(method: str, header: str | None) -> Caller | None:
-    """The calling caller (set as the request context's caller), None when the server is
-    open; UNAUTHENTICATED (counted) when callers are configured and the token is not valid."""
-    authorizer = _installed
-    if not authorizer.required:
-        return None
-    try:
-        caller = await authorizer.caller_of(header)
-    except UnauthenticatedError as exc:
-        reason = "no_token" if str(exc) == NO_TOKEN else "bad_token"
-        metrics.AUTH_DENIALS.labels("", method, reason).inc()
-        raise
-    assert caller is not None
-    set_caller(caller.name)
-    counter = _counters.get((caller.name, method))
-    if counter is None:  # labels() costs microseconds; a call should not pay it each time
-        counter = _counters[caller.name, method] = metrics.CALLER_REQUESTS.labels(
-            caller.name, method
-        )
-    counter.inc()
-    return caller
-
-
-def authorize(method: str, caller: Caller | None, needs: Needs | None) -> None:
-    """PERMISSION_DENIED (counted) naming the first resource `caller` may not use."""
-    if caller is None or needs is None:
-        return
-    for need in needs():
-        for name in need.names:
-            if not caller.allows(need.permission, need.kind, name):
-                metrics.AUTH_DENIALS.labels(caller.name, method, "permission").inc()
-                raise PermissionDeniedError(denial(caller.name, need, name))
-
-
 def denial(caller: str, need: Need, name: str) -> str:
     one = _KIND_TEXT[need.kind]
     what = f"every {one}" if name == ALL else f"{one} '{name}'"
     return f"caller '{caller}' may not {need.permission} {what}"
 
 
-def reads(kind: Kind, names: Iterable[str]) -> Need:
-    return Need("read", kind, names)
-
-
-def writes(kind: Kind, names: Iterable[str]) -> Need:
-    return Need("write", kind, names)
-
-
-def distinct(names: Iterable[str]) -> list[str]:
-    """Names once each, in order: a denial names the first one asked for."""
-    return list(dict.fromkeys(names))
-
-
-def start(config: ConfigStore) -> Watch:
-    """Install this worker's authorizer, fed by the config store's callers from now on."""
-    authorizer = Authorizer(config.load_callers())
-    install(authorizer)
-    return config.watch_callers(authorizer.use)
+def start(config: ConfigStore) -> tuple[Authorizer, Watch]:
+    """An authorizer fed by the config store's callers from now on (stop the watch to end)."""
+    callers = config.callers  # all it needs of the config store
+    authorizer = Authorizer(callers.load())
+    return authorizer, callers.watch(authorizer.use)
 
 
 def is_loopback(host: str) -> bool:

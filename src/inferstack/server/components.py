@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
-from inferstack.configstore.base import ConfigStore, Watch
+from inferstack.configstore.base import BlobStore, ConfigStore, Watch
 from inferstack.core.errors import InvalidArgumentError, UnavailableError
 from inferstack.core.registry import Registry
 from inferstack.featurestore.cache.base import RowCache
@@ -33,9 +33,9 @@ from inferstack.interactions.cold.base import ColdStore
 from inferstack.interactions.events import InteractionCatalog
 from inferstack.interactions.hot.base import HotTier
 from inferstack.interactions.service import InteractionService
+from inferstack.kv.settings import CassandraSettings
 from inferstack.server.registryswitch import RegistrySwitch
 from inferstack.server.settings import (
-    CassandraStorageSettings,
     CompactionSettings,
     InferflowSettings,
     RedisCacheSettings,
@@ -50,43 +50,29 @@ log = logging.getLogger(__name__)
 def open_config_store(settings: ServeSettings) -> ConfigStore:
     config = settings.config
     if isinstance(config, ZooKeeperConfigSettings):
-        from inferstack.configstore.zookeeper import ZooKeeperConfigStore
+        from inferstack.configstore.zookeeper import open_zookeeper
 
-        return ZooKeeperConfigStore(
+        return open_zookeeper(
             config.hosts,
             config.root,
             connect_timeout=config.connect_timeout,
             request_timeout=config.request_timeout,
             session_timeout=config.session_timeout,
         )
-    from inferstack.configstore.files import FileConfigStore
+    from inferstack.configstore.files import open_files
 
-    return FileConfigStore(settings.data_dir)
+    return open_files(settings.data_dir)
 
 
 def open_storage(settings: ServeSettings) -> FeatureStorage:
     storage = settings.storage
-    if isinstance(storage, CassandraStorageSettings):
+    if isinstance(storage, CassandraSettings):
         from inferstack.kv.cassandra import CassandraStorage
 
-        return CassandraStorage(storage.contact_points, **_cassandra_options(storage))
+        return CassandraStorage(storage)
     from inferstack.kv.lmdb import LmdbStorage
 
     return LmdbStorage(storage.path or settings.data_dir / "lmdb")
-
-
-def _cassandra_options(storage: CassandraStorageSettings) -> dict[str, Any]:
-    """The same cluster settings for the feature rows and the interactions' cold rows."""
-    return {
-        "keyspace": storage.keyspace,
-        "replication": storage.replication,
-        "local_dc": storage.local_dc,
-        "read_consistency": storage.read_consistency,
-        "write_consistency": storage.write_consistency,
-        "request_timeout": storage.request_timeout,
-        "connect_timeout": storage.connect_timeout,
-        "max_in_flight": storage.max_in_flight,
-    }
 
 
 def open_shared_cache(settings: RedisCacheSettings) -> RowCache:
@@ -113,7 +99,7 @@ async def prepare_storage(settings: ServeSettings, registry: Registry | None = N
     if registry is None:
         config = open_config_store(settings)
         try:
-            registry = config.load()
+            registry = config.registry.load()
         finally:
             config.close()
     storage = open_storage(settings)
@@ -151,15 +137,18 @@ async def check_reachable(settings: ServeSettings) -> None:
 async def _ping_redis(field: str, address: str, timeout: float) -> None:
     import redis.asyncio as aioredis
 
+    from inferstack.kv.redis import redacted, redis_url
+
     client = aioredis.from_url(
-        address if "://" in address else f"redis://{address}",
+        redis_url(address),
         socket_connect_timeout=max(timeout, 1.0),
         socket_timeout=max(timeout, 1.0),
     )
     try:
         await client.ping()
     except Exception as exc:
-        raise UnavailableError(f"{field}: redis at {address} did not answer: {exc}") from exc
+        shown = redacted(address)  # never print a password
+        raise UnavailableError(f"{field}: redis at {shown} did not answer: {exc}") from exc
     finally:
         await client.aclose()
 
@@ -233,7 +222,7 @@ def remote_credentials(settings: InferflowSettings) -> RemoteCredentials:
 
 def open_inferflow(
     settings: ServeSettings,
-    config: ConfigStore,
+    blobs: BlobStore,
     service: FeatureService,
     interactions: InteractionService,
 ) -> InferflowService:
@@ -254,9 +243,7 @@ def open_inferflow(
     else:
         source = LocalFeatureSource(service)
         recent = LocalInteractionSource(interactions)
-    return InferflowService(
-        source, RuntimeLoader(config.get_blob), open_inference_log(settings), recent
-    )
+    return InferflowService(source, RuntimeLoader(blobs.get), open_inference_log(settings), recent)
 
 
 def open_hot_tier(settings: ServeSettings) -> HotTier:
@@ -275,10 +262,10 @@ def open_hot_tier(settings: ServeSettings) -> HotTier:
 def open_cold_store(settings: ServeSettings) -> ColdStore:
     """The cold tier lives where the feature store's rows do."""
     storage = settings.storage
-    if isinstance(storage, CassandraStorageSettings):
+    if isinstance(storage, CassandraSettings):
         from inferstack.interactions.cold.cassandra import CassandraColdStore
 
-        return CassandraColdStore(storage.contact_points, **_cassandra_options(storage))
+        return CassandraColdStore(storage)  # the same cluster settings as the feature rows
     from inferstack.interactions.cold.lmdb import LmdbColdStore
 
     return LmdbColdStore(settings.data_dir / "interactions" / "cold")
@@ -334,7 +321,7 @@ class Components:
 async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
     config = open_config_store(settings)
     storage = open_storage(settings)
-    registry = config.load()
+    registry = config.registry.load()
     await storage.prepare(registry)
     max_bytes = settings.local_cache_bytes
     local = MemoryCache(max_bytes) if max_bytes else None
@@ -342,7 +329,7 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
     rows = RowSource(storage, local, shared)
     service = FeatureService(rows, Catalog(registry), settings.max_keys)
     interactions = await open_interactions(settings, registry)
-    inferflow = open_inferflow(settings, config, service, interactions)
+    inferflow = open_inferflow(settings, config.blobs, service, interactions)
     await inferflow.use_registry(registry, service.catalog)
     components = Components(config, service, inferflow, interactions)
     if watch:
@@ -352,9 +339,9 @@ async def build(settings: ServeSettings, *, watch: bool = True) -> Components:
         def on_change(registry: Registry) -> None:  # called on the watcher's thread
             asyncio.run_coroutine_threadsafe(switch.to(registry), loop)
 
-        components.watch = config.watch(on_change)
+        components.watch = config.registry.watch(on_change)
         # Caches follow writes made anywhere: ingest, other workers' Persists.
-        components.coherence = CacheCoherence(config, rows, loop)
+        components.coherence = CacheCoherence(config.cache_feed, rows, loop)
         components.coherence.start()
         components.compaction = start_compaction(settings.compaction, storage, service)
     return components

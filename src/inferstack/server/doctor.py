@@ -5,6 +5,9 @@ check that passes here means the server would reach the same system the same way
 is bounded by a timeout and reports ok, warn or fail with, when it is not ok, what to do.
 Blocking calls (ZooKeeper, LMDB, files) run on daemon threads: a system that hangs costs
 its check the timeout and never keeps the command from exiting.
+
+About 600 lines: one short method per check of every system, kept in one place so the
+list of checks reads as the checklist it is.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inferstack.client.channels import channel_credentials
-from inferstack.configstore.base import ConfigStore
+from inferstack.configstore.base import BlobStore, ConfigStore
 from inferstack.core.registry import Registry
+from inferstack.kv.settings import CassandraSettings
 from inferstack.server.components import open_config_store, open_storage
 from inferstack.server.settings import (
-    CassandraStorageSettings,
     LmdbStorageSettings,
     ServeSettings,
     ZooKeeperConfigSettings,
@@ -173,7 +176,7 @@ class Doctor:
         try:
             store = await bounded(self.timeout, in_thread(lambda: open_config_store(self.settings)))
             self._config = store
-            registry = await bounded(self.timeout, in_thread(store.load))
+            registry = await bounded(self.timeout, in_thread(store.registry.load))
         except Exception as exc:
             fix = (
                 f"check that ZooKeeper answers at {config.hosts} (`echo ruok | nc HOST PORT`) "
@@ -204,7 +207,7 @@ class Doctor:
     # --- storage --------------------------------------------------------------------------
 
     async def _storage(self) -> None:
-        if isinstance(self.settings.storage, CassandraStorageSettings):
+        if isinstance(self.settings.storage, CassandraSettings):
             await self._cassandra(self.settings.storage)
         else:
             await self._lmdb(self.settings.storage)
@@ -261,7 +264,7 @@ class Doctor:
         finally:
             storage.close_sync()
 
-    async def _cassandra(self, settings: CassandraStorageSettings) -> None:
+    async def _cassandra(self, settings: CassandraSettings) -> None:
         from inferstack.kv.cassandra import CassandraStorage
 
         where = f"{settings.type} {', '.join(settings.contact_points)}"
@@ -299,7 +302,7 @@ class Doctor:
 
     def _cassandra_tables(
         self,
-        settings: CassandraStorageSettings,
+        settings: CassandraSettings,
         tables: set[str],
         table_of: Callable[[str], str],
     ) -> None:
@@ -390,14 +393,15 @@ class Doctor:
     async def _redis(self, check: str, field: str, address: str | None) -> None:
         import redis.asyncio as aioredis
 
+        from inferstack.kv.redis import redacted, redis_url
+
         if not address:
             self._add(check, "fail", f"{field} is not set", f"set {field} in the deployment")
             return
-        url = address if "://" in address else f"redis://{address}"
         client = aioredis.from_url(
-            url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout
+            redis_url(address), socket_connect_timeout=self.timeout, socket_timeout=self.timeout
         )
-        shown = address.rsplit("@", 1)[-1]  # never print a password in the URL
+        shown = redacted(address)  # never print a password in the URL
         try:
             await bounded(self.timeout, client.ping())  # connects first: not timed
             started = time.perf_counter()
@@ -425,20 +429,20 @@ class Doctor:
             for model in stored.definition.models:
                 check = f"model {name}/{model.name}"
                 if model.runtime == "onnx":
-                    await self._onnx_blob(check, config, model.artifact)
+                    await self._onnx_blob(check, config.blobs, model.artifact)
                 else:
                     for endpoint in model.endpoints:
                         await self._kserve(
                             check, endpoint.address, endpoint.model or model.name, endpoint.version
                         )
 
-    async def _onnx_blob(self, check: str, config: ConfigStore, digest: str | None) -> None:
+    async def _onnx_blob(self, check: str, blobs: BlobStore, digest: str | None) -> None:
         fix = "apply the model config again with the ONNX file at its `path`"
         if digest is None:
             self._add(check, "fail", "onnx model without a stored file digest", fix)
             return
         try:
-            present = await bounded(self.timeout, in_thread(lambda: config.has_blob(digest)))
+            present = await bounded(self.timeout, in_thread(lambda: blobs.has(digest)))
         except Exception as exc:
             self._add(check, "fail", f"onnx blob {digest[:12]}: {reason(exc)}", fix)
             return

@@ -4,7 +4,8 @@
 level, worker (the process id), logger and message, and request lines add method, status,
 duration_ms, request_id and caller.
 
-Request lines (`request_done`, called once per gRPC call and HTTP request): with the access
+Request lines (`RequestLog.request_done`, called once per gRPC call and HTTP request by
+the transports; each worker has one `RequestLog`, held by its call pipeline): with the access
 log on, every request gets one; with it off (the default), only requests that failed do, at
 most `ERROR_LINES_PER_WINDOW` per `WINDOW` seconds per worker. The next line after a
 suppressed burst says how many were left out, so a flood of bad requests cannot fill a disk.
@@ -17,20 +18,19 @@ import json
 import logging
 import re
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+from inferstack.core.ratelimit import RateLimiter
+from inferstack.core.text import one_line
 from inferstack.server.requestcontext import get_caller, get_request_id
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 ERROR_LINES_PER_WINDOW = 20
 WINDOW = 10.0  # seconds
-MAX_DETAIL = 300  # characters of an error message kept in a request line
 REQUEST_FIELDS = ("caller", "method", "status", "duration_ms", "request_id")
 # Statuses that point at the server or a system behind it rather than at the caller.
 SERVER_SIDE = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "UNIMPLEMENTED"})
@@ -83,34 +83,6 @@ def configure(log_format: LogFormat, level: int | str, worker: bool = False) -> 
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-class RateLimiter:
-    """At most `limit` events per window of `window` seconds; counts what it refuses and
-    hands that count to the first event it allows afterwards."""
-
-    def __init__(
-        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._window_start = clock()
-        self._allowed = 0
-        self._suppressed = 0
-
-    def allow(self) -> tuple[bool, int]:
-        """(whether this event may go out, how many were suppressed before it)."""
-        now = self._clock()
-        if now - self._window_start >= self.window:
-            self._window_start = now
-            self._allowed = 0
-        if self._allowed >= self.limit:
-            self._suppressed += 1
-            return False, 0
-        self._allowed += 1
-        suppressed, self._suppressed = self._suppressed, 0
-        return True, suppressed
-
-
 class RequestLog:
     """Decides which requests get a line and writes it (see the module docstring)."""
 
@@ -123,6 +95,28 @@ class RequestLog:
         self.access_log = access_log
         self.limiter = limiter or RateLimiter(ERROR_LINES_PER_WINDOW, WINDOW)
         self.logger = logger
+
+    def request_done(
+        self, method: str, status: str, seconds: float, detail: str = "", failed: bool | None = None
+    ) -> None:
+        """One call finished with `status` (a gRPC code name, or an HTTP status as digits):
+        log it if wanted. Failed: any gRPC status but OK, HTTP >= 400."""
+        if failed is None:
+            failed = status != "OK" and not (status.isdigit() and int(status) < 400)
+        self.done(method, status, seconds, detail, failed)
+
+    def exception(self, logger: logging.Logger, message: str) -> None:
+        """Log the exception being handled with its traceback, unless this worker has already
+        written `ERROR_LINES_PER_WINDOW` lines in this window: a bug that a caller can
+        trigger at will must not be able to fill the disk with tracebacks."""
+        allowed, suppressed = self.limiter.allow()
+        if allowed:
+            suffix = (
+                f" ({suppressed} request log lines suppressed before this one)"
+                if suppressed
+                else ""
+            )
+            logger.exception("%s%s", message, suffix)
 
     def done(self, method: str, status: str, seconds: float, detail: str, failed: bool) -> None:
         if not self.access_log:
@@ -164,36 +158,20 @@ def _without_request_bytes(message: str) -> str:
     return one_line(re.split(r"""\bb['"]""", first, maxsplit=1)[0].rstrip(" :"))
 
 
-def one_line(text: str) -> str:
-    """An error message as one bounded line: line breaks joined, control characters gone."""
-    flat = " | ".join(part for part in text.splitlines() if part)
-    flat = "".join(c if c.isprintable() else "?" for c in flat)
-    return flat if len(flat) <= MAX_DETAIL else flat[: MAX_DETAIL - 3] + "..."
-
-
-_request_log = RequestLog()
-
-
-def install(access_log: bool) -> None:
-    """This worker's request log: every request (access_log) or failures only; and aiohttp's
-    reports of requests that are not HTTP as rate-limited single lines."""
-    global _request_log
-    _request_log = RequestLog(access_log)
-    aiohttp_log = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, BadHttpFilter) for f in aiohttp_log.filters):
-        aiohttp_log.addFilter(BadHttpFilter())
-
-
 class BadHttpFilter(logging.Filter):
     """aiohttp logs a request it cannot parse (bad request line, header, length) with a
     traceback, though it answers 400: make that one line without a traceback, counted
     against the worker's limit on failure lines. Its other errors keep their traceback,
     under the same limit."""
 
+    def __init__(self, limiter: RateLimiter) -> None:
+        super().__init__()
+        self.limiter = limiter
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info is None:
             return True
-        allowed, suppressed = _request_log.limiter.allow()
+        allowed, suppressed = self.limiter.allow()
         if not allowed:
             return False
         error = record.exc_info[1]
@@ -207,23 +185,10 @@ class BadHttpFilter(logging.Filter):
         return True
 
 
-def request_done(
-    method: str, status: str, seconds: float, detail: str = "", failed: bool | None = None
-) -> None:
-    """One call finished with `status` (a gRPC code name, or an HTTP status as digits): log
-    it if the worker's request log wants it. Failed: any gRPC status but OK, HTTP >= 400."""
-    if failed is None:
-        failed = status != "OK" and not (status.isdigit() and int(status) < 400)
-    _request_log.done(method, status, seconds, detail, failed)
-
-
-def rate_limited_exception(logger: logging.Logger, message: str) -> None:
-    """Log the exception being handled with its traceback, unless the worker has already
-    written `ERROR_LINES_PER_WINDOW` lines in this window: a bug that a caller can trigger
-    at will must not be able to fill the disk with tracebacks."""
-    allowed, suppressed = _request_log.limiter.allow()
-    if allowed:
-        suffix = (
-            f" ({suppressed} request log lines suppressed before this one)" if suppressed else ""
-        )
-        logger.exception("%s%s", message, suffix)
+def filter_bad_http(request_log: RequestLog) -> None:
+    """aiohttp's reports of requests that are not HTTP, as rate-limited single lines
+    (one filter per process: the last worker set-up's limiter wins)."""
+    aiohttp_log = logging.getLogger("aiohttp.server")
+    for old in [f for f in aiohttp_log.filters if isinstance(f, BadHttpFilter)]:
+        aiohttp_log.removeFilter(old)
+    aiohttp_log.addFilter(BadHttpFilter(request_log.limiter))

@@ -1,7 +1,7 @@
 """Who is calling and which request this is, for the duration of one call.
 
 Every gRPC method and HTTP route of a worker runs inside a request context
-(server/grpc_handlers.py, server/http_middleware.py): the request id is set before the
+(server/grpc/registration.py, server/http/middleware.py): the request id is set before the
 call's work starts, and authentication sets the caller once it knows it. Request log lines
 (server/logs.py) read both. Context variables, so concurrent calls on one event loop never
 see each other's values (each gRPC call and each HTTP request runs in its own task).

@@ -15,19 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ByteSize,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
 
-from inferstack.core.durations import parse_duration
 from inferstack.core.errors import DefinitionError, located
 from inferstack.core.yamlsource import load_yaml
+from inferstack.kv.settings import CassandraSettings, Seconds
 from inferstack.server.admission import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_QUEUE,
@@ -37,7 +29,6 @@ from inferstack.server.admission import (
 DEFAULT_GRPC_PORT = 6566
 DEFAULT_HTTP_PORT = 6567
 ENV_PREFIX = "INFERSTACK_"
-Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class _Section(BaseModel):
@@ -47,21 +38,6 @@ class _Section(BaseModel):
 class LmdbStorageSettings(_Section):
     type: Literal["lmdb"] = "lmdb"
     path: Path | None = None  # default: <data_dir>/lmdb
-
-
-class CassandraStorageSettings(_Section):
-    """ScyllaDB or Apache Cassandra."""
-
-    type: Literal["cassandra", "scylla"]
-    contact_points: list[str] = Field(min_length=1)
-    keyspace: str = "inferstack"
-    replication: dict[str, str | int] | None = None  # default SimpleStrategy, factor 1
-    local_dc: str | None = None
-    read_consistency: str = "LOCAL_ONE"
-    write_consistency: str = "LOCAL_QUORUM"
-    request_timeout: Seconds = 1.0
-    connect_timeout: Seconds = 5.0
-    max_in_flight: int = Field(128, ge=1)
 
 
 class LocalCacheSettings(_Section):
@@ -218,9 +194,10 @@ class ServeSettings(_Section):
     # anything): refused unless set (server/supervisor.py).
     insecure_open: bool = False
     admission: AdmissionSettings = AdmissionSettings()
-    storage: Annotated[
-        LmdbStorageSettings | CassandraStorageSettings, Field(discriminator="type")
-    ] = LmdbStorageSettings()
+    # CassandraSettings is the adapter's own model (kv/settings.py): it takes the section whole.
+    storage: Annotated[LmdbStorageSettings | CassandraSettings, Field(discriminator="type")] = (
+        LmdbStorageSettings()
+    )
     cache: CacheSettings = CacheSettings()
     config: Annotated[FileConfigSettings | ZooKeeperConfigSettings, Field(discriminator="type")] = (
         FileConfigSettings()

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -62,11 +63,13 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker_main(settings: ServeSettings, ready: Any, level: int) -> None:
+def _worker_main(
+    settings: ServeSettings, ready: Any, level: int, extensions: Sequence[worker.Extension]
+) -> None:
     _die_with_parent()
     logs.configure(settings.log_format, level, worker=True)
     try:
-        worker.run(settings, on_ready=lambda: ready.put(os.getpid()))
+        worker.run(settings, on_ready=lambda: ready.put(os.getpid()), extensions=extensions)
     except (OSError, InferstackError) as exc:  # expected start-up failures: one clear line
         log.error("worker could not start: %s", exc)
         sys.exit(1)
@@ -81,7 +84,7 @@ def access_problem(settings: ServeSettings) -> str | None:
         remote_credentials(settings.inferflow)
     config = open_config_store(settings)
     try:
-        callers = config.load_callers()
+        callers = config.callers.load()
     finally:
         config.close()
     problem = auth.open_bind_problem(settings.host, callers, settings.insecure_open)
@@ -90,12 +93,16 @@ def access_problem(settings: ServeSettings) -> str | None:
     return problem
 
 
-def serve(settings: ServeSettings, announce: Any = print) -> int:
+def serve(
+    settings: ServeSettings, announce: Any = print, extensions: Sequence[worker.Extension] = ()
+) -> int:
+    """Run `settings.workers` workers until SIGTERM or SIGINT; each worker's HTTP app also
+    serves `extensions` (module-level functions: they are pickled to spawned workers)."""
     with metrics.shared_directory():
-        return _serve(settings, announce)
+        return _serve(settings, announce, tuple(extensions))
 
 
-def _serve(settings: ServeSettings, announce: Any) -> int:
+def _serve(settings: ServeSettings, announce: Any, extensions: tuple[worker.Extension, ...]) -> int:
     try:
         asyncio.run(check_reachable(settings))
         problem = access_problem(settings)
@@ -116,7 +123,9 @@ def _serve(settings: ServeSettings, announce: Any) -> int:
     stopping = False
 
     def start() -> BaseProcess:
-        process = context.Process(target=_worker_main, args=(settings, ready, level), daemon=False)
+        process = context.Process(
+            target=_worker_main, args=(settings, ready, level, extensions), daemon=False
+        )
         process.start()
         return process
 

@@ -1,8 +1,10 @@
 """One serving process: gRPC (with health and reflection) and HTTP on one event loop.
 
 Several workers share one port through SO_REUSEPORT; the kernel spreads connections.
-Each worker admits calls through one admission gate (server/admission.py) built from
-`settings.admission`; health checks, reflection and /metrics bypass it.
+Each worker builds one call pipeline (server/pipeline.py: its authorizer, admission gate and
+request log) and hands it to both transports; health checks, reflection and /metrics bypass
+it. What else the HTTP app serves (the console) comes in as extensions, so this layer never
+imports what sits above it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable
-from types import ModuleType
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -22,20 +23,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from inferstack.console import add_console
-from inferstack.featurestore.grpc_service import FeatureStoreServicer
-from inferstack.featurestore.http_gateway import make_app
-from inferstack.inferflow import http_gateway as inferflow_http
-from inferstack.inferflow.grpc_service import INFERFLOW_SERVICE, InferflowServicer
-from inferstack.interactions import http_gateway as interactions_http
-from inferstack.interactions.grpc_service import INTERACTIONS_SERVICE, InteractionsServicer
 from inferstack.interactions.service import run_sweeper
-from inferstack.proto.featurestore.v1 import featurestore_pb2
-from inferstack.proto.inferflow.v1 import inferflow_pb2
-from inferstack.proto.interactions.v1 import interactions_pb2
-from inferstack.server import admission, auth, http_middleware, logs, tls
+from inferstack.server import admission, auth, logs, tls
 from inferstack.server.components import Components, build
-from inferstack.server.grpc_handlers import add_service
+from inferstack.server.grpc import featurestore as featurestore_grpc
+from inferstack.server.grpc import inferflow as inferflow_grpc
+from inferstack.server.grpc import interactions as interactions_grpc
+from inferstack.server.grpc.registration import add_service
+from inferstack.server.http.app import make_app
+from inferstack.server.pipeline import Pipeline
 from inferstack.server.settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -43,10 +39,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STALE_READERS_EVERY = 5.0  # seconds between two checks for LMDB readers of dead processes
-FEATURE_STORE_SERVICE = featurestore_pb2.DESCRIPTOR.services_by_name["FeatureStore"].full_name
+SERVICES = (featurestore_grpc.SERVICE, inferflow_grpc.SERVICE, interactions_grpc.SERVICE)
+# Something more to serve on the worker's HTTP app (the console: cli/serve.py passes it),
+# added before the app starts. Module-level functions: workers are spawned, so they pickle.
+Extension = Callable[[web.Application, Pipeline, Components, ServeSettings], None]
 
 
-async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = None) -> None:
+async def serve(
+    settings: ServeSettings,
+    on_ready: Callable[[], None] | None = None,
+    extensions: Sequence[Extension] = (),
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain calls in flight and stop.
 
     Every resource is registered on one exit stack as it starts, so whatever way this ends
@@ -57,19 +60,21 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
         # First at once, so a worker replacing a killed one frees the slots it left.
         readers = asyncio.create_task(_clear_stale_readers(components, STALE_READERS_EVERY))
         started.push_async_callback(_cancel, readers)
-        callers_watch = auth.start(components.config)  # who may call; revocations follow
+        authorizer, callers_watch = auth.start(components.config)  # revocations follow
         started.callback(callers_watch.stop)
         limits = settings.admission
         gate = admission.Gate(limits.max_in_flight, limits.max_queue, limits.max_queue_wait)
-        admission.install(gate)  # every gRPC method and JSON route of this worker passes it
-        server, health, address = _grpc_server(settings, components)
+        request_log = logs.RequestLog(settings.access_log)
+        logs.filter_bad_http(request_log)
+        pipeline = Pipeline(authorizer, gate, request_log)  # every call of this worker
+        server, health, address = _grpc_server(settings, components, pipeline)
         await server.start()
         started.push_async_callback(server.stop, settings.shutdown_grace)
-        for name in ("", FEATURE_STORE_SERVICE, INFERFLOW_SERVICE, INTERACTIONS_SERVICE):
+        for name in ("", *(service.full_name for service in SERVICES)):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         if settings.http_port >= 0:
-            runner = await _http_runner(settings, components)
+            runner = await _http_runner(settings, components, pipeline, extensions)
             started.push_async_callback(runner.cleanup)
             context = tls.http_ssl_context(settings.tls) if settings.tls is not None else None
             site = web.TCPSite(
@@ -112,7 +117,7 @@ async def serve(settings: ServeSettings, on_ready: Callable[[], None] | None = N
 
 
 def _grpc_server(
-    settings: ServeSettings, components: Components
+    settings: ServeSettings, components: Components, pipeline: Pipeline
 ) -> tuple[grpc.aio.Server, HealthServicer, str]:
     """The gRPC server with every service registered and its port bound (not started)."""
     server = grpc.aio.server(
@@ -122,28 +127,29 @@ def _grpc_server(
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ]
     )
-    # Our own registration (server/grpc_handlers.py): malformed messages are answered
+    # Our own registration (server/grpc/registration.py): malformed messages are answered
     # INVALID_ARGUMENT, and every call gets a request id and, when it fails, a log line.
-    logs.install(settings.access_log)
     add_service(
-        server, _service(featurestore_pb2, "FeatureStore"), FeatureStoreServicer(components.service)
+        server,
+        pipeline,
+        featurestore_grpc.SERVICE,
+        featurestore_grpc.endpoints(components.service),
     )
     add_service(
-        server, _service(inferflow_pb2, "Inferflow"), InferflowServicer(components.inferflow)
+        server, pipeline, inferflow_grpc.SERVICE, inferflow_grpc.endpoints(components.inferflow)
     )
     add_service(
         server,
-        _service(interactions_pb2, "Interactions"),
-        InteractionsServicer(components.interactions),
-        metric_prefix="Interactions/",
+        pipeline,
+        interactions_grpc.SERVICE,
+        interactions_grpc.endpoints(components.interactions),
+        label_prefix=interactions_grpc.LABEL_PREFIX,
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         [
-            FEATURE_STORE_SERVICE,
-            INFERFLOW_SERVICE,
-            INTERACTIONS_SERVICE,
+            *(service.full_name for service in SERVICES),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
@@ -160,12 +166,21 @@ def _grpc_server(
     return server, health, address
 
 
-async def _http_runner(settings: ServeSettings, components: Components) -> web.AppRunner:
-    app = make_app(components.service, settings.max_http_body_bytes)
-    http_middleware.install(app)  # request ids, request log lines, 413 as JSON
-    inferflow_http.add_routes(app, components.inferflow)
-    interactions_http.add_routes(app, components.interactions)
-    add_console(app, components, settings)  # the read-only web console, /ui
+async def _http_runner(
+    settings: ServeSettings,
+    components: Components,
+    pipeline: Pipeline,
+    extensions: Sequence[Extension],
+) -> web.AppRunner:
+    app = make_app(
+        pipeline,
+        components.service,
+        components.inferflow,
+        components.interactions,
+        settings.max_http_body_bytes,
+    )
+    for extend in extensions:
+        extend(app, pipeline, components, settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     return runner
@@ -193,11 +208,6 @@ async def _clear_stale_readers(components: Components, every: float) -> None:
         await asyncio.sleep(every)
 
 
-def _service(module: ModuleType, name: str) -> Any:
-    """The protobuf descriptor of service `name` of a generated module."""
-    return module.DESCRIPTOR.services_by_name[name]
-
-
 async def _start_consumer(
     settings: ServeSettings, components: Components
 ) -> InteractionConsumer | None:
@@ -205,7 +215,8 @@ async def _start_consumer(
     kafka = settings.interactions.kafka
     if kafka is None:
         return None
-    from inferstack.interactions.kafka import InteractionConsumer, topics_for
+    from inferstack.interactions.kafka import InteractionConsumer
+    from inferstack.interactions.kafkamessages import topics_for
 
     service = components.interactions
     types = kafka.types if kafka.types is not None else sorted(service.catalog.types)
@@ -225,8 +236,12 @@ async def _start_consumer(
     return consumer
 
 
-def run(settings: ServeSettings, on_ready: Callable[[], None] | None = None) -> None:
+def run(
+    settings: ServeSettings,
+    on_ready: Callable[[], None] | None = None,
+    extensions: Sequence[Extension] = (),
+) -> None:
     """Entry point of a worker process: uvloop when available, one loop per process."""
     import uvloop
 
-    uvloop.run(serve(settings, on_ready))
+    uvloop.run(serve(settings, on_ready, extensions))

@@ -7,21 +7,15 @@ request and response envelopes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from inferstack.core.keys import KeyValues
-from inferstack.core.rowformat import Column, var_column
 from inferstack.core.types import FeatureType
 from inferstack.proto.inferflow.v1 import inferflow_pb2 as pb
-from inferstack.wire.columns import column_to_proto, keys_from_proto, keys_to_proto
-
-if TYPE_CHECKING:  # the client needs no part of the engine
-    from inferstack.inferflow.executor import InferResult
+from inferstack.wire.columns import keys_from_proto, keys_to_proto
 
 FLOAT32 = FeatureType("float32")
 ContextValue = KeyValues | int | str | np.integer[Any]
@@ -56,38 +50,3 @@ def request_to_proto(
 def request_from_proto(request: pb.InferRequest) -> tuple[str, dict[str, KeyValues], list[str]]:
     """(model, context by input name, return_features); duplicate inputs are refused."""
     return request.model, keys_from_proto(request.context), list(request.return_features)
-
-
-def response_to_proto(
-    request_id: str, result: InferResult, explain: bool = False
-) -> pb.InferResponse:
-    started = time.perf_counter()
-    response = pb.InferResponse(
-        model=result.model, version=result.version, count=result.count, request_id=request_id
-    )
-    add_output = response.outputs.add
-    for name, values in result.outputs.items():
-        add_output(name=name, type="float32", values=values.astype("<f4", copy=False).tobytes())
-    response.features.extend(
-        column_to_proto(name, ref.type, _wire_column(ref.type, column))
-        for name, (ref, column) in result.features.items()
-    )
-    if explain:
-        add_stage = response.explain.stages.add
-        for stage, seconds in result.timings:
-            add_stage(name=stage, milliseconds=seconds * 1e3)
-        add_stage(name="encode", milliseconds=(time.perf_counter() - started) * 1e3)
-        add_defaults = response.explain.defaults.add
-        for feature, rows in result.defaults.items():
-            add_defaults(feature=feature, rows=rows)
-        response.explain.rows = result.count
-    return response
-
-
-def _wire_column(feature_type: FeatureType, column: Column | npt.NDArray[Any]) -> Column:
-    """Strings and bytes as lengths + data: a remote feature store hands them back as objects."""
-    if not isinstance(column, np.ndarray) or column.dtype != object:
-        return column
-    if feature_type.base == "string":
-        return var_column([value.encode("utf-8") for value in column.tolist()])
-    return var_column(column.tolist())

@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from inferstack.configstore.base import ConfigStore, Watch
+from inferstack.configstore.base import CacheFeedStore, Watch
 from inferstack.configstore.cachefeed import KeyBatch
 from inferstack.core.errors import UnavailableError
 from inferstack.featurestore.rows import RowSource
@@ -34,13 +34,11 @@ log = logging.getLogger(__name__)
 
 class CacheCoherence:
     def __init__(
-        self, store: ConfigStore, rows: RowSource, loop: asyncio.AbstractEventLoop
+        self, feed: CacheFeedStore, rows: RowSource, loop: asyncio.AbstractEventLoop
     ) -> None:
-        self.store = store
+        self.feed = feed
         self.rows = rows
         self.loop = loop
-        self.published = 0  # config-store writes made for Persists, for tests and metrics
-        self.skipped = 0  # key publishes left out: no process caches rows
         self._keys: dict[str, list[bytes]] = {}
         self._bumps: set[str] = set()
         self._next: asyncio.Future[None] | None = None
@@ -52,10 +50,10 @@ class CacheCoherence:
         """Subscribe if this worker caches, take the current generations, then follow the
         feed from exactly there."""
         if self.rows.caches:
-            self._subscription = self.store.subscribe_keys()
-        self.rows.set_generations(self.store.load_cache_state().generations)
+            self._subscription = self.feed.subscribe_keys()
+        self.rows.set_generations(self.feed.load_state().generations)
         self.rows.publisher = self
-        self._watch = self.store.watch_cache(self)
+        self._watch = self.feed.watch(self)
 
     def stop(self) -> None:
         if self._watch is not None:
@@ -131,17 +129,14 @@ class CacheCoherence:
         need not be published."""
         generations: dict[str, int] = {}
         keys = {group: batch for group, batch in keys.items() if group not in bumps}
-        if keys and not self.store.has_key_subscribers():  # the rows are written already
-            self.skipped += 1
+        if keys and not self.feed.has_key_subscribers():  # the rows are written already
             keys = {}
         if keys:
             try:
-                generations.update(self.store.invalidate_keys(keys))
-                self.published += 1
+                generations.update(self.feed.invalidate_keys(keys))
             except Exception as exc:
                 log.warning("could not publish invalidated keys (%s); bumping generations", exc)
                 bumps |= set(keys)
         if bumps:
-            generations.update(self.store.bump_generations(sorted(bumps)))
-            self.published += 1
+            generations.update(self.feed.bump_generations(sorted(bumps)))
         return generations

@@ -41,8 +41,6 @@ class MemoryCache:
     def __init__(self, max_bytes: int = 256 << 20) -> None:
         self.max_bytes = max_bytes
         self.used_bytes = 0
-        self.hits = 0
-        self.misses = 0
         self._groups: dict[str, dict[bytes, object]] = {}
         self._generations: dict[str, int] = {}
         self._queues: dict[float, deque[_Batch]] = {}  # lifetime -> batches, oldest first
@@ -65,13 +63,9 @@ class MemoryCache:
                 self._advance(group, generation)
             rows = None
         if rows is None:
-            self.misses += len(keys)
             return [MISS] * len(keys)
         get = rows.get
         found = [get(key, MISS) for key in keys]
-        misses = found.count(MISS)
-        self.misses += misses
-        self.hits += len(keys) - misses
         return [None if value is _ABSENT else value for value in found]  # type: ignore[misc]
 
     async def set_many(

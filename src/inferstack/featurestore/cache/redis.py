@@ -28,17 +28,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
+from inferstack.core.ratelimit import RateLimitedWarning
 from inferstack.featurestore.cache.base import MISS, CachedRow
 from inferstack.featurestore.cache.breaker import BreakerState, CircuitBreaker
+from inferstack.kv.redis import pooled_client, redacted, redis_url
 
 log = logging.getLogger(__name__)
 
@@ -103,35 +99,19 @@ class RedisCache:
             raise ValueError("ttl_jitter must be in [0, 1)")
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        url = _url(address)
-        self.where = _without_credentials(url)  # for logs: never print a password
+        self.where = redacted(redis_url(address))  # for logs: never print a password
         self.prefix = prefix.encode()
         self.timeout = timeout
         self.ttl_jitter = ttl_jitter
         self.invalidation_hold_ms = max(1, round(invalidation_hold * 1000))
         self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown)
-        # Counters for tests and metrics. hits/misses count keys as answered to the caller
-        # (a failed read answers MISS for all its keys); errors count failed operations;
-        # rejected counts operations the open breaker refused without touching the network.
-        self.hits = 0
-        self.misses = 0
-        self.errors = 0
-        self.rejected = 0
-        self._pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,  # waiting for a free pooled connection
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # No client-side retries: they would multiply the latency of a failing cache,
-            # and the breaker decides when to try again.
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._client = aioredis.Redis(connection_pool=self._pool)
+        # No client-side retries: they would multiply the latency of a failing cache, and
+        # the breaker decides when to try again.
+        self._client = pooled_client(address, timeout=timeout, max_connections=max_connections)
         self._fill_script = self._client.register_script(_FILL_SCRIPT)
         self._group_prefixes: dict[str, bytes] = {}
         self._random = random.Random()
-        self._warnings = _Throttle(WARNING_INTERVAL)
+        self._warnings = RateLimitedWarning(log, WARNING_INTERVAL)  # a dead Redis cannot flood logs
 
     @property
     def breaker_state(self) -> BreakerState:
@@ -148,14 +128,9 @@ class RedisCache:
         # One MGET is one round trip whatever the batch size.
         values = await self._guarded("read", lambda: self._mget(names))
         if values is None:
-            self.misses += len(keys)
             return [MISS] * len(keys)
         oldest = generation.to_bytes(GENERATION_BYTES, "big")
-        out = [_from_stored(value, oldest) for value in values]
-        found = sum(1 for value in out if value is not MISS)
-        self.hits += found
-        self.misses += len(keys) - found
-        return out
+        return [_from_stored(value, oldest) for value in values]
 
     async def set_many(
         self,
@@ -230,13 +205,11 @@ class RedisCache:
     async def _guarded(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
         """Run one Redis operation within the timeout, under the breaker; None if it failed."""
         if not self.breaker.allow():
-            self.rejected += 1
             return None
         try:
             async with asyncio.timeout(self.timeout):
                 result = await call()
         except Exception as exc:  # timeouts, refused connections, server errors: all alike
-            self.errors += 1
             opened_before = self.breaker.times_opened
             self.breaker.record_failure()
             self._warn(operation, exc, opened=self.breaker.times_opened > opened_before)
@@ -248,10 +221,10 @@ class RedisCache:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if opened:
             message = "redis cache %s failed to %s (%s); bypassing it for %.1f s"
-            self._warnings.warning(message, self.where, operation, detail, self.breaker.cooldown)
+            self._warnings.warn(message, self.where, operation, detail, self.breaker.cooldown)
         else:
             message = "redis cache %s failed to %s (%s); using storage"
-            self._warnings.warning(message, self.where, operation, detail)
+            self._warnings.warn(message, self.where, operation, detail)
 
 
 def _from_stored(value: bytes | None, oldest: bytes) -> CachedRow:
@@ -259,34 +232,3 @@ def _from_stored(value: bytes | None, oldest: bytes) -> CachedRow:
     if value is None or len(value) < GENERATION_BYTES or value[:GENERATION_BYTES] < oldest:
         return MISS  # absent, a tombstone, or stored before the group moved on
     return value[GENERATION_BYTES:] or None
-
-
-def _url(address: str) -> str:
-    return address if "://" in address else f"redis://{address}"
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
-
-
-class _Throttle:
-    """Logs at most one warning per interval, so a dead Redis cannot flood the logs."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._next = 0.0
-        self._suppressed = 0
-
-    def warning(self, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            message += f" ({self._suppressed} similar warnings suppressed)"
-            self._suppressed = 0
-        self._next = now + self.interval
-        log.warning(message, *args)

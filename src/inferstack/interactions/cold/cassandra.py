@@ -19,46 +19,27 @@ not a lightweight transaction); sweepers read with `latest`, at the write consis
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from inferstack.core.registry import Registry
 from inferstack.interactions.cold.base import ColdWrite
-from inferstack.kv.cassandra import DEFAULT_KEYSPACE, CassandraStorage
+from inferstack.kv.cassandra import CassandraStorage
+from inferstack.kv.settings import CassandraSettings
 
 TABLE_PREFIX = "ic_"
 
 
 class CassandraColdStore:
-    def __init__(
-        self,
-        contact_points: Sequence[str],
-        *,
-        keyspace: str = DEFAULT_KEYSPACE,
-        replication: Mapping[str, str | int] | None = None,
-        local_dc: str | None = None,
-        read_consistency: str = "LOCAL_ONE",
-        write_consistency: str = "LOCAL_QUORUM",
-        request_timeout: float = 1.0,
-        connect_timeout: float = 5.0,
-        schema_timeout: float = 30.0,
-        max_in_flight: int = 128,
-    ) -> None:
+    def __init__(self, settings: CassandraSettings, *, schema_timeout: float = 30.0) -> None:
+        """The cluster settings are the feature store's (`storage:` in the deployment)."""
         self._storage = CassandraStorage(
-            contact_points,
-            keyspace=keyspace,
-            replication=replication,
-            local_dc=local_dc,
-            read_consistency=read_consistency,
-            write_consistency=write_consistency,
-            request_timeout=request_timeout,
-            connect_timeout=connect_timeout,
+            settings,
             schema_timeout=schema_timeout,
-            max_in_flight=max_in_flight,
             table_prefix=TABLE_PREFIX,
             kind="interaction type",
         )
         self.where = self._storage.where
-        self.keyspace = keyspace
+        self.keyspace = settings.keyspace
 
     async def connect(self) -> None:
         """Open the connection now (else the first call does); UnavailableError names it."""

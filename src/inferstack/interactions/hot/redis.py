@@ -49,11 +49,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -72,6 +68,7 @@ from inferstack.interactions.hot.batches import (
     load_batch,
     split_moved,
 )
+from inferstack.kv.redis import pooled_client, redacted, redis_url
 
 T = TypeVar("T")
 
@@ -302,22 +299,14 @@ class RedisHotTier:
             raise ValueError("timeout must be positive")
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        url = address if "://" in address else f"redis://{address}"
-        self.where = _without_credentials(url)  # for messages: never print a password
+        self.where = redacted(redis_url(address))  # for messages: never print a password
         self.timeout = timeout
         self._prefix = prefix.encode()
         self._sched = self._prefix + b"sched"
         self._claims = self._prefix + b"claims"
         self._fence = self._prefix + b"fence"
-        self._pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # _run decides what is tried again
-        )
-        self._client = aioredis.Redis(connection_pool=self._pool)
+        # No client-side retries: _run decides what is tried again.
+        self._client = pooled_client(address, timeout=timeout, max_connections=max_connections)
         self._add_script = self._client.register_script(_ADD)
         self._claim_script = self._client.register_script(_CLAIM)
         self._release_script = self._client.register_script(_RELEASE)
@@ -562,10 +551,3 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
 def _score(raw: bytes | str | float) -> int:
     """A score as Redis sends it back: times are whole ms below 2**53, exact as doubles."""
     return int(float(raw))
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))

@@ -1,5 +1,5 @@
-"""HTTP/JSON gateway of the interaction store, for curl users, on the feature store's app:
-POST /v1/interactions/ingest, /get, /hydrate and /sweep.
+"""The interaction store's JSON gateway, for curl users: POST /v1/interactions/ingest,
+/get, /hydrate and /sweep.
 
     curl -s localhost:6567/v1/interactions/ingest -d '{"batches": [{"type": "click",
          "event_ids": ["e1"], "user_id": [42], "items": [1334], "timestamps": [1714557600000],
@@ -14,25 +14,16 @@ store's gateway.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiohttp import web
-
-from inferstack.core.callers import ALL, Permission
+from inferstack.core.callers import Need
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.events import EventBatch, History
-from inferstack.featurestore.http_gateway import (
-    BodyNeeds,
-    Route,
-    json_route,
-    json_values,
-)
 from inferstack.interactions.events import InteractionCatalog
-from inferstack.interactions.grpc_service import types_named
 from inferstack.interactions.service import InteractionService
-from inferstack.server import auth
+from inferstack.server.http.routes import Body
+from inferstack.server.pipeline import Endpoint
 from inferstack.wire.columns import to_numpy
 from inferstack.wire.interactions import (
     check_types,
@@ -41,34 +32,37 @@ from inferstack.wire.interactions import (
     sweep_limit,
     user_keys,
 )
+from inferstack.wire.json import json_values
 
-log = logging.getLogger(__name__)
-INTERACTIONS_KEY = web.AppKey("interaction_service", InteractionService)
-Handler = Callable[[InteractionService, dict[str, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[InteractionService, Body], Awaitable[dict[str, Any]]]
 BATCH_FIELDS = ("type", "event_ids", "timestamps", "attributes")
 
 
-def add_routes(app: web.Application, service: InteractionService) -> None:
-    """Serve POST /v1/interactions/* from `service` on an app that is not started yet."""
-    app[INTERACTIONS_KEY] = service
-    for name, handler, needs in (
-        ("ingest", ingest, _ingest_needs),
-        ("get", get, _types_needs("read")),
-        ("hydrate", hydrate, _types_needs("write")),
-        ("sweep", sweep, _sweep_needs),
-    ):
-        method = f"http_interactions_{name}"
-        app.router.add_post(f"/v1/interactions/{name}", _route(method, handler, needs))
+def routes(service: InteractionService) -> dict[str, tuple[str, Endpoint[Body, Any]]]:
+    """POST /v1/interactions/{ingest,get,hydrate,sweep}."""
+    handlers: dict[str, tuple[Handler, Callable[[Body], list[Need]]]] = {
+        "ingest": (ingest, lambda body: service.ingest_needs(_batch_types(body))),
+        "get": (get, lambda body: service.get_needs(_named_types(body))),
+        "hydrate": (hydrate, lambda body: service.hydrate_needs(_named_types(body))),
+        "sweep": (sweep, lambda body: service.sweep_needs()),
+    }
+    return {
+        f"/v1/interactions/{name}": (
+            f"http_interactions_{name}",
+            Endpoint(_bound(handler, service), touches),
+        )
+        for name, (handler, touches) in handlers.items()
+    }
 
 
-def _route(method: str, handler: Handler, needs: BodyNeeds) -> Route:
-    async def work(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-        return await handler(request.app[INTERACTIONS_KEY], body)
+def _bound(handler: Handler, service: InteractionService) -> Callable[[Body], Awaitable[Any]]:
+    async def handle(body: Body) -> dict[str, Any]:
+        return await handler(service, body)
 
-    return json_route(method, work, needs)
+    return handle
 
 
-def _ingest_needs(request: web.Request, body: dict[str, Any]) -> list[auth.Need]:
+def _batch_types(body: Body) -> list[str]:
     batches = body.get("batches")
     if not isinstance(batches, list) or not all(isinstance(b, dict) for b in batches):
         raise InvalidArgumentError("'batches' must be a list of event batches (JSON objects)")
@@ -78,21 +72,14 @@ def _ingest_needs(request: web.Request, body: dict[str, Any]) -> list[auth.Need]
         if not isinstance(name, str):
             raise InvalidArgumentError(f"batch {index}: 'type' must be a string")
         types.append(name)
-    return [auth.writes("interaction_type", auth.distinct(types))]
+    return types
 
 
-def _types_needs(permission: Permission) -> BodyNeeds:
-    def needs(request: web.Request, body: dict[str, Any]) -> list[auth.Need]:
-        types = body.get("types", [])
-        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-            raise InvalidArgumentError("'types' must be a list of interaction type names")
-        return [auth.Need(permission, "interaction_type", types_named(types))]
-
-    return needs
-
-
-def _sweep_needs(request: web.Request, body: dict[str, Any]) -> list[auth.Need]:
-    return [auth.writes("interaction_type", [ALL])]  # a sweep moves every type
+def _named_types(body: Body) -> list[str]:
+    types = body.get("types", [])
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise InvalidArgumentError("'types' must be a list of interaction type names")
+    return types
 
 
 async def ingest(service: InteractionService, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,18 @@
-"""How a worker registers its servicers with gRPC: every method of a service, from its
-protobuf descriptor, through one wrapper that
+"""How a worker serves a gRPC service: every method of it, from its protobuf descriptor,
+through one wrapper that
 
 - parses the request itself, so a message that does not parse is answered
   INVALID_ARGUMENT with a one-line reason (the generated registration lets the parse error
   escape into grpc, which answers UNKNOWN and logs a traceback per request);
 - runs the call in a request context (server/requestcontext.py): the request id from the
   caller's `x-request-id` metadata or a new one, sent back in the trailing metadata;
+- runs the method's endpoint through the worker's call pipeline (server/pipeline.py) with
+  the call's `authorization` metadata and deadline, and turns its errors into status codes;
 - writes the request log line (server/logs.py) when the call ends;
-- sends a response the servicer already encoded (bytes) as it is.
+- sends a response the endpoint already encoded (bytes) as it is.
+
+A method's label in metrics, admission and logs is `label_prefix` + its name, derived here
+once rather than written by hand at each method.
 
 Only unary-unary methods exist in our services; another kind is refused at start-up.
 """
@@ -17,15 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs
 from google.protobuf.message_factory import GetMessageClass  # type: ignore[import-untyped]
 
-from inferstack import metrics
-from inferstack.server import logs
+from inferstack.core.errors import InferstackError
+from inferstack.server.pipeline import Endpoint, Pipeline
 from inferstack.server.requestcontext import (
     REQUEST_ID_METADATA,
     accept_request_id,
@@ -36,6 +41,7 @@ from inferstack.server.requestcontext import (
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
+AUTHORIZATION_METADATA = "authorization"
 
 
 class MalformedRequest:
@@ -63,12 +69,19 @@ def tolerant_deserializer(message_class: Any) -> Callable[[bytes], Any]:
 
 def add_service(
     server: grpc.aio.Server,
+    pipeline: Pipeline,
     service: Any,  # a protobuf ServiceDescriptor
-    servicer: object,
-    metric_prefix: str = "",
+    endpoints: Mapping[str, Endpoint[Any, Any]],
+    label_prefix: str = "",
 ) -> None:
-    """Serve every method of `service` from the servicer's method of the same name.
-    `metric_prefix` + method name is the method's label in the request metrics."""
+    """Serve every method of `service` from the endpoint of the same name (one per method,
+    no more, no fewer: checked here, at start-up)."""
+    names = {method.name for method in service.methods}
+    if names != set(endpoints):
+        raise TypeError(
+            f"{service.full_name}: endpoints {sorted(endpoints)} do not match the methods "
+            f"{sorted(names)}"
+        )
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         if method.client_streaming or method.server_streaming:
@@ -76,9 +89,10 @@ def add_service(
         request_class = GetMessageClass(method.input_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             _wrap(
+                pipeline,
                 f"{service.name}/{method.name}",
-                metric_prefix + method.name,
-                getattr(servicer, method.name),
+                label_prefix + method.name,
+                endpoints[method.name],
             ),
             request_deserializer=tolerant_deserializer(request_class),
             response_serializer=_serialize,
@@ -92,13 +106,19 @@ def add_service(
 
 def _serialize(response: Any) -> bytes:
     """A response message, or its bytes when the servicer encoded it already (the feature
-    store's retrieve answers are encoded natively: featurestore/grpc_service.py)."""
+    store's retrieve answers are encoded natively: server/grpc/featurestore.py)."""
     if isinstance(response, bytes):
         return response
     return bytes(response.SerializeToString())
 
 
-def _wrap(method: str, metric_label: str, behavior: Behavior) -> Behavior:
+def status_of(error: InferstackError) -> grpc.StatusCode:
+    return grpc.StatusCode[error.status]
+
+
+def _wrap(pipeline: Pipeline, method: str, label: str, endpoint: Endpoint[Any, Any]) -> Behavior:
+    request_log = pipeline.request_log
+
     async def handle(request: Any, context: Context) -> Any:
         started = time.perf_counter()
         request_id = accept_request_id(_metadata(context, REQUEST_ID_METADATA))
@@ -108,23 +128,32 @@ def _wrap(method: str, metric_label: str, behavior: Behavior) -> Behavior:
         status = ""
         try:
             if isinstance(request, MalformedRequest):
-                metrics.REQUESTS.labels(metric_label, "INVALID_ARGUMENT").inc()
+                pipeline.count(label, "INVALID_ARGUMENT", started)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
-            return await behavior(request, context)
+            try:
+                return await pipeline.run(
+                    label,
+                    lambda: endpoint.handle(request),
+                    credentials=_metadata(context, AUTHORIZATION_METADATA),
+                    touches=lambda: endpoint.touches(request),
+                    time_remaining=context.time_remaining,
+                )
+            except InferstackError as exc:
+                await context.abort(status_of(exc), str(exc))
         except asyncio.CancelledError:
             status = "CANCELLED"
             raise
         except grpc.aio.AbortError:
             raise
-        except Exception:  # servicers answer their own errors; this is a bug of ours
-            logs.rate_limited_exception(log, f"{method}: internal error")
+        except Exception:  # the pipeline answers every error of a call; this is a bug of ours
+            request_log.exception(log, f"{method}: internal error")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
             code = context.code()
             if not status:
                 status = "OK" if code is None else _code_name(code)
             details = context.details() if code is not None else ""
-            logs.request_done(method, status, time.perf_counter() - started, _text(details))
+            request_log.request_done(method, status, time.perf_counter() - started, _text(details))
             current_caller.reset(caller_token)
             current_request_id.reset(id_token)
 

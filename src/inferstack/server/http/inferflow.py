@@ -1,4 +1,4 @@
-"""HTTP/JSON gateway for Infer, for curl users: POST /v1/infer on the feature store's app.
+"""Inferflow's JSON gateway, for curl users: POST /v1/infer.
 
     curl -s localhost:6567/v1/infer -d '{"model": "ranker",
          "context": {"user_id": 42, "product_ids": [1334, 7732]}, "explain": true}'
@@ -9,48 +9,33 @@ Scalars may be given bare or as one-element lists. Errors and values that JSON c
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
-from aiohttp import web
-
+from inferstack.core.callers import Need
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.keys import KeyValues
-from inferstack.featurestore.http_gateway import (
-    json_route,
-    json_values,
-)
 from inferstack.inferflow.executor import InferResult
 from inferstack.inferflow.service import InferflowService
-from inferstack.server import auth
+from inferstack.server.http.routes import Body
+from inferstack.server.pipeline import Endpoint
 from inferstack.wire.columns import to_numpy
-
-log = logging.getLogger(__name__)
-INFERFLOW_KEY = web.AppKey("inferflow_service", InferflowService)
+from inferstack.wire.json import json_values
 
 
-def add_routes(app: web.Application, service: InferflowService) -> None:
-    """Serve POST /v1/infer from `service` on an app that is not started yet."""
-    app[INFERFLOW_KEY] = service
-    app.router.add_post("/v1/infer", infer)
+def routes(service: InferflowService) -> dict[str, tuple[str, Endpoint[Body, Any]]]:
+    async def infer(body: Body) -> dict[str, Any]:
+        model, context, return_features, explain, request_id = parse_request(body)
+        request_id, result = await service.infer(model, context, return_features, request_id)
+        return result_to_json(request_id, result, explain)
 
+    def infer_touches(body: Body) -> list[Need]:
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise InvalidArgumentError("'model' must be a string")
+        return service.infer_needs(model)
 
-async def _infer(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-    model, context, return_features, explain, request_id = parse_request(body)
-    service = request.app[INFERFLOW_KEY]
-    request_id, result = await service.infer(model, context, return_features, request_id)
-    return result_to_json(request_id, result, explain)
-
-
-def _infer_needs(request: web.Request, body: dict[str, Any]) -> list[auth.Need]:
-    model = body.get("model")
-    if not isinstance(model, str):
-        raise InvalidArgumentError("'model' must be a string")
-    return [auth.reads("model", [model])]
-
-
-infer = json_route("http_infer", _infer, _infer_needs)
+    return {"/v1/infer": ("http_infer", Endpoint(infer, infer_touches))}
 
 
 def parse_request(body: dict[str, Any]) -> tuple[str, dict[str, KeyValues], list[str], bool, str]:

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from inferstack.server import logs
+from inferstack.server.logs import RequestLog
 from inferstack.server.requestcontext import (
     REQUEST_ID_HEADER,
     accept_request_id,
@@ -26,38 +26,44 @@ from inferstack.server.requestcontext import (
 MAX_PATH_IN_LOG = 200
 
 
-def install(app: web.Application) -> None:
+def install(app: web.Application, request_log: RequestLog) -> None:
     """Put the request context around every route of `app` (outermost middleware)."""
-    app.middlewares.insert(0, request_context)
+    app.middlewares.insert(0, request_context(request_log))
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
-    id_token = current_request_id.set(request_id)
-    caller_token = current_caller.set(None)
-    method = f"{request.method} {_route(request)}"
-    try:
+def request_context(request_log: RequestLog) -> Any:
+    @web.middleware
+    async def in_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+        id_token = current_request_id.set(request_id)
+        caller_token = current_caller.set(None)
+        method = f"{request.method} {_route(request)}"
         try:
-            response = await handler(request)
-        except web.HTTPRequestEntityTooLarge:
-            response = body_too_large(request.client_max_size)
-        except web.HTTPException as exc:
-            exc.headers[REQUEST_ID_HEADER] = request_id
-            logs.request_done(
-                method, str(exc.status), time.perf_counter() - started, exc.text or ""
+            try:
+                response = await handler(request)
+            except web.HTTPRequestEntityTooLarge:
+                response = body_too_large(request.client_max_size)
+            except web.HTTPException as exc:
+                exc.headers[REQUEST_ID_HEADER] = request_id
+                request_log.request_done(
+                    method, str(exc.status), time.perf_counter() - started, exc.text or ""
+                )
+                raise
+            if not response.prepared:
+                response.headers[REQUEST_ID_HEADER] = request_id
+            request_log.request_done(
+                method,
+                str(response.status),
+                time.perf_counter() - started,
+                _error_message(response),
             )
-            raise
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = request_id
-        logs.request_done(
-            method, str(response.status), time.perf_counter() - started, _error_message(response)
-        )
-        return response
-    finally:
-        current_caller.reset(caller_token)
-        current_request_id.reset(id_token)
+            return response
+        finally:
+            current_caller.reset(caller_token)
+            current_request_id.reset(id_token)
+
+    return in_context
 
 
 def body_too_large(limit: int) -> web.Response:

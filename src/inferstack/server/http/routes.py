@@ -1,0 +1,93 @@
+"""JSON routes over the call pipeline: the body is read and decoded first (too large: 413,
+not JSON: 400), then the pipeline runs the route's endpoint with the `Authorization`
+header (server/pipeline.py: authenticate, authorize, admission, handler, metrics), and its
+errors become HTTP statuses with a JSON error naming the bad thing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from inferstack.core.errors import InferstackError, InvalidArgumentError, ResourceExhaustedError
+from inferstack.core.text import one_line
+from inferstack.server.pipeline import Endpoint, Pipeline
+from inferstack.wire.json import dumps
+
+HTTP_STATUS = {
+    "NOT_FOUND": 404,
+    "INVALID_ARGUMENT": 400,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "INTERNAL": 500,
+}
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+Body = dict[str, Any]
+Route = Callable[[web.Request], Awaitable[web.Response]]
+
+
+class BodyTooLargeError(ResourceExhaustedError):
+    """A request body over the app's size limit: HTTP 413, not 429 (nothing to retry)."""
+
+
+def add_json_routes(
+    app: web.Application, pipeline: Pipeline, routes: dict[str, tuple[str, Endpoint[Body, Any]]]
+) -> None:
+    """POST `path` -> (label, endpoint): the label names the route in metrics and logs."""
+    for path, (label, endpoint) in routes.items():
+        app.router.add_post(path, json_route(pipeline, label, endpoint))
+
+
+def json_route(pipeline: Pipeline, label: str, endpoint: Endpoint[Body, Any]) -> Route:
+    async def route(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            body = await json_body(request)
+        except InferstackError as exc:
+            pipeline.count(label, exc.status, started)
+            return error_response(exc)
+        try:
+            payload = await pipeline.run(
+                label,
+                lambda: endpoint.handle(body),
+                credentials=request.headers.get("Authorization"),
+                touches=lambda: endpoint.touches(body),
+            )
+        except InferstackError as exc:
+            return error_response(exc)
+        return web.json_response(payload, dumps=dumps)
+
+    return route
+
+
+def error_response(error: InferstackError) -> web.Response:
+    body = {"error": {"code": error.status, "message": str(error)}}
+    status = 413 if isinstance(error, BodyTooLargeError) else HTTP_STATUS.get(error.status, 400)
+    response = web.json_response(body, status=status)
+    if error.status == "UNAUTHENTICATED":
+        response.headers["WWW-Authenticate"] = 'Bearer realm="inferstack"'
+    return response
+
+
+async def json_body(request: web.Request) -> Body:
+    try:
+        body = await request.json()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BodyTooLargeError(
+            f"request body larger than {request.client_max_size} bytes "
+            "(the limit, max_http_body_bytes)"
+        ) from exc
+    except (ValueError, LookupError) as exc:  # JSON, UTF-8, digit limit, unknown charset
+        raise InvalidArgumentError(
+            f"request body is not JSON: {one_line(' '.join(str(exc).split()), 200)}"
+        ) from exc
+    except RecursionError as exc:
+        raise InvalidArgumentError("request body is not JSON we accept: nested too deeply") from exc
+    if not isinstance(body, dict):
+        raise InvalidArgumentError("request body must be a JSON object")
+    return body

@@ -1,0 +1,107 @@
+"""The one path every call takes, whatever its transport: gRPC methods, JSON routes and the
+console's Look up and Try it all go through a worker's `Pipeline`, in this order:
+
+    authenticate -> authorize -> admission -> handler -> errors -> metrics
+
+The transports decode the request first (a message that does not parse, or a body that is
+not JSON, is refused before anything else), and write the request log line last, around the
+pipeline (server/grpc/registration.py, server/http/middleware.py). A pipeline is built once
+per worker from its authorizer, admission gate and request log, and passed to every
+transport: nothing of it lives in module globals.
+
+Endpoints are the thin adapters over the parts' transport-free services: for each method, a
+function from the decoded request to the answer and one saying what the request touches
+(core/callers.py `Need`), which is only evaluated when callers are configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from inferstack import metrics
+from inferstack.core.callers import Caller, Need
+from inferstack.core.errors import InferstackError
+from inferstack.server.admission import Gate, TimeRemaining, no_deadline
+from inferstack.server.auth import Authorizer
+from inferstack.server.logs import RequestLog
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RequestT = TypeVar("RequestT", contravariant=True)
+ResponseT = TypeVar("ResponseT", covariant=True)
+INTERNAL_MESSAGE = "internal error; see the server log"
+
+
+class InternalError(InferstackError):
+    """A failure of ours, not the caller's: the caller learns only that it happened (the
+    traceback goes to the server log, rate-limited)."""
+
+    status = "INTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint(Generic[RequestT, ResponseT]):
+    """One method of a transport over a part's service: what it answers, what it touches."""
+
+    handle: Callable[[RequestT], Awaitable[ResponseT]]
+    touches: Callable[[RequestT], Iterable[Need]]
+
+
+class Pipeline:
+    """One worker's call path (see the module docstring)."""
+
+    def __init__(self, authorizer: Authorizer, gate: Gate, request_log: RequestLog) -> None:
+        self.authorizer = authorizer
+        self.gate = gate
+        self.request_log = request_log
+
+    async def run(
+        self,
+        method: str,
+        handler: Callable[[], Awaitable[T]],
+        *,
+        credentials: str | None = None,
+        touches: Callable[[], Iterable[Need]] | None = None,
+        time_remaining: TimeRemaining = no_deadline,
+        caller: Caller | None = None,
+        authenticated: bool = False,
+    ) -> T:
+        """Run one call of `method` (its label in metrics, admission estimates and logs).
+
+        `credentials` is the call's `authorization` value; a caller the transport already
+        authenticated (the console's sign-in) is passed with `authenticated=True`. Errors
+        leave as `InferstackError` (anything unexpected as `InternalError`), counted."""
+        started = time.perf_counter()
+        try:
+            if not authenticated and self.authorizer.required:
+                caller = await self.authorizer.authenticate(method, credentials)
+            self.authorizer.authorize(method, caller, touches)
+            gate = self.gate
+            admitted = started if gate.try_enter() else await gate.wait(method, time_remaining)
+            try:
+                result = await handler()
+            finally:
+                gate.leave(method, time.perf_counter() - admitted)
+        except InferstackError as exc:
+            self.count(method, exc.status, started)
+            raise
+        except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
+            self.count(method, "CANCELLED", started)
+            raise
+        except Exception as exc:
+            self.request_log.exception(log, f"{method}: internal error")  # callers may repeat it
+            self.count(method, "INTERNAL", started)
+            raise InternalError(INTERNAL_MESSAGE) from exc
+        self.count(method, "OK", started)
+        return result
+
+    @staticmethod
+    def count(method: str, code: str, started: float) -> None:
+        """Count one call of `method` that ended with `code` (also those a transport refuses
+        before the pipeline, such as a request that does not decode)."""
+        metrics.count_request(method, code, time.perf_counter() - started)

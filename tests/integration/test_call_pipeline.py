@@ -1,0 +1,125 @@
+"""One call path for both transports: over a real gRPC server and a real HTTP server, a call
+is authenticated, then authorized, then admitted, then run, in that order. With the only
+admission slot taken, a call without a valid token is refused UNAUTHENTICATED and one outside
+its grants PERMISSION_DENIED (not RESOURCE_EXHAUSTED: admission comes after both), and only a
+permitted call meets the full gate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+import numpy as np
+import pytest
+from aiohttp import web
+
+from inferstack.core.callers import Callers, Grant, Need, new_caller, reads
+from inferstack.featurestore.service import RetrieveResult
+from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
+from inferstack.proto.featurestore.v1 import featurestore_pb2_grpc as pb_grpc
+from inferstack.server.admission import Gate
+from inferstack.server.auth import Authorizer
+from inferstack.server.grpc import featurestore as featurestore_grpc
+from inferstack.server.grpc.registration import add_service
+from inferstack.server.http import featurestore as featurestore_http
+from inferstack.server.http.routes import add_json_routes
+from inferstack.server.logs import RequestLog
+from inferstack.server.pipeline import Pipeline
+
+
+class OneGroupService:
+    """Stands in for the FeatureService: every Retrieve reads `user_profile` and finds
+    nothing (what is under test is the path around it)."""
+
+    def __init__(self) -> None:
+        self.ran = 0
+
+    def retrieve_needs(self, entity: str, features: Sequence[str]) -> list[Need]:
+        return [reads("feature_group", ["user_profile"])]
+
+    async def retrieve(self, entity: str, keys: Any, features: Sequence[str] = ()) -> Any:
+        self.ran += 1
+        return RetrieveResult(entity, 0, [], {"user_profile": np.zeros(0, np.uint8)})
+
+
+@dataclass
+class Served:
+    grpc_target: str
+    http_base: str
+    gate: Gate
+    service: OneGroupService
+    allowed: str  # a token that may read user_profile
+    denied: str  # a token that may read only a model
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    reader, allowed = new_caller("reader", [Grant.parse("read:feature_group/*")], 0.0)
+    ranker, denied = new_caller("ranker", [Grant.parse("read:model/ranker")], 0.0)
+    authorizer = Authorizer(Callers(1, {"reader": reader, "ranker": ranker}))
+    gate = Gate(max_in_flight=1, max_queue=0)
+    pipeline = Pipeline(authorizer, gate, RequestLog())
+    service = OneGroupService()
+    server = grpc.aio.server()
+    endpoints = featurestore_grpc.endpoints(service)  # type: ignore[arg-type]  # stands in
+    add_service(server, pipeline, featurestore_grpc.SERVICE, endpoints)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    app = web.Application()
+    add_json_routes(app, pipeline, featurestore_http.routes(service))  # type: ignore[arg-type]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    http_port = runner.addresses[0][1]
+    try:
+        yield Served(
+            f"127.0.0.1:{port}", f"http://127.0.0.1:{http_port}", gate, service, allowed, denied
+        )
+    finally:
+        await runner.cleanup()
+        await server.stop(None)
+
+
+async def _grpc_status(served: Served, token: str | None) -> grpc.StatusCode:
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    async with grpc.aio.insecure_channel(served.grpc_target) as channel:
+        stub = pb_grpc.FeatureStoreStub(channel)
+        try:
+            await stub.Retrieve(pb.RetrieveRequest(entity="user"), metadata=metadata, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def _http_status(served: Served, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = {"entity": "user", "keys": {"user_id": []}}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{served.http_base}/v1/retrieve", json=body, headers=headers) as response,
+    ):
+        return response.status
+
+
+async def test_both_transports_authenticate_then_authorize_then_admit(served: Served) -> None:
+    assert served.gate.try_enter()  # the only slot is taken; the queue holds nobody
+    try:
+        assert await _grpc_status(served, None) == grpc.StatusCode.UNAUTHENTICATED
+        assert await _http_status(served, None) == 401
+        assert await _grpc_status(served, "isk_0123456789abcdef_" + "x" * 30) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert await _grpc_status(served, served.denied) == grpc.StatusCode.PERMISSION_DENIED
+        assert await _http_status(served, served.denied) == 403
+        assert await _grpc_status(served, served.allowed) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await _http_status(served, served.allowed) == 429
+        assert served.service.ran == 0
+    finally:
+        served.gate.leave("test", 0.0)
+    assert await _grpc_status(served, served.allowed) == grpc.StatusCode.OK
+    assert await _http_status(served, served.allowed) == 200
+    assert served.service.ran == 2
