@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from inferstack.cli.common import ConfigOption, DataDirOption, settings_from
-from inferstack.console import add_console
 from inferstack.server import logs, supervisor
+from inferstack.server.worker import Extension
 
 
 def serve(
@@ -84,4 +84,17 @@ def serve(
     else:
         announce = lambda line: print(line, flush=True)  # noqa: E731
     # Every worker also serves the console under /ui.
-    raise typer.Exit(supervisor.serve(settings, announce=announce, extensions=[add_console]))
+    extensions = _console()  # every worker also serves the console under /ui
+    raise typer.Exit(supervisor.serve(settings, announce=announce, extensions=extensions))
+
+
+def _console() -> list[Extension]:
+    """The console when its extra is installed (`pip install 'inferstack[console]'`)."""
+    try:
+        from inferstack.console import add_console
+    except ModuleNotFoundError as exc:
+        logging.getLogger("inferstack.serve").info(
+            "no console under /ui: it needs %s (pip install 'inferstack[console]')", exc.name
+        )
+        return []
+    return [add_console]

@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from aiohttp import ClientSession, ClientTimeout, web
 
 from inferstack.cli.common import ConfigOption, DataDirOption, fail, settings_from
-from inferstack.console import add_console
-from inferstack.console.app import MetricsText, local_metrics
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.server import auth
 from inferstack.server.admission import Gate
@@ -25,6 +23,9 @@ from inferstack.server.components import build
 from inferstack.server.logs import RequestLog
 from inferstack.server.pipeline import Pipeline
 from inferstack.server.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from inferstack.console.app import MetricsText
 
 DEFAULT_PORT = 6568
 
@@ -59,9 +60,15 @@ def ui(
 
 
 async def _serve(settings: ServeSettings, host: str, port: int, metrics_url: str | None) -> None:
+    try:  # an extra: `pip install 'inferstack[console]'`
+        from inferstack.console.app import add_console, local_metrics
+    except ModuleNotFoundError as exc:
+        raise InvalidArgumentError(
+            f"the console needs {exc.name}: pip install 'inferstack[console]'"
+        ) from exc
     components = await build(settings)
     # The console asks for tokens as serve does, and admits its calls the same way.
-    authorizer, callers_watch = auth.start(components.config)
+    authorizer, callers_watch = auth.start(components.config.callers)
     problem = auth.open_bind_problem(host, authorizer.callers, settings.insecure_open)
     if problem is not None:
         callers_watch.stop()

@@ -178,6 +178,7 @@ def _driver_log(message: Any) -> None:
 class CassandraStorage:
     """Feature rows in ScyllaDB or Apache Cassandra; see the module docstring for the layout.
 
+    `settings` is the deployment's `storage:` section, taken whole (kv/settings.py).
     Connects on `connect()` or, lazily, on the first `prepare`/`read`/`write`.
     """
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +64,8 @@ def apply_definitions(
     ConfigConflictError when another apply saved in between, and the adapters' errors
     (UnavailableError...) when a system does not answer; nothing is saved then.
     """
-    with ExitStack() as stack:
-        store = open_config_store(settings)
-        stack.callback(store.close)
+    store = open_config_store(settings)
+    try:
         current = store.registry.load()
         definitions = load_definitions(list(files), current)
         models, artifacts, problems = read_artifacts(definitions)
@@ -87,4 +85,6 @@ def apply_definitions(
                 store.blobs.put(data)
             asyncio.run(prepare_storage(settings, result.registry))
             store.registry.save(result.registry, expected_revision=current.revision)
+    finally:
+        store.close()
     return ApplyResult(result.changes, result.registry, current.revision, dry_run)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inferstack import metrics
-from inferstack.configstore.base import ConfigStore, Watch
+from inferstack.configstore.base import CallerStore, Watch
 from inferstack.core.callers import ALL, Caller, Callers, Need, token_id_of
 from inferstack.core.errors import PermissionDeniedError, UnauthenticatedError
 from inferstack.server.requestcontext import set_caller
@@ -172,9 +172,8 @@ def denial(caller: str, need: Need, name: str) -> str:
     return f"caller '{caller}' may not {need.permission} {what}"
 
 
-def start(config: ConfigStore) -> tuple[Authorizer, Watch]:
-    """An authorizer fed by the config store's callers from now on (stop the watch to end)."""
-    callers = config.callers  # all it needs of the config store
+def start(callers: CallerStore) -> tuple[Authorizer, Watch]:
+    """An authorizer fed by the callers store from now on (stop the watch to end)."""
     authorizer = Authorizer(callers.load())
     return authorizer, callers.watch(authorizer.use)
 

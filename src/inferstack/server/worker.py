@@ -60,7 +60,7 @@ async def serve(
         # First at once, so a worker replacing a killed one frees the slots it left.
         readers = asyncio.create_task(_clear_stale_readers(components, STALE_READERS_EVERY))
         started.push_async_callback(_cancel, readers)
-        authorizer, callers_watch = auth.start(components.config)  # revocations follow
+        authorizer, callers_watch = auth.start(components.config.callers)  # revocations follow
         started.callback(callers_watch.stop)
         limits = settings.admission
         gate = admission.Gate(limits.max_in_flight, limits.max_queue, limits.max_queue_wait)
