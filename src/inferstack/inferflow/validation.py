@@ -55,8 +55,6 @@ def check_models(
 ) -> list[str]:
     """Every model config of the registry-to-be compiles against its feature definitions,
     and every model file given in this apply takes as many columns as its inputs give."""
-    from inferstack.inferflow.runtimes.onnx import OnnxRuntime
-
     catalog = Catalog(registry)
     problems: list[str] = []
     for name, stored in registry.models.items():
@@ -83,6 +81,8 @@ def check_models(
             if data is None:
                 continue  # stored earlier and checked then
             try:
+                from inferstack.inferflow.runtimes.onnx import OnnxRuntime  # an extra
+
                 runtime = OnnxRuntime(model.name, data, input_name=model.input_name)
             except InferstackError as exc:
                 problems.append(problem(("models", index, "path"), str(exc)))

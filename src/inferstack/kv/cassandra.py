@@ -73,6 +73,11 @@ The driver (ScyllaDB's fork of the DataStax C++ driver, inside the acsylla wheel
 I/O on its own thread and wakes the event loop once per batch of answers; it speaks
 protocol v4 without compression (the wire is not the bottleneck; compression costs CPU on
 both ends). All contact points share one native port (the driver has one port setting).
+
+About 900 lines, a third of them this description: one adapter whose reads, writes, ring
+pinning, retries and schema statements share its session, prepared statements and request
+slots; the token ring itself is apart (kv/cassandra_ring.py), as are its settings
+(kv/settings.py).
 """
 
 from __future__ import annotations

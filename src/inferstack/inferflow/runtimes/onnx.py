@@ -6,9 +6,15 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
-from inferstack.core.errors import InvalidArgumentError
+from inferstack.core.errors import InvalidArgumentError, UnavailableError
+
+try:
+    import onnxruntime as ort
+except ModuleNotFoundError as missing:  # an extra: say which, not a traceback
+    raise UnavailableError(
+        "ONNX models need onnxruntime: pip install 'inferstack[onnx]'"
+    ) from missing
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
