@@ -3,11 +3,12 @@ console's Look up and Try it all go through a worker's `Pipeline`, in this order
 
     authenticate -> authorize -> admission -> handler -> errors -> metrics
 
-The transports decode the request first (a message that does not parse, or a body that is
-not JSON, is refused before anything else), and write the request log line last, around the
-pipeline (server/grpc/registration.py, server/http/middleware.py). A pipeline is built once
-per worker from its authorizer, admission gate and request log, and passed to every
-transport: nothing of it lives in module globals.
+The transports decode the request first (a gRPC message that does not parse is refused
+before anything else; over HTTP the token is checked from the headers, then the body is read
+and decoded) and write the request log line last, around the pipeline
+(server/grpc/registration.py, server/http/middleware.py). A pipeline is built once per
+worker from its authorizer, admission gate and request log, and passed to every transport:
+nothing of it lives in module globals.
 
 Endpoints are the thin adapters over the parts' transport-free services: for each method, a
 function from the decoded request to the answer and one saying what the request touches
@@ -99,6 +100,19 @@ class Pipeline:
             raise InternalError(INTERNAL_MESSAGE) from exc
         self.count(method, "OK", started)
         return result
+
+    async def authenticate(
+        self, method: str, credentials: str | None, started: float
+    ) -> Caller | None:
+        """The caller of a call whose transport authenticates it before decoding it (HTTP:
+        a caller without a valid token never gets its body read); a refusal is counted."""
+        if not self.authorizer.required:
+            return None
+        try:
+            return await self.authorizer.authenticate(method, credentials)
+        except InferstackError as exc:
+            self.count(method, exc.status, started)
+            raise
 
     @staticmethod
     def count(method: str, code: str, started: float) -> None:

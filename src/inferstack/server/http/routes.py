@@ -1,7 +1,8 @@
-"""JSON routes over the call pipeline: the body is read and decoded first (too large: 413,
-not JSON: 400), then the pipeline runs the route's endpoint with the `Authorization`
-header (server/pipeline.py: authenticate, authorize, admission, handler, metrics), and its
-errors become HTTP statuses with a JSON error naming the bad thing."""
+"""JSON routes over the call pipeline (server/pipeline.py): the `Authorization` header is
+checked first (a caller without a valid token never has its body read), then the body is
+read and decoded (too large: 413, not JSON: 400), then the pipeline authorizes, admits and
+runs the route's endpoint; its errors become HTTP statuses with a JSON error naming the bad
+thing."""
 
 from __future__ import annotations
 
@@ -47,16 +48,20 @@ def json_route(pipeline: Pipeline, label: str, endpoint: Endpoint[Body, Any]) ->
     async def route(request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
-            body = await json_body(request)
-        except InferstackError as exc:
-            pipeline.count(label, exc.status, started)
-            return error_response(exc)
-        try:
+            caller = await pipeline.authenticate(
+                label, request.headers.get("Authorization"), started
+            )
+            try:
+                body = await json_body(request)
+            except InferstackError as exc:
+                pipeline.count(label, exc.status, started)
+                raise
             payload = await pipeline.run(
                 label,
                 lambda: endpoint.handle(body),
-                credentials=request.headers.get("Authorization"),
                 touches=lambda: endpoint.touches(body),
+                caller=caller,
+                authenticated=True,
             )
         except InferstackError as exc:
             return error_response(exc)
