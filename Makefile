@@ -100,5 +100,5 @@ bench-interactions: install
 	$(BIN)/python bench/interactions.py --distributed $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .inferstack .demo .services src/inferstack/proto/featurestore $(PROTO_STAMP) \
+	rm -rf $(VENV) .inferstack .demo .services src/inferstack/proto \
 	  src/inferstack_native.*.so

@@ -1,8 +1,9 @@
 """One call path for both transports: over a real gRPC server and a real HTTP server, a call
-is authenticated, then authorized, then admitted, then run, in that order. With the only
-admission slot taken, a call without a valid token is refused UNAUTHENTICATED and one outside
-its grants PERMISSION_DENIED (not RESOURCE_EXHAUSTED: admission comes after both), and only a
-permitted call meets the full gate."""
+is authenticated, then decoded, then authorized, then admitted, then run, in that order. With
+the only admission slot taken, a call without a valid token is refused UNAUTHENTICATED (even
+when its message or body does not decode) and one outside its grants PERMISSION_DENIED (not
+RESOURCE_EXHAUSTED: admission comes after both), and only a permitted call meets the full
+gate."""
 
 from __future__ import annotations
 
@@ -103,6 +104,43 @@ async def _http_status(served: Served, token: str | None) -> int:
         session.post(f"{served.http_base}/v1/retrieve", json=body, headers=headers) as response,
     ):
         return response.status
+
+
+async def _grpc_raw_status(served: Served, payload: bytes, token: str | None) -> grpc.StatusCode:
+    """A Retrieve whose message is `payload` as it is (it need not parse)."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    async with grpc.aio.insecure_channel(served.grpc_target) as channel:
+        retrieve = channel.unary_unary(
+            "/inferstack.featurestore.v1.FeatureStore/Retrieve",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        try:
+            await retrieve(payload, metadata=metadata, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def _http_raw_status(served: Served, body: bytes, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{served.http_base}/v1/retrieve", data=body, headers=headers) as response,
+    ):
+        return response.status
+
+
+async def test_a_caller_without_a_token_learns_nothing_of_how_its_request_reads(
+    served: Served,
+) -> None:
+    garbage = b"\xff\xff\xff\xff"  # not a RetrieveRequest, not JSON
+    assert await _grpc_raw_status(served, garbage, None) == grpc.StatusCode.UNAUTHENTICATED
+    assert await _http_raw_status(served, garbage, None) == 401
+    assert await _grpc_raw_status(served, garbage, served.denied) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert await _http_raw_status(served, garbage, served.denied) == 400
 
 
 async def test_both_transports_authenticate_then_authorize_then_admit(served: Served) -> None:

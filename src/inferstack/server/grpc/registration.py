@@ -2,8 +2,9 @@
 through one wrapper that
 
 - parses the request itself, so a message that does not parse is answered
-  INVALID_ARGUMENT with a one-line reason (the generated registration lets the parse error
-  escape into grpc, which answers UNKNOWN and logs a traceback per request);
+  INVALID_ARGUMENT with a one-line reason, once the caller's token is checked (the generated
+  registration lets the parse error escape into grpc, which answers UNKNOWN and logs a
+  traceback per request);
 - runs the call in a request context (server/requestcontext.py): the request id from the
   caller's `x-request-id` metadata or a new one, sent back in the trailing metadata;
 - runs the method's endpoint through the worker's call pipeline (server/pipeline.py) with
@@ -29,7 +30,7 @@ import grpc
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no stubs
 from google.protobuf.message_factory import GetMessageClass  # type: ignore[import-untyped]
 
-from inferstack.core.errors import InferstackError
+from inferstack.core.errors import InferstackError, InvalidArgumentError
 from inferstack.server.pipeline import Endpoint, Pipeline
 from inferstack.server.requestcontext import (
     REQUEST_ID_METADATA,
@@ -127,16 +128,21 @@ def _wrap(pipeline: Pipeline, method: str, label: str, endpoint: Endpoint[Any, A
         context.set_trailing_metadata(((REQUEST_ID_METADATA, request_id),))
         status = ""
         try:
-            if isinstance(request, MalformedRequest):
-                pipeline.count(label, "INVALID_ARGUMENT", started)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
             try:
+                # As over HTTP: the token first, so a caller without one learns nothing of
+                # how its message reads; then the message; then the pipeline.
+                credentials = _metadata(context, AUTHORIZATION_METADATA)
+                caller = await pipeline.authenticate(label, credentials, started)
+                if isinstance(request, MalformedRequest):
+                    pipeline.count(label, "INVALID_ARGUMENT", started)
+                    raise InvalidArgumentError(request.reason)
                 return await pipeline.run(
                     label,
                     lambda: endpoint.handle(request),
-                    credentials=_metadata(context, AUTHORIZATION_METADATA),
                     touches=lambda: endpoint.touches(request),
                     time_remaining=context.time_remaining,
+                    caller=caller,
+                    authenticated=True,
                 )
             except InferstackError as exc:
                 await context.abort(status_of(exc), str(exc))
