@@ -314,3 +314,58 @@ def test_an_open_server_binds_loopback_only_and_says_so(tmp_path: Path) -> None:
         assert grpc_retrieve(running, None)[0] == "NOT_FOUND"  # open: no entity, no refusal
     finally:
         assert running.stop() == 0
+
+
+def _until_known(server: RunningServer, token: str) -> None:
+    """A caller added while the server runs is known to every worker within a second."""
+    deadline = time.monotonic() + 5
+    while grpc_retrieve(server, token)[0] == "UNAUTHENTICATED" and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_infer_returns_no_value_the_caller_may_not_read(
+    server: RunningServer, data: Path, tokens: Tokens
+) -> None:
+    # The ranker answers product.price and product.category_id (product_stats) and reads
+    # user_profile and user_category_affinity, whose features it returns when asked.
+    scorer = add_caller(data, "scorer", "read:model/ranker")
+    shopper = add_caller(data, "shopper", "read:model/ranker", "read:feature_group/product_stats")
+    for token in (scorer, shopper):
+        _until_known(server, token)
+    context = {"user_id": 1, "product_ids": [1, 2]}
+    with InferflowClient(server.grpc_target, token=tokens.app, connections=1) as client:
+        explained = client.infer("ranker", context, explain=True)
+    user_feature = next(name for name in explained.defaults if name.startswith("user."))
+
+    def grpc_call(token: str, returned: list[str], explain: bool) -> Outcome:
+        with InferflowClient(server.grpc_target, token=token, connections=1) as client:
+            return _grpc(lambda: client.infer("ranker", context, returned, explain=explain))
+
+    def http_call(token: str, returned: list[str], explain: bool) -> Outcome:
+        body = {"model": "ranker", "context": context, "return_features": returned}
+        return http_post(server, "/v1/infer", {**body, "explain": explain}, token)
+
+    for call in (grpc_call, http_call):
+        # The model's own response features are values of product_stats.
+        status, message = call(scorer, [], False)
+        assert status == "PERMISSION_DENIED", (call, status)
+        assert "may not read feature group 'product_stats'" in message
+        assert call(shopper, [], False)[0] == "OK"
+        # return_features: each value's group needs its own grant.
+        status, message = call(shopper, [user_feature], False)
+        assert status == "PERMISSION_DENIED", (call, status)
+        assert "may not read feature group 'user_profile'" in message
+        # explain's default counts tell which rows exist in every group the model reads.
+        status, message = call(shopper, [], True)
+        assert status == "PERMISSION_DENIED", (call, status)
+        assert "may not read feature group 'user_profile'" in message
+    # The console's Try it shows what explain shows.
+    basic = base64.b64encode(f"me:{shopper}".encode()).decode()
+    request = urllib.request.Request(
+        server.http_base + "/ui/try?model=ranker&user_id=1&product_ids=1,2&run=1",
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
+    assert "may not read feature group &#39;user_profile&#39;" in refused.value.read().decode()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import inferstack_native
 import numpy as np
 import pytest
 
+import inferstack_native
 from inferstack.core.rowformat import GroupCodec, RowStatus
 from tests.helpers import registry_from, user_spec
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
@@ -307,7 +307,8 @@ async def try_page(request: web.Request) -> web.Response:
                 "ui_infer",
                 lambda: try_model(console.inferflow, name, inputs, chosen),
                 _caller(request),
-                lambda: console.inferflow.infer_needs(name),
+                # Try it shows what explain does (defaulted cells, stage times).
+                lambda: console.inferflow.infer_needs(name, chosen, explain=True),
             )
         except InferstackError as exc:
             status, context["error"] = HTTP_STATUS.get(exc.status, 400), str(exc)
@@ -377,7 +378,7 @@ async def _as_call(
     method: str,
     work: Callable[[], Awaitable[T]],
     caller: Caller | None,
-    needs: Callable[[], list[Need]],
+    needs: Callable[[], Iterable[Need]],
 ) -> T:
     """Run a Look up or Try it call as any other, through the worker's call pipeline: the
     signed-in caller's grants checked, admitted by the worker's gate (or refused with its

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import inferstack_native
 import numpy as np
 import numpy.typing as npt
 
+import inferstack_native
 from inferstack.core.definitions import Entity
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.types import FeatureType

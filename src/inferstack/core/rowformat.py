@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-import inferstack_native
 import numpy as np
 import numpy.typing as npt
 
+import inferstack_native
 from inferstack.core.registry import SchemaVersion, StoredFeatureGroup
 from inferstack.core.types import FeatureType
 

@@ -12,11 +12,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from inferstack import metrics
-from inferstack.core.callers import Need, reads
+from inferstack.core.callers import Need, distinct, reads
 from inferstack.core.errors import InferstackError, NotFoundError, UnavailableError
 from inferstack.core.keys import KeyValues
 from inferstack.core.modelconfig import Model
@@ -189,9 +189,36 @@ class InferflowService:
             raise UnavailableError(f"model '{model}' v{found.version} cannot serve: {found.reason}")
         return found
 
-    def infer_needs(self, model: str) -> list[Need]:
-        """What an Infer touches, for the caller's grants: the model."""
-        return [reads("model", [model])]
+    def infer_needs(
+        self, model: str, return_features: Sequence[str] = (), explain: bool = False
+    ) -> Iterator[Need]:
+        """What an Infer touches, for the caller's grants (docs/architecture.md, "Callers"):
+
+        - read on the model: its scores;
+        - read on the feature group of every feature value the answer carries (the model's
+          response features and `return_features`);
+        - read on every interaction type the model reads: its per-candidate outputs can tell
+          them (a `match: product_id` count is 1 exactly for what the user ordered);
+        - with `explain`, read on every feature group the model reads: the per-feature
+          default counts tell which rows exist.
+
+        The model's need comes first and alone (checked before the others are worked out),
+        so a caller without it learns nothing of the model's plan."""
+        yield reads("model", [model])
+        ready = self.models.get(model)
+        if not isinstance(ready, ReadyModel):
+            return  # unknown or broken: the Infer itself answers that
+        plan = ready.plan
+        groups = [ref.group for ref in plan.response_features]
+        for name in return_features:
+            fetch, _, feature = name.partition(".")
+            ref = plan.available.get(fetch, {}).get(feature)
+            if ref is not None:  # an unknown one: the Infer answers NOT_FOUND
+                groups.append(ref.group)
+        if explain:
+            groups += [group for _, group, _ in plan.reported]
+        yield reads("feature_group", distinct(groups))
+        yield reads("interaction_type", distinct(node.type for node in plan.interactions))
 
     async def infer(
         self,

@@ -103,7 +103,9 @@ class InteractionService:
         return [reads("interaction_type", types_named(types))]
 
     def hydrate_needs(self, types: Sequence[str]) -> list[Need]:
-        return [writes("interaction_type", types_named(types))]
+        """A hydrate loads (write) and answers per-type counts (read)."""
+        named = types_named(types)
+        return [writes("interaction_type", named), reads("interaction_type", named)]
 
     def sweep_needs(self) -> list[Need]:
         return [writes("interaction_type", [ALL])]

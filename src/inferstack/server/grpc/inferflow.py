@@ -4,6 +4,7 @@ InferflowService, encode."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,8 +29,8 @@ def endpoints(service: InferflowService) -> dict[str, Endpoint[Any, Any]]:
         request_id, result = await service.infer(model, inputs, return_features, request.request_id)
         return response_to_proto(request_id, result, request.explain)
 
-    def infer_touches(request: pb.InferRequest) -> list[Need]:
-        return service.infer_needs(request.model)
+    def infer_touches(request: pb.InferRequest) -> Iterator[Need]:
+        return service.infer_needs(request.model, request.return_features, request.explain)
 
     return {"Infer": Endpoint(infer, infer_touches)}
 

@@ -10,6 +10,7 @@ Scalars may be given bare or as one-element lists. Errors and values that JSON c
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from inferstack.core.callers import Need
@@ -29,11 +30,9 @@ def routes(service: InferflowService) -> dict[str, tuple[str, Endpoint[Body, Any
         request_id, result = await service.infer(model, context, return_features, request_id)
         return result_to_json(request_id, result, explain)
 
-    def infer_touches(body: Body) -> list[Need]:
-        model = body.get("model")
-        if not isinstance(model, str):
-            raise InvalidArgumentError("'model' must be a string")
-        return service.infer_needs(model)
+    def infer_touches(body: Body) -> Iterator[Need]:
+        model, _, return_features, explain, _ = parse_request(body)
+        return service.infer_needs(model, return_features, explain)
 
     return {"/v1/infer": ("http_infer", Endpoint(infer, infer_touches))}
 
