@@ -8,6 +8,7 @@ Screenshots of every page are saved (see conftest.screenshots):
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -323,6 +324,27 @@ def test_try_it_with_random_candidates_and_over_the_limit(server: RunningServer,
     )
     assert response is not None and response.status == 429
     expect(page.locator(".error")).to_contain_text("at most 1000")
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("random=-1", "'random' must be a whole number from 1 to 1000"),
+        ("random=5000", "'random' must be a whole number from 1 to 1000"),
+        ("random=10&highest=9223372036854775808", "'highest' must be a whole number"),
+        ("random=10&highest=0", "'highest' must be a whole number"),
+        ("random=%D9%A4%D9%A2", "'random' must be a whole number"),  # Arabic-Indic 42
+    ],
+)
+def test_try_it_refuses_random_draws_it_cannot_make(
+    server: RunningServer, query: str, named: str
+) -> None:
+    # Each used to be a 500 (numpy refused the draw).
+    address = url(server, f"/ui/try?model=ranker&user_id=5&{query}")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(address, timeout=10)
+    assert refused.value.code == 400
+    assert named in html.unescape(refused.value.read().decode())
 
 
 def test_health_refreshes_with_live_numbers_and_systems(

@@ -161,3 +161,25 @@ async def test_both_transports_authenticate_then_authorize_then_admit(served: Se
     assert await _grpc_status(served, served.allowed) == grpc.StatusCode.OK
     assert await _http_status(served, served.allowed) == 200
     assert served.service.ran == 2
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_not_in_its_content_encoding_is_a_clear_400(
+    served: Served, encoding: str
+) -> None:
+    # It used to be a 500 with a traceback: the decompression error escaped the route.
+    body = b'{"entity": "user", "keys": {"user_id": [1]}}'
+    headers = {
+        "Authorization": f"Bearer {served.allowed}",
+        "Content-Type": "application/json",
+        "Content-Encoding": encoding,
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{served.http_base}/v1/retrieve", data=body, headers=headers) as response,
+    ):
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["code"] == "INVALID_ARGUMENT"
+    assert f"not {encoding}-encoded" in error["message"]
+    assert served.service.ran == 0

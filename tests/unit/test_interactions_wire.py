@@ -288,6 +288,9 @@ def test_since_takes_unix_ms_or_iso_8601(given: str | int, expected: int) -> Non
         ("1714521600", "not unix milliseconds \\(seconds\\?"),
         ("yesterday", "neither unix milliseconds nor an ISO 8601"),
         ("2024-13-01", "neither unix milliseconds nor an ISO 8601"),
+        ("9" * 5000, "ASCII digits, got 5000 characters"),  # int() of it raises ValueError
+        ("9" * 20, "beyond any time we store"),
+        ("١٧١٤٥٢١٦٠٠٠٠٠", "ASCII digits"),  # Arabic-Indic digits
     ],
 )
 def test_since_refuses_what_it_cannot_read(given: str, named: str) -> None:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from inferstack.core.definitions import Entity
 from inferstack.core.errors import InvalidArgumentError, NotFoundError
-from inferstack.core.keys import KeyValues, encode_keys
+from inferstack.core.keys import KeyValues, coerce_values, encode_keys
+from inferstack.core.types import FeatureType
 from inferstack.featurestore.catalog import Catalog, Selection
 from tests.helpers import registry_from
 
@@ -223,3 +224,15 @@ def test_composite_keys_of_three_parts_with_empty_strings() -> None:
         b"\x00\x00\x00\x00" + b"\x7f" + b"\xff" * 7,
         b"\x00\x00\x00\x02\xc3\xa9" + b"\x80" + b"\x00" * 6 + b"\x07" + b"end",
     ]
+
+
+@pytest.mark.parametrize("text", ["4_2", " +42\n", "+42", "٤٢", "42 ", "0x2a", "", "-", "4" * 21])
+def test_integer_keys_sent_as_text_are_ascii_digits_only(text: str) -> None:
+    # Python's int() reads each of these but the last four as 42 (or a number).
+    with pytest.raises(InvalidArgumentError, match="ASCII digits"):
+        coerce_values("key 'user.user_id'", FeatureType("int64"), [text])
+
+
+def test_integer_keys_sent_as_text_keep_their_sign_and_digits() -> None:
+    parsed = coerce_values("key 'user.user_id'", FeatureType("int64"), ["42", "-7", "007"])
+    assert np.asarray(parsed).tolist() == [42, -7, 7]

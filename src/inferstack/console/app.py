@@ -40,6 +40,7 @@ from inferstack.console.systems import SystemProbe
 from inferstack.console.tryit import RANDOM_CHOICES, context_of, random_ids, try_model
 from inferstack.core.callers import Caller, Need, reads
 from inferstack.core.errors import InferstackError, InvalidArgumentError, UnauthenticatedError
+from inferstack.core.keys import parse_integer
 from inferstack.featurestore.service import FeatureService
 from inferstack.inferflow.describe import describe, plan_graph
 from inferstack.inferflow.service import BrokenModel, InferflowService
@@ -61,6 +62,8 @@ SECURITY_HEADERS = {
 }
 METRICS_KEEP = 1.0  # seconds a parsed reading of the metrics is reused
 DEFAULT_HIGHEST_ID = 1000
+MAX_RANDOM = RANDOM_CHOICES[-1]  # candidates drawn at most
+MAX_ID = 2**63 - 1  # the largest int64 id
 
 MetricsText = Callable[[], Awaitable[str]]
 T = TypeVar("T")
@@ -321,20 +324,24 @@ def _random_candidates(request: web.Request, context: dict[str, Any]) -> str:
         raise InvalidArgumentError(
             f"random candidates need integer ids; '{candidates.name}' is {candidates.type}"
         )
-    count = _integer(request.query.get("random", ""), "random", RANDOM_CHOICES[1])
-    highest = _integer(request.query.get("highest", ""), "highest", DEFAULT_HIGHEST_ID)
+    count = _integer(request.query.get("random", ""), "random", RANDOM_CHOICES[1], MAX_RANDOM)
+    highest = _integer(request.query.get("highest", ""), "highest", DEFAULT_HIGHEST_ID, MAX_ID)
     context["highest"] = highest
     count = min(count, candidates.max_rows)
     return "\n".join(str(v) for v in random_ids(count, highest, np.random.default_rng()))
 
 
-def _integer(text: str, field_name: str, default: int) -> int:
+def _integer(text: str, field_name: str, default: int, highest: int) -> int:
+    """A whole number from 1 to `highest` (a query string is anyone's to write)."""
     if not text.strip():
         return default
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidArgumentError(f"'{field_name}' must be a whole number, got {text!r}") from None
+    value = parse_integer(text.strip())
+    if value is None or not 1 <= value <= highest:
+        shown = text if len(text) <= 40 else f"{text[:40]}..."
+        raise InvalidArgumentError(
+            f"'{field_name}' must be a whole number from 1 to {highest}, got {shown!r}"
+        )
+    return value
 
 
 async def health_page(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ The checks are here; the per-row encoding is one call into the compiled `inferst
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,15 @@ from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.types import FeatureType
 
 KeyValues = npt.NDArray[Any] | Sequence[Any]
+# An integer as text: an optional minus sign and ASCII digits, at most 20 (beyond that no
+# 64-bit value). Python's int() also takes "4_2", " +42\n" and other scripts' digits ("٤٢"),
+# which would all name user 42.
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
+
+
+def parse_integer(text: str) -> int | None:
+    """The integer `text` spells in the one form we accept (see _INTEGER_TEXT), else None."""
+    return int(text) if _INTEGER_TEXT.fullmatch(text) else None
 
 
 def coerce_values(
@@ -56,14 +66,15 @@ def coerce_values(
 
 
 def _parse_int(label: str, value: Any) -> int:
-    if isinstance(value, str):
-        try:
-            return int(value.strip(), 10)
-        except ValueError:
-            pass
-    else:
+    if not isinstance(value, str):
         return value  # type: ignore[no-any-return]  # checked by _integer_array
-    raise InvalidArgumentError(f"{label} is an integer, got {value!r}")
+    parsed = parse_integer(value)
+    if parsed is None:
+        shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} chars)"
+        raise InvalidArgumentError(
+            f"{label} is an integer, got {shown} (ASCII digits, an optional minus sign)"
+        )
+    return parsed
 
 
 def _integer_array(label: str, values: Sequence[Any]) -> npt.NDArray[Any]:

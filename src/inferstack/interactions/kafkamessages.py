@@ -35,6 +35,7 @@ import numpy as np
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.events import EventBatch
 from inferstack.core.interactiontypes import EVENT_ID, TIMESTAMP, InteractionType
+from inferstack.core.keys import parse_integer
 
 DEFAULT_PREFIX = "interactions."
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -193,10 +194,8 @@ def decode_event(body: Any, layout: Layout, source: Source) -> Event | Rejection
 def _integer(value: int | str) -> int | str:
     """Integers may come as decimal text; what does not parse is left for ingest to refuse."""
     if type(value) is str:
-        try:
-            return int(value.strip(), 10)
-        except ValueError:
-            return value
+        parsed = parse_integer(value)
+        return value if parsed is None else parsed
     return value
 
 

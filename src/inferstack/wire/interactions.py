@@ -17,7 +17,7 @@ import numpy as np
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.events import EventBatch, History
 from inferstack.core.interactiontypes import InteractionType
-from inferstack.core.keys import KeyValues
+from inferstack.core.keys import KeyValues, parse_integer
 from inferstack.core.rowformat import Column
 from inferstack.core.types import FeatureType
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as fpb
@@ -32,6 +32,7 @@ from inferstack.wire.columns import (
 MAX_SWEEP_LIMIT = 100_000
 # Unix milliseconds below this are 1973 or earlier: almost surely seconds given by mistake.
 MIN_PLAUSIBLE_MS = 10**11
+MAX_MS = 2**63 - 1  # event times are int64 milliseconds
 
 
 class InteractionCatalog(Protocol):
@@ -50,13 +51,19 @@ def since_ms(value: str | int) -> int:
     if isinstance(value, bool):
         raise InvalidArgumentError(f"since must be unix milliseconds or an ISO date, got {value}")
     text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        ms = int(text)
+    ms = value if isinstance(value, int) else parse_integer(text)
+    if ms is not None:
         if ms < MIN_PLAUSIBLE_MS:
             raise InvalidArgumentError(
                 f"since {ms} is not unix milliseconds (seconds? multiply by 1000)"
             )
+        if ms > MAX_MS:
+            raise InvalidArgumentError(f"since {ms} is beyond any time we store")
         return ms
+    if text.lstrip("-").isdigit():  # digits of other scripts, or more than any time has
+        raise InvalidArgumentError(
+            f"since must be unix milliseconds in ASCII digits, got {len(text)} characters"
+        )
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from inferstack.core.errors import InferstackError, InvalidArgumentError, ResourceExhaustedError
 from inferstack.core.text import one_line
@@ -79,9 +81,22 @@ def error_response(error: InferstackError) -> web.Response:
     return response
 
 
+class ClientGoneError(InferstackError):
+    """The client hung up before its body arrived: nobody reads the answer."""
+
+    status = "CANCELLED"
+
+
 async def json_body(request: web.Request) -> Body:
     try:
         body = await request.json()
+    except (HttpProcessingError, RequestPayloadError) as exc:  # bytes not in their encoding
+        encoding = request.headers.get("Content-Encoding", "")
+        raise InvalidArgumentError(
+            f"request body is not {one_line(encoding, 40)}-encoded as its Content-Encoding says"
+        ) from exc
+    except ConnectionError as exc:  # aiohttp's ClientConnectionResetError is one
+        raise ClientGoneError("the client hung up before its request body arrived") from exc
     except web.HTTPRequestEntityTooLarge as exc:
         raise BodyTooLargeError(
             f"request body larger than {request.client_max_size} bytes "
