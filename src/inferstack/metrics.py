@@ -98,6 +98,12 @@ SHED = Counter(
     "(queue_full, deadline, queue_timeout).",
     ["method", "reason"],
 )
+SLOW_BODIES = Counter(
+    "inferstack_http_slow_bodies_total",
+    "HTTP requests refused (408) because their body did not arrive within "
+    "http_body_timeout, by route.",
+    ["method"],
+)
 WORKER_CALLS = Counter(
     "inferstack_worker_calls_total",
     "Calls admitted, by worker process id: how evenly the kernel spreads connections.",

@@ -7,6 +7,7 @@ gate."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from inferstack.core.callers import Callers, Grant, Need, new_caller, reads
 from inferstack.featurestore.service import RetrieveResult
@@ -29,6 +31,8 @@ from inferstack.server.http import featurestore as featurestore_http
 from inferstack.server.http.routes import add_json_routes
 from inferstack.server.logs import RequestLog
 from inferstack.server.pipeline import Pipeline
+
+BODY_TIMEOUT = 1.0  # seconds a body may take to arrive here
 
 
 class OneGroupService:
@@ -70,7 +74,8 @@ async def served() -> AsyncIterator[Served]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     app = web.Application()
-    add_json_routes(app, pipeline, featurestore_http.routes(service))  # type: ignore[arg-type]
+    routes = featurestore_http.routes(service)  # type: ignore[arg-type]  # stands in
+    add_json_routes(app, pipeline, routes, body_timeout=BODY_TIMEOUT)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -183,3 +188,36 @@ async def test_a_body_not_in_its_content_encoding_is_a_clear_400(
     assert error["code"] == "INVALID_ARGUMENT"
     assert f"not {encoding}-encoded" in error["message"]
     assert served.service.ran == 0
+
+
+async def test_slow_bodies_hold_no_admission_slot_and_time_out(served: Served) -> None:
+    """40 connections that send a header and part of a body (with a valid token) used to
+    take every admission slot until they closed: now the body is read before admission, so
+    calls of other callers go on, and each slow body is refused 408 once the timeout passes."""
+    port = int(served.http_base.rsplit(":", 1)[1])
+    head = (
+        "POST /v1/retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {served.allowed}\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    slow = []
+    for _ in range(40):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b'{"entity": "user", ')
+        await writer.drain()
+        slow.append((reader, writer))
+    try:
+        await asyncio.sleep(0.2)
+        assert served.gate.running == 0  # no slow body took a slot
+        assert await _http_status(served, served.allowed) == 200
+        assert await _grpc_status(served, served.allowed) == grpc.StatusCode.OK
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(reader.read(200), BODY_TIMEOUT * 5) for reader, _ in slow)
+        )
+    finally:
+        for _, writer in slow:
+            writer.close()
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[0]
+    refused = REGISTRY.get_sample_value(
+        "inferstack_http_slow_bodies_total", {"method": "http_retrieve"}
+    )
+    assert refused is not None and refused >= 40

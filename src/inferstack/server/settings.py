@@ -186,6 +186,9 @@ class ServeSettings(_Section):
     max_keys: int = Field(10_000, ge=1)
     max_message_bytes: int = Field(64 << 20, ge=1 << 20)  # gRPC, received and sent
     max_http_body_bytes: ByteSize = Field(ByteSize(16 << 20), ge=1 << 10)  # larger: 413
+    # A body must arrive whole within this (408 after it): a slow or unfinished one holds
+    # no admission slot meanwhile (bodies are read before admission) and not for longer.
+    http_body_timeout: Seconds = Field(10.0, gt=0)
     log_format: Literal["text", "json"] = "text"  # json: one object per line (server/logs.py)
     access_log: bool = False  # a line per request; off: only failed ones, rate-limited
     shutdown_grace: Seconds = 5.0

@@ -178,6 +178,7 @@ async def _http_runner(
         components.inferflow,
         components.interactions,
         settings.max_http_body_bytes,
+        settings.http_body_timeout,
     )
     for extend in extensions:
         extend(app, pipeline, components, settings)

@@ -10,7 +10,11 @@ from inferstack.featurestore.service import FeatureService
 from inferstack.inferflow.service import InferflowService
 from inferstack.interactions.service import InteractionService
 from inferstack.server.http import featurestore, inferflow, interactions, middleware
-from inferstack.server.http.routes import DEFAULT_MAX_BODY_BYTES, add_json_routes
+from inferstack.server.http.routes import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    add_json_routes,
+)
 from inferstack.server.pipeline import Pipeline
 
 
@@ -20,12 +24,16 @@ def make_app(
     inferflow_service: InferflowService,
     interaction_service: InteractionService,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes)  # larger bodies: 413 (json_body)
     middleware.install(app, pipeline.request_log)
-    add_json_routes(app, pipeline, featurestore.routes(features))
-    add_json_routes(app, pipeline, inferflow.routes(inferflow_service))
-    add_json_routes(app, pipeline, interactions.routes(interaction_service))
+    for routes in (
+        featurestore.routes(features),
+        inferflow.routes(inferflow_service),
+        interactions.routes(interaction_service),
+    ):
+        add_json_routes(app, pipeline, routes, body_timeout)
     app.router.add_get("/healthz", health)
     app.router.add_get("/metrics", metrics_page)
     return app

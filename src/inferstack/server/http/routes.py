@@ -1,11 +1,17 @@
 """JSON routes over the call pipeline (server/pipeline.py): the `Authorization` header is
 checked first (a caller without a valid token never has its body read), then the body is
-read and decoded (too large: 413, not JSON: 400), then the pipeline authorizes, admits and
-runs the route's endpoint; its errors become HTTP statuses with a JSON error naming the bad
-thing."""
+read and decoded (too large: 413, not JSON: 400, not whole within the body timeout: 408),
+then the pipeline authorizes, admits and runs the route's endpoint; its errors become HTTP
+statuses with a JSON error naming the bad thing.
+
+Reading the body before admission is what keeps slow or unfinished bodies from holding the
+worker's execution slots: a connection that sends a header and part of a body costs a
+coroutine waiting on a socket, never a slot, and not beyond the timeout."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,6 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from inferstack import metrics
 from inferstack.core.errors import InferstackError, InvalidArgumentError, ResourceExhaustedError
 from inferstack.core.text import one_line
 from inferstack.server.pipeline import Endpoint, Pipeline
@@ -30,6 +37,7 @@ HTTP_STATUS = {
     "INTERNAL": 500,
 }
 DEFAULT_MAX_BODY_BYTES = 16 << 20
+DEFAULT_BODY_TIMEOUT = 10.0  # seconds (http_body_timeout)
 Body = dict[str, Any]
 Route = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -39,14 +47,22 @@ class BodyTooLargeError(ResourceExhaustedError):
 
 
 def add_json_routes(
-    app: web.Application, pipeline: Pipeline, routes: dict[str, tuple[str, Endpoint[Body, Any]]]
+    app: web.Application,
+    pipeline: Pipeline,
+    routes: dict[str, tuple[str, Endpoint[Body, Any]]],
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> None:
     """POST `path` -> (label, endpoint): the label names the route in metrics and logs."""
     for path, (label, endpoint) in routes.items():
-        app.router.add_post(path, json_route(pipeline, label, endpoint))
+        app.router.add_post(path, json_route(pipeline, label, endpoint, body_timeout))
 
 
-def json_route(pipeline: Pipeline, label: str, endpoint: Endpoint[Body, Any]) -> Route:
+def json_route(
+    pipeline: Pipeline,
+    label: str,
+    endpoint: Endpoint[Body, Any],
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+) -> Route:
     async def route(request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
@@ -54,7 +70,7 @@ def json_route(pipeline: Pipeline, label: str, endpoint: Endpoint[Body, Any]) ->
                 label, request.headers.get("Authorization"), started
             )
             try:
-                body = await json_body(request)
+                body = await json_body(request, body_timeout, label)
             except InferstackError as exc:
                 pipeline.count(label, exc.status, started)
                 raise
@@ -74,7 +90,12 @@ def json_route(pipeline: Pipeline, label: str, endpoint: Endpoint[Body, Any]) ->
 
 def error_response(error: InferstackError) -> web.Response:
     body = {"error": {"code": error.status, "message": str(error)}}
-    status = 413 if isinstance(error, BodyTooLargeError) else HTTP_STATUS.get(error.status, 400)
+    if isinstance(error, BodyTooLargeError):
+        status = 413
+    elif isinstance(error, SlowBodyError):
+        status = 408
+    else:
+        status = HTTP_STATUS.get(error.status, 400)
     response = web.json_response(body, status=status)
     if error.status == "UNAUTHENTICATED":
         response.headers["WWW-Authenticate"] = 'Bearer realm="inferstack"'
@@ -87,9 +108,24 @@ class ClientGoneError(InferstackError):
     status = "CANCELLED"
 
 
-async def json_body(request: web.Request) -> Body:
+class SlowBodyError(InferstackError):
+    """A body that did not arrive whole in time: HTTP 408."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
+async def json_body(
+    request: web.Request, timeout: float = DEFAULT_BODY_TIMEOUT, label: str = ""
+) -> Body:
+    """The request's JSON object, read whole within `timeout` seconds."""
     try:
-        body = await request.json()
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        metrics.SLOW_BODIES.labels(label).inc()
+        raise SlowBodyError(
+            f"the request body did not arrive within {timeout:g}s (http_body_timeout)"
+        ) from None
     except (HttpProcessingError, RequestPayloadError) as exc:  # bytes not in their encoding
         encoding = request.headers.get("Content-Encoding", "")
         raise InvalidArgumentError(
@@ -102,10 +138,11 @@ async def json_body(request: web.Request) -> Body:
             f"request body larger than {request.client_max_size} bytes "
             "(the limit, max_http_body_bytes)"
         ) from exc
+    try:
+        body = json.loads(raw.decode(request.charset or "utf-8"))
     except (ValueError, LookupError) as exc:  # JSON, UTF-8, digit limit, unknown charset
-        raise InvalidArgumentError(
-            f"request body is not JSON: {one_line(' '.join(str(exc).split()), 200)}"
-        ) from exc
+        reason = one_line(" ".join(str(exc).split()), 200)
+        raise InvalidArgumentError(f"request body is not JSON: {reason}") from exc
     except RecursionError as exc:
         raise InvalidArgumentError("request body is not JSON we accept: nested too deeply") from exc
     if not isinstance(body, dict):
