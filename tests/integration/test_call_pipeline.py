@@ -28,6 +28,7 @@ from inferstack.server.auth import Authorizer
 from inferstack.server.grpc import featurestore as featurestore_grpc
 from inferstack.server.grpc.registration import add_service
 from inferstack.server.http import featurestore as featurestore_http
+from inferstack.server.http import middleware
 from inferstack.server.http.routes import add_json_routes
 from inferstack.server.logs import RequestLog
 from inferstack.server.pipeline import Pipeline
@@ -76,6 +77,7 @@ async def served() -> AsyncIterator[Served]:
     app = web.Application()
     routes = featurestore_http.routes(service)  # type: ignore[arg-type]  # stands in
     add_json_routes(app, pipeline, routes, body_timeout=BODY_TIMEOUT)
+    middleware.install(app, pipeline.request_log)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -108,6 +110,7 @@ async def _http_status(served: Served, token: str | None) -> int:
         aiohttp.ClientSession() as session,
         session.post(f"{served.http_base}/v1/retrieve", json=body, headers=headers) as response,
     ):
+        assert response.headers["Server"] == "inferstack"  # no versions to probe
         return response.status
 
 

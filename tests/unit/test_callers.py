@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -182,3 +183,16 @@ def test_the_embedded_store_saves_callers_compare_and_set_and_watches_them(
     finally:
         watch.stop()
     assert (tmp_path / "config" / "callers.json").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "tls", "warned"),
+    [("0.0.0.0", False, True), ("0.0.0.0", True, False), ("127.0.0.1", False, False)],
+)
+def test_tokens_in_clear_text_off_loopback_are_warned_about(
+    host: str, tls: bool, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, caller, _ = _authorizer()
+    with caplog.at_level(logging.WARNING, logger="inferstack.server.auth"):
+        auth.log_access(host, Callers(1, {"ranker": caller}), tls=tls)
+    assert any("tokens travel in clear text" in r.getMessage() for r in caplog.records) == warned

@@ -199,10 +199,17 @@ def open_bind_problem(host: str, callers: Callers, insecure_open: bool) -> str |
     )
 
 
-def log_access(host: str, callers: Callers) -> None:
+def log_access(host: str, callers: Callers, tls: bool = False) -> None:
     """Say at start-up whether calls need a token, and how exposed an open server is."""
     if callers.required:
         log.info("callers configured (%d): every call needs a token", len(callers.callers))
+        if not tls and not is_loopback(host):
+            log.warning(
+                "serving %s without TLS: callers' tokens travel in clear text and anyone on "
+                "the path can reuse them; give --tls-cert and --tls-key (or tls: in the "
+                "deployment file)",
+                host,
+            )
     elif is_loopback(host):
         log.warning(
             "no callers configured: every call is allowed; listening on loopback (%s) only. "

@@ -89,7 +89,7 @@ def access_problem(settings: ServeSettings) -> str | None:
         config.close()
     problem = auth.open_bind_problem(settings.host, callers, settings.insecure_open)
     if problem is None:
-        auth.log_access(settings.host, callers)
+        auth.log_access(settings.host, callers, tls=settings.tls is not None)
     return problem
 
 

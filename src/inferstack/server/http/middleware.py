@@ -26,9 +26,18 @@ from inferstack.server.requestcontext import (
 MAX_PATH_IN_LOG = 200
 
 
+SERVER_HEADER = "inferstack"  # not aiohttp's "Python/3.x aiohttp/3.y": no versions to probe
+
+
 def install(app: web.Application, request_log: RequestLog) -> None:
-    """Put the request context around every route of `app` (outermost middleware)."""
+    """Put the request context around every route of `app` (outermost middleware), and name
+    the server without versions on every response the app prepares."""
     app.middlewares.insert(0, request_context(request_log))
+    app.on_response_prepare.append(_name_the_server)
+
+
+async def _name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_HEADER
 
 
 def request_context(request_log: RequestLog) -> Any:
