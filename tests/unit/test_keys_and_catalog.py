@@ -93,6 +93,18 @@ def test_selection_forms() -> None:
     ]
 
 
+def test_only_short_selections_are_remembered() -> None:
+    """The memo is keyed by what callers send: a request of 200k selectors used to stay in
+    it (~16 MB each) for as long as the catalog lived."""
+    catalog = Catalog(CATALOG.registry)
+    short = ["a.y", "b"]
+    assert catalog.select("user", short) is catalog.select("user", short)  # remembered
+    long = ["a.x", "a.y"] * 100_000
+    first = catalog.select("user", long)
+    assert first == [Selection("a", ("x", "y"))]
+    assert catalog.select("user", long) is not first  # worked out again, not kept
+
+
 @pytest.mark.parametrize(
     ("entity", "selectors", "error", "message"),
     [

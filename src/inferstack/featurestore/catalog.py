@@ -16,6 +16,11 @@ from inferstack.core.rowformat import GroupCodec
 from inferstack.core.types import FeatureType
 
 MEMO_LIMIT = 4096
+# Only selections named in at most this many characters are remembered: the memo is keyed by
+# what callers send, so without a bound per entry one request of 200k selectors would keep
+# ~16 MB for as long as the catalog lives (4,096 such entries: tens of GB). Longer ones are
+# worked out per request, as any request's keys are.
+MEMO_MAX_KEY_CHARS = 2048
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,8 @@ class Catalog:
         if known is not None:
             return known
         chosen = self._select(entity, selectors)
-        if len(self._selected) < MEMO_LIMIT:  # callers repeat a few selections; bound the rest
+        # Callers repeat a few selections; the memo is bounded in entries and entry size.
+        if len(self._selected) < MEMO_LIMIT and sum(map(len, selectors)) <= MEMO_MAX_KEY_CHARS:
             self._selected[key] = chosen
         return chosen
 
