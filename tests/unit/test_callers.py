@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -196,3 +197,33 @@ def test_tokens_in_clear_text_off_loopback_are_warned_about(
     with caplog.at_level(logging.WARNING, logger="inferstack.server.auth"):
         auth.log_access(host, Callers(1, {"ranker": caller}), tls=tls)
     assert any("tokens travel in clear text" in r.getMessage() for r in caplog.records) == warned
+
+
+async def test_a_flood_of_made_up_secrets_costs_one_check_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """60 requests with a known token id and random secrets used to queue 60 scrypts ahead of
+    every other caller's first call: now one check per token id runs at a time (the rest
+    are refused at once), and concurrent first calls of one token share one check."""
+    target, target_token = new_caller("target", grants("read:model/ranker"), 0.0)
+    other, other_token = new_caller("other", grants("read:model/ranker"), 0.0)
+    authorizer = Authorizer(Callers(1, {"target": target, "other": other}))
+    checked: list[str] = []
+    real_verifies = Caller.verifies
+
+    def verifies(self: Caller, token: str) -> bool:
+        checked.append(self.name)
+        return real_verifies(self, token)
+
+    monkeypatch.setattr(Caller, "verifies", verifies)
+    made_up = [target_token[:-8] + f"{i:08d}" for i in range(60)]
+    results = await asyncio.gather(
+        *(authorizer.caller_of(f"Bearer {token}") for token in made_up),
+        *(authorizer.caller_of(f"Bearer {other_token}") for _ in range(10)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, UnauthenticatedError) for r in results[:60])
+    assert all(r is other for r in results[60:])
+    assert checked.count("target") == 1  # one made-up secret checked, 59 refused at once
+    assert checked.count("other") == 1  # ten first calls, one check
+    assert await authorizer.caller_of(f"Bearer {target_token}") is target  # the real one

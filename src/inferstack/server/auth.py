@@ -15,6 +15,10 @@ of an Infer, ...: core/callers.py `Need`) as a function that is only evaluated w
 are configured, so an open server pays nothing for it. A verified token is remembered per
 worker under its sha256, so a call pays one dictionary lookup; scrypt runs once per token
 (in a thread, one at a time per worker, so guessing cannot take the loop or all cores).
+Concurrent first calls of one token share its check, and one check per token id runs at a
+time (another secret for the same id meanwhile is refused at once, counted as "busy"): a
+flood of made-up secrets for a known id costs one scrypt at a time, and a first call of any
+other caller waits behind at most one check per caller.
 Tokens are never logged nor put in any message.
 """
 
@@ -39,6 +43,10 @@ MAX_REMEMBERED = 10_000  # verified (and refused) tokens remembered per worker
 VERIFICATIONS_AT_ONCE = 1
 NO_TOKEN = "no token: send the header 'authorization: Bearer <token>'"
 BAD_TOKEN = "the token is not valid (unknown, revoked or malformed)"
+BUSY_TOKEN = (
+    "another token with this token id is being checked; retry in a moment "
+    "(one check per token id at a time)"
+)
 _KIND_TEXT = {
     "feature_group": "feature group",
     "model": "model",
@@ -69,6 +77,8 @@ class Authorizer:
         self._state = _State.of(callers or Callers())
         self._verifying: asyncio.Semaphore | None = None
         self._counters: dict[tuple[str, str], Any] = {}  # (caller, method) -> its counter
+        self._checks: dict[bytes, asyncio.Future[bool]] = {}  # token sha256 -> its check
+        self._checking: set[str] = set()  # token ids with a check under way
 
     @property
     def required(self) -> bool:
@@ -105,6 +115,26 @@ class Authorizer:
         caller = state.by_token_id.get(token_id_of(token) or "")
         if caller is None or key in state.refused:
             raise UnauthenticatedError(BAD_TOKEN)
+        check = self._checks.get(key)
+        if check is None:
+            # One check per token id at a time: a flood of made-up secrets for a known id
+            # costs one scrypt at a time and waits behind nobody else's first call; the
+            # checks waiting are at most one per caller.
+            if caller.token_id in self._checking:
+                raise UnauthenticatedError(BUSY_TOKEN)
+            check = asyncio.ensure_future(self._verify(state, caller, key, token))
+            self._checks[key] = check
+            self._checking.add(caller.token_id)
+            check.add_done_callback(lambda _: self._checked(key, caller.token_id))
+        # Concurrent first calls of one token share its one check; a caller that goes away
+        # does not cancel it for the others.
+        valid = await asyncio.shield(check)
+        # Revoked while we hashed: the new state no longer holds this caller.
+        if not valid or self._state.callers.callers.get(caller.name) is not caller:
+            raise UnauthenticatedError(BAD_TOKEN)
+        return caller
+
+    async def _verify(self, state: _State, caller: Caller, key: bytes, token: str) -> bool:
         if self._verifying is None:
             self._verifying = asyncio.Semaphore(VERIFICATIONS_AT_ONCE)
         async with self._verifying:
@@ -116,10 +146,11 @@ class Authorizer:
             state.verified[key] = caller
         else:
             state.refused.add(key)
-        # Revoked while we hashed: the new state no longer holds this caller.
-        if not valid or self._state.callers.callers.get(caller.name) is not caller:
-            raise UnauthenticatedError(BAD_TOKEN)
-        return caller
+        return valid
+
+    def _checked(self, key: bytes, token_id: str) -> None:
+        self._checks.pop(key, None)
+        self._checking.discard(token_id)
 
     async def authenticate(self, method: str, header: str | None) -> Caller | None:
         """The calling caller (set as the request context's caller), None when the server
@@ -130,7 +161,7 @@ class Authorizer:
         try:
             caller = await self.caller_of(header)
         except UnauthenticatedError as exc:
-            reason = "no_token" if str(exc) == NO_TOKEN else "bad_token"
+            reason = {NO_TOKEN: "no_token", BUSY_TOKEN: "busy"}.get(str(exc), "bad_token")
             metrics.AUTH_DENIALS.labels("", method, reason).inc()
             raise
         assert caller is not None
