@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
+from inferstack.core import limits
 from inferstack.core.callers import Callers, Grant, Need, new_caller, reads
 from inferstack.featurestore.service import RetrieveResult
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
@@ -224,3 +225,34 @@ async def test_slow_bodies_hold_no_admission_slot_and_time_out(served: Served) -
         "inferstack_http_slow_bodies_total", {"method": "http_retrieve"}
     )
     assert refused is not None and refused >= 40
+
+
+async def test_a_request_over_a_limit_is_refused_naming_it_on_both_transports(
+    served: Served,
+) -> None:
+    metadata = (("authorization", f"Bearer {served.allowed}"),)
+    batch = pb.RetrieveBatchRequest(
+        requests=[pb.RetrieveRequest(entity="user")] * (limits.MAX_QUERIES_PER_BATCH + 1)
+    )
+    async with grpc.aio.insecure_channel(served.grpc_target) as channel:
+        stub = pb_grpc.FeatureStoreStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.RetrieveBatch(batch, metadata=metadata, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "1001 queries in one request" in (refused.value.details() or "")
+        many_keys = pb.RetrieveRequest(
+            entity="user", keys=[pb.KeyColumn(name=f"k{i}") for i in range(300_000)]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Retrieve(many_keys, metadata=metadata, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "300000 key columns" in (refused.value.details() or "")
+    body = {"entity": "user", "keys": {"user_id": [1]}, "features": ["a"] * 1001}
+    headers = {"Authorization": f"Bearer {served.allowed}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{served.http_base}/v1/retrieve", json=body, headers=headers) as response,
+    ):
+        assert response.status == 429
+        assert "1001 feature selectors" in (await response.json())["error"]["message"]
+    assert served.service.ran == 0

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inferstack import metrics
+from inferstack.core import limits
 from inferstack.core.callers import Need, distinct, reads, writes
 from inferstack.core.errors import (
     InvalidArgumentError,
@@ -59,6 +60,7 @@ class FeatureService:
     def retrieve_needs(self, entity: str, features: Sequence[str]) -> list[Need]:
         """A Retrieve reads the feature groups its selectors name, or every group of the
         entity when it names none (an unknown entity: NOT_FOUND, as the Retrieve would be)."""
+        limits.check(len(features), limits.MAX_SELECTORS, "feature selectors")
         if features:
             groups = distinct(feature.partition(".")[0] for feature in features)
         else:
@@ -71,6 +73,7 @@ class FeatureService:
     async def retrieve(
         self, entity: str, keys: Mapping[str, KeyValues], features: Sequence[str] = ()
     ) -> RetrieveResult:
+        limits.check(len(features), limits.MAX_SELECTORS, "feature selectors")
         catalog = self.catalog
         definition = catalog.entity(entity)
         selections = catalog.select(entity, features)
@@ -104,6 +107,7 @@ class FeatureService:
         storage reads overlap, unless storage reads inline (LMDB): reads that never yield
         cannot overlap, and tasks would only add their own cost. The batch as a whole may
         ask for at most `max_keys` keys."""
+        limits.check(len(queries), limits.MAX_QUERIES_PER_BATCH, "queries")
         total = sum(max((len(v) for v in query.keys.values()), default=0) for query in queries)
         if total > self.max_keys:
             raise ResourceExhaustedError(

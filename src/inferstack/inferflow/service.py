@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from inferstack import metrics
+from inferstack.core import limits
 from inferstack.core.callers import Need, distinct, reads
 from inferstack.core.errors import InferstackError, NotFoundError, UnavailableError
 from inferstack.core.keys import KeyValues
@@ -205,6 +206,7 @@ class InferflowService:
         The model's need comes first and alone (checked before the others are worked out),
         so a caller without it learns nothing of the model's plan."""
         yield reads("model", [model])
+        limits.check(len(return_features), limits.MAX_RETURN_FEATURES, "return_features")
         ready = self.models.get(model)
         if not isinstance(ready, ReadyModel):
             return  # unknown or broken: the Infer itself answers that
@@ -228,6 +230,7 @@ class InferflowService:
         request_id: str = "",
     ) -> tuple[str, InferResult]:
         """Score the candidates; returns the request id (generated if not given) and the result."""
+        limits.check(len(return_features), limits.MAX_RETURN_FEATURES, "return_features")
         ready = self.ready(model)
         result = await execute(ready, self.source, context, return_features, self.recent)
         request_id = request_id or uuid.uuid4().hex

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from inferstack import metrics
+from inferstack.core import limits
 from inferstack.core.callers import ALL, Need, distinct, reads, writes
 from inferstack.core.errors import InvalidArgumentError, UnavailableError
 from inferstack.core.events import EventBatch, History
@@ -112,6 +113,8 @@ class InteractionService:
 
     async def ingest(self, batches: Sequence[EventBatch]) -> int:
         """Store every event of every batch, or none; returns how many were stored."""
+        limits.check(len(batches), limits.MAX_EVENT_BATCHES, "event batches")
+        limits.check(sum(len(batch.event_ids) for batch in batches), limits.MAX_EVENTS, "events")
         catalog = self.catalog
         now = self._now_ms()
         encoded = [

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from inferstack.core import limits
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.keys import KeyValues
 from inferstack.core.rowformat import Column, VarColumn
@@ -16,7 +17,8 @@ from inferstack.core.types import FeatureType, TypeParseError
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
 
 
-def keys_from_proto(columns: Iterable[pb.KeyColumn]) -> dict[str, KeyValues]:
+def keys_from_proto(columns: Sequence[pb.KeyColumn]) -> dict[str, KeyValues]:
+    limits.check(len(columns), limits.MAX_KEY_COLUMNS, "key columns")
     keys: dict[str, KeyValues] = {}
     for column in columns:
         if column.name in keys:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from inferstack.core import limits
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.events import EventBatch, History
 from inferstack.core.interactiontypes import InteractionType
@@ -143,6 +144,8 @@ def batches_from_proto(
     messages: Sequence[pb.EventBatch], catalog: InteractionCatalog
 ) -> list[EventBatch]:
     """The request's batches; errors name the batch. Values are checked by the service."""
+    limits.check(len(messages), limits.MAX_EVENT_BATCHES, "event batches")
+    limits.check(sum(len(m.event_ids) for m in messages), limits.MAX_EVENTS, "events")
     return [_batch_from_proto(m, catalog, f"batch {i}") for i, m in enumerate(messages)]
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import inferstack_native
+from inferstack.core import limits
 from inferstack.core.callers import Need
 from inferstack.featurestore.service import FeatureService, Query, RetrieveResult
 from inferstack.proto.featurestore.v1 import featurestore_pb2 as pb
@@ -28,6 +29,7 @@ def endpoints(service: FeatureService) -> dict[str, Endpoint[Any, Any]]:
         return service.retrieve_needs(request.entity, request.features)
 
     async def retrieve_batch(request: pb.RetrieveBatchRequest) -> bytes:
+        limits.check(len(request.requests), limits.MAX_QUERIES_PER_BATCH, "queries")
         queries = [
             Query(query.entity, keys_from_proto(query.keys), list(query.features))
             for query in request.requests
@@ -35,6 +37,7 @@ def endpoints(service: FeatureService) -> dict[str, Endpoint[Any, Any]]:
         return encode_responses(await service.retrieve_all(queries), batch=True)
 
     def retrieve_batch_touches(request: pb.RetrieveBatchRequest) -> list[Need]:
+        limits.check(len(request.requests), limits.MAX_QUERIES_PER_BATCH, "queries")
         return [need for query in request.requests for need in retrieve_touches(query)]
 
     async def persist(request: pb.PersistRequest) -> pb.PersistResponse:

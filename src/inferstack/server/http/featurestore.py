@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from inferstack.core import limits
 from inferstack.core.callers import Need
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.rowformat import RowStatus
@@ -25,6 +26,8 @@ def routes(service: FeatureService) -> dict[str, tuple[str, Endpoint[Body, Any]]
     async def retrieve(body: Body) -> dict[str, Any]:
         entity, features = _selection(body)
         keys = body.get("keys")
+        if isinstance(keys, dict):
+            limits.check(len(keys), limits.MAX_KEY_COLUMNS, "key columns")
         if not isinstance(keys, dict) or not all(isinstance(v, list) for v in keys.values()):
             raise InvalidArgumentError("'keys' must map each key name to a list of values")
         return result_to_json(await service.retrieve(entity, keys, features))
@@ -40,6 +43,8 @@ def _selection(body: Body) -> tuple[str, list[str]]:
     features = body.get("features", [])
     if not isinstance(entity, str):
         raise InvalidArgumentError("'entity' must be a string")
+    if isinstance(features, list):
+        limits.check(len(features), limits.MAX_SELECTORS, "feature selectors")
     if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
         raise InvalidArgumentError("'features' must be a list of strings")
     return entity, features

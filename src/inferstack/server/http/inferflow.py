@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from inferstack.core import limits
 from inferstack.core.callers import Need
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.keys import KeyValues
@@ -45,6 +46,10 @@ def parse_request(body: dict[str, Any]) -> tuple[str, dict[str, KeyValues], list
     return_features = body.get("return_features", [])
     explain = body.get("explain", False)
     request_id = body.get("request_id", "")
+    if isinstance(context, dict):
+        limits.check(len(context), limits.MAX_KEY_COLUMNS, "context inputs")
+    if isinstance(return_features, list):
+        limits.check(len(return_features), limits.MAX_RETURN_FEATURES, "return_features")
     if not isinstance(model, str):
         raise InvalidArgumentError("'model' must be a string")
     if not isinstance(context, dict):

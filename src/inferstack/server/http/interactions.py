@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from inferstack.core import limits
 from inferstack.core.callers import Need
 from inferstack.core.errors import InvalidArgumentError
 from inferstack.core.events import EventBatch, History
@@ -64,6 +65,8 @@ def _bound(handler: Handler, service: InteractionService) -> Callable[[Body], Aw
 
 def _batch_types(body: Body) -> list[str]:
     batches = body.get("batches")
+    if isinstance(batches, list):
+        limits.check(len(batches), limits.MAX_EVENT_BATCHES, "event batches")
     if not isinstance(batches, list) or not all(isinstance(b, dict) for b in batches):
         raise InvalidArgumentError("'batches' must be a list of event batches (JSON objects)")
     types = []
@@ -121,6 +124,8 @@ def parse_batches(body: dict[str, Any], catalog: InteractionCatalog) -> list[Eve
     batch and the field (the service then checks every value)."""
     _only(body, ("batches",), None, "")
     batches = body.get("batches")
+    if isinstance(batches, list):
+        limits.check(len(batches), limits.MAX_EVENT_BATCHES, "event batches")
     if not isinstance(batches, list) or not all(isinstance(b, dict) for b in batches):
         raise InvalidArgumentError("'batches' must be a list of event batches (JSON objects)")
     return [_batch(batch, catalog, f"batch {index}") for index, batch in enumerate(batches)]
