@@ -1,7 +1,9 @@
 """Random and mutated messages to every method of every service of a real `inferstack serve`
 (2 workers, the sample ranker): over gRPC as raw bytes (random bytes, truncated and
 bit-flipped valid messages, well-formed messages full of absurd values) and over HTTP (bytes
-that are not JSON, broken and absurd JSON). The server must answer each with a status that
+that are not JSON, broken and absurd JSON, bodies whose Content-Encoding is or is not true,
+slow and unfinished bodies, and the console's query strings with absurd values). The server
+must answer each with a status that
 names the problem: never INTERNAL or UNKNOWN (HTTP 500), never a traceback in its log, no
 worker restarted, and valid calls answered afterwards. Bodies and messages over the size
 limits get RESOURCE_EXHAUSTED / 413.
@@ -10,9 +12,11 @@ limits get RESOURCE_EXHAUSTED / 413.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -43,9 +47,11 @@ GRPC_PER_METHOD = 330  # x 8 methods
 HTTP_PER_ROUTE = 60  # x 6 routes
 MAX_MESSAGE = 1 << 20  # the server's gRPC receive limit in this test (the smallest allowed)
 MAX_BODY = 64 << 10  # its HTTP body limit
+BODY_TIMEOUT = 1.0  # seconds a body may take to arrive, in this test
 LIMITS = {
     "INFERSTACK_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
     "INFERSTACK_MAX_HTTP_BODY_BYTES": str(MAX_BODY),
+    "INFERSTACK_HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
 }
 NOT_ALLOWED = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 # Names the sample uses, so random messages often get past the first check and reach deeper.
@@ -243,6 +249,8 @@ async def test_fuzzed_grpc_and_http_never_break_the_server(server: RunningServer
     started = time.monotonic()
     grpc_outcomes = await fuzz_grpc(server, rng)
     http_outcomes = await fuzz_http(server, rng)
+    http_outcomes += await fuzz_encodings_and_slow_bodies(server, rng)
+    http_outcomes += await fuzz_console(server, rng)
     await send_garbage(server, rng)
     elapsed = time.monotonic() - started
 
@@ -391,6 +399,87 @@ async def fuzz_http(server: RunningServer, rng: np.random.Generator) -> list[tup
         async with session.post(server.http_base + "/v1/retrieve", data=body, headers=bogus) as r:
             outcomes.append(("/v1/retrieve", r.status, await r.text()))
             assert r.status == 400 and "not JSON" in (await r.json())["error"]["message"]
+    return outcomes
+
+
+ENCODINGS = ["gzip", "deflate", "x-gzip", "identity", "gzip, deflate", "bogus"]
+
+
+def encoded(body: bytes, encoding: str, rng: np.random.Generator) -> bytes:
+    """The body in `encoding` (as its header says), or not: as it is, or cut short."""
+    choice = rng.integers(3)
+    if choice == 0 and encoding in ("gzip", "x-gzip"):
+        return gzip.compress(body)
+    if choice == 0 and encoding == "deflate":
+        return zlib.compress(body)
+    if choice == 1:
+        return gzip.compress(body)[: int(rng.integers(1, 20))]  # a broken stream
+    return body
+
+
+async def fuzz_encodings_and_slow_bodies(
+    server: RunningServer, rng: np.random.Generator
+) -> list[tuple[str, int, str]]:
+    """Bodies whose Content-Encoding may or may not be true, then slow and unfinished ones:
+    every one answered, none with a 5xx (a slow body: 408 once the body timeout passes)."""
+    outcomes: list[tuple[str, int, str]] = []
+    # A connection each: after a body it cannot decode the server closes the connection, and
+    # a pooled client would send the next request down it.
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        for route, seed in HTTP_SEEDS.items():
+            for _ in range(12):
+                encoding = ENCODINGS[int(rng.integers(len(ENCODINGS)))]
+                body = encoded(json.dumps(seed).encode(), encoding, rng)
+                headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
+                async with session.post(
+                    server.http_base + route, data=body, headers=headers
+                ) as response:
+                    outcomes.append((route, response.status, (await response.text())[:200]))
+    port = int(server.http_base.rsplit(":", 1)[1])
+    slow = []
+    for route in HTTP_SEEDS:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{{".encode())
+        await writer.drain()
+        slow.append((route, reader, writer))
+    for route, reader, writer in slow:
+        answer = await asyncio.wait_for(reader.read(4096), timeout=BODY_TIMEOUT * 10)
+        writer.close()
+        status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
+        assert status == 408, (route, answer[:200])
+        outcomes.append((route, status, ""))
+    return outcomes
+
+
+CONSOLE_VALUES = [
+    "", "-1", "0", "1", "5", "1000", "1001", "9223372036854775808", "4_2", " +42", "abc",
+    "1e9", "٤٢", "%00", "x" * 500, "1,2,3", "-9223372036854775809",
+]  # fmt: skip
+
+
+async def fuzz_console(
+    server: RunningServer, rng: np.random.Generator
+) -> list[tuple[str, int, str]]:
+    """The console's query strings with absurd values: never a 5xx."""
+
+    def value() -> str:
+        return CONSOLE_VALUES[int(rng.integers(len(CONSOLE_VALUES)))]
+
+    outcomes: list[tuple[str, int, str]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for _ in range(40):
+            queries = [
+                f"/ui/try?model=ranker&user_id={value()}&random={value()}&highest={value()}",
+                f"/ui/try?model=ranker&user_id={value()}&product_ids={value()}&run=1",
+                f"/ui/lookup?entity=user&user_id={value()}",
+                f"/ui/models/{value()}",
+                f"/ui/catalog?q={value()}",
+            ]
+            for query in queries:
+                async with session.get(server.http_base + query) as response:
+                    outcomes.append((query, response.status, (await response.text())[:200]))
     return outcomes
 
 
