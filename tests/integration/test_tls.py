@@ -349,3 +349,27 @@ def test_a_missing_remote_credential_file_is_one_clear_error(tmp_path: Path, pki
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "inferflow.feature_store_tls" in result.stderr
     assert "needs both cert and key" in result.stderr
+
+
+def test_inferstack_ui_serves_the_console_over_tls(data: Path, pki: Pki) -> None:
+    cert, key = pki.server
+    port = free_port("127.0.0.1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inferstack.cli.main", "ui", "--data-dir", str(data),
+         "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert f"https://127.0.0.1:{port}/ui" in first, first
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        address = f"https://127.0.0.1:{port}/ui/catalog"
+        with urllib.request.urlopen(address, timeout=10, context=context) as answer:
+            assert answer.status == 200
+        # Plaintext HTTP gets no console (the TLS port hangs up on it).
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ui/catalog", timeout=10)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)

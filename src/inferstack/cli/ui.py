@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,7 +18,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from inferstack.cli.common import ConfigOption, DataDirOption, fail, settings_from
 from inferstack.core.errors import InvalidArgumentError
-from inferstack.server import auth
+from inferstack.server import auth, tls
 from inferstack.server.admission import Gate
 from inferstack.server.components import build
 from inferstack.server.logs import RequestLog
@@ -44,13 +45,23 @@ def ui(
             "(default: this process's own)."
         ),
     ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain: HTTPS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="Require client certificates signed by this CA (PEM).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "WARNING",
 ) -> None:
-    """Serve the console (catalog, look up, models, try it, health) at http://HOST:PORT/ui."""
+    """Serve the console (catalog, look up, models, try it, health) at http://HOST:PORT/ui
+    (https with --tls-cert and --tls-key, or `tls:` in the deployment file)."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = settings_from(config, data_dir=data_dir)
+    settings = settings_from(
+        config,
+        data_dir=data_dir,
+        **{"tls.cert": tls_cert, "tls.key": tls_key, "tls.client_ca": tls_client_ca},
+    )
     try:
         asyncio.run(_serve(settings, host, port, metrics_url))
     except InvalidArgumentError as exc:
@@ -74,6 +85,9 @@ async def _serve(settings: ServeSettings, host: str, port: int, metrics_url: str
         callers_watch.stop()
         await components.close()
         raise InvalidArgumentError(problem)
+    if authorizer.callers.required:  # tokens off loopback without TLS: a warning
+        auth.log_access(host, authorizer.callers, tls=settings.tls is not None)
+    ssl_context = tls.http_ssl_context(settings.tls) if settings.tls is not None else None
     limits = settings.admission
     gate = Gate(limits.max_in_flight, limits.max_queue, limits.max_queue_wait)
     pipeline = Pipeline(authorizer, gate, RequestLog(settings.access_log))
@@ -89,11 +103,12 @@ async def _serve(settings: ServeSettings, host: str, port: int, metrics_url: str
     app.router.add_get("/", _to_console)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
-        print(f"inferstack console at http://{host}:{bound}/ui (Ctrl-C stops)", flush=True)
+        scheme = "https" if ssl_context is not None else "http"
+        print(f"inferstack console at {scheme}://{host}:{bound}/ui (Ctrl-C stops)", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
