@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from inferstack.core.errors import ResourceExhaustedError
 
-MAX_QUERIES_PER_BATCH = 1_000  # queries of one RetrieveBatch
+MAX_QUERIES_PER_BATCH = 100  # queries of one RetrieveBatch (a ranking call needs a few)
 MAX_KEY_COLUMNS = 64  # key columns of one query or Persist; inputs of one Infer context
 MAX_SELECTORS = 1_000  # feature selectors of one query
 MAX_RETURN_FEATURES = 1_000  # return_features of one Infer
-MAX_EVENT_BATCHES = 1_000  # batches of one Ingest
-MAX_EVENTS = 100_000  # events of one Ingest, over all its batches
+MAX_EVENT_BATCHES = 100  # batches of one Ingest (a batch per type and attribute set)
+MAX_EVENTS = 5_000  # events of one Ingest, over all its batches
 
 
 def check(count: int, limit: int, what: str) -> None:

@@ -24,7 +24,7 @@ from inferstack.core.events import EventBatch
 from inferstack.core.interactiontypes import InteractionType
 from inferstack.interactions.eventfiles import BadEventError, EventFile, to_batch
 
-BATCH_EVENTS = 10_000
+BATCH_EVENTS = 5_000  # the most one Ingest takes (core/limits.py MAX_EVENTS)
 IN_FLIGHT = 4  # batches sent concurrently: a server's workers each take one
 # How the service names a refused event (interactions/events.py): "batch 0, event 17: ...".
 REFUSED_EVENT = re.compile(r"^batch \d+(?:, event (\d+))?: (.*)$", re.DOTALL)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Self
 import yaml
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, model_validator
 
+from inferstack.core import limits
 from inferstack.core.errors import DefinitionError, located
 from inferstack.core.yamlsource import load_yaml
 from inferstack.kv.settings import CassandraSettings, Seconds
@@ -138,7 +139,7 @@ class InteractionKafkaSettings(_Section):
     group: str = "inferstack-interactions"
     topic_prefix: str = "interactions."  # one topic per interaction type: <prefix><type>
     types: list[str] | None = None  # default: every type defined when the worker starts
-    batch_size: int = Field(5000, ge=1)
+    batch_size: int = Field(5000, ge=1, le=limits.MAX_EVENTS)  # events per ingest call
     consumer: dict[str, str | int | bool] = {}  # passed to librdkafka (security, timeouts)
 
 
