@@ -8,6 +8,7 @@ from typing import Any
 from inferstack.featurestore.cache.base import MISS, CachedRow
 from inferstack.featurestore.cache.breaker import CircuitBreaker
 from inferstack.featurestore.cache.redis import RedisCache
+from inferstack.kv.settings import RedisCacheSettings
 
 
 class CountingBreaker(CircuitBreaker):
@@ -33,8 +34,11 @@ class CountingRedisCache(RedisCache):
     MISS for all its keys), failed operations (errors) and operations its open breaker
     refused without touching the network (rejected)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, address: str, *, invalidation_hold: float | None = None, **settings: Any
+    ) -> None:
+        hold = {} if invalidation_hold is None else {"invalidation_hold": invalidation_hold}
+        super().__init__(RedisCacheSettings(address=address, **settings), **hold)
         self.breaker = CountingBreaker(self.breaker)
         self.hits = 0
         self.misses = 0

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from inferstack.featurestore.cache.base import MISS, CachedRow, RowCache
 from inferstack.featurestore.cache.memory import MemoryCache
 from inferstack.featurestore.cache.redis import NEGATIVE, TOMBSTONE, RedisCache
+from inferstack.kv.settings import RedisCacheSettings
 from tests.caches import CountingRedisCache
 
 LONG = 60.0  # a TTL no test outlives
@@ -229,7 +230,8 @@ async def test_redis_key_layout_generation_prefix_and_negative_marker(
 async def test_redis_invalidation_leaves_a_tombstone_that_back_fills_cannot_replace(
     redis_endpoint: str, raw_redis: aioredis.Redis, prefix: str
 ) -> None:
-    shared = RedisCache(redis_endpoint, prefix=prefix, timeout=1.0, invalidation_hold=0.3)
+    settings = RedisCacheSettings(address=redis_endpoint, prefix=prefix, timeout=1.0)
+    shared = RedisCache(settings, invalidation_hold=0.3)
     try:
         await shared.set_many("users", [(b"k", row("old"))], LONG, LONG, 1)
         assert await shared.invalidate("users", [b"k"]) is True

@@ -1,8 +1,8 @@
 """Settings models of the key-value systems, taken whole by their adapters.
 
 Each model is one section of the deployment file (server/settings.py puts it in place:
-`storage:` for Cassandra) and its adapter (`kv/cassandra.py`) takes the model itself, so a
-setting is declared once.
+`storage:` for Cassandra, `cache.shared:` for Redis) and its adapter (`kv/cassandra.py`,
+`featurestore/cache/redis.py`) takes the model itself, so a setting is declared once.
 Durations read as seconds or as text such as "250ms" and "5s". Checks that need the
 driver (consistency names, replication options, contact points) stay in the adapter.
 """
@@ -38,3 +38,16 @@ class CassandraSettings(Section):
     request_timeout: Seconds = 1.0
     connect_timeout: Seconds = 5.0
     max_in_flight: int = Field(128, ge=1)
+
+
+class RedisCacheSettings(Section):
+    """Any Redis-protocol server: Redis, Dragonfly, Valkey, KeyDB."""
+
+    type: Literal["redis"] = "redis"
+    address: str  # host:port or redis://[user:password@]host:port/db
+    prefix: str = "ifs:"
+    timeout: Seconds = Field(0.05, gt=0)  # every call, bounded; then a miss
+    ttl_jitter: float = Field(0.1, ge=0, lt=1)
+    max_connections: int = Field(64, ge=1)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown: Seconds = 1.0

@@ -33,12 +33,11 @@ from inferstack.interactions.cold.base import ColdStore
 from inferstack.interactions.events import InteractionCatalog
 from inferstack.interactions.hot.base import HotTier
 from inferstack.interactions.service import InteractionService
-from inferstack.kv.settings import CassandraSettings
+from inferstack.kv.settings import CassandraSettings, RedisCacheSettings
 from inferstack.server.registryswitch import RegistrySwitch
 from inferstack.server.settings import (
     CompactionSettings,
     InferflowSettings,
-    RedisCacheSettings,
     ServeSettings,
     ZooKeeperConfigSettings,
 )
@@ -78,15 +77,7 @@ def open_storage(settings: ServeSettings) -> FeatureStorage:
 def open_shared_cache(settings: RedisCacheSettings) -> RowCache:
     from inferstack.featurestore.cache.redis import RedisCache
 
-    return RedisCache(
-        settings.address,
-        prefix=settings.prefix,
-        timeout=settings.timeout,
-        ttl_jitter=settings.ttl_jitter,
-        max_connections=settings.max_connections,
-        breaker_failures=settings.breaker_failures,
-        breaker_cooldown=settings.breaker_cooldown,
-    )
+    return RedisCache(settings)
 
 
 async def prepare_storage(settings: ServeSettings, registry: Registry | None = None) -> None:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, mo
 from inferstack.core import limits
 from inferstack.core.errors import DefinitionError, located
 from inferstack.core.yamlsource import load_yaml
-from inferstack.kv.settings import CassandraSettings, Seconds
+from inferstack.kv.settings import CassandraSettings, RedisCacheSettings, Seconds
 from inferstack.server.admission import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_QUEUE,
@@ -46,19 +46,6 @@ class LocalCacheSettings(_Section):
     # front of LMDB, whose memory map already is an in-process cache (a cache lookup there
     # costs more than the read it saves: see bench/README.md).
     max_bytes: ByteSize = ByteSize(256 << 20)
-
-
-class RedisCacheSettings(_Section):
-    """Any Redis-protocol server: Redis, Dragonfly, Valkey, KeyDB."""
-
-    type: Literal["redis"] = "redis"
-    address: str  # host:port or redis://[user:password@]host:port/db
-    prefix: str = "ifs:"
-    timeout: Seconds = 0.05
-    ttl_jitter: float = Field(0.1, ge=0, lt=1)
-    max_connections: int = Field(64, ge=1)
-    breaker_failures: int = Field(5, ge=1)
-    breaker_cooldown: Seconds = 1.0
 
 
 class CacheSettings(_Section):

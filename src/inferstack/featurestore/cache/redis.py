@@ -35,6 +35,7 @@ from inferstack.core.ratelimit import RateLimitedWarning
 from inferstack.featurestore.cache.base import MISS, CachedRow
 from inferstack.featurestore.cache.breaker import BreakerState, CircuitBreaker
 from inferstack.kv.redis import pooled_client, redacted, redis_url
+from inferstack.kv.settings import RedisCacheSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,30 +82,22 @@ class RedisCache:
 
     def __init__(
         self,
-        address: str = "127.0.0.1:6379",
+        settings: RedisCacheSettings,
         *,
-        prefix: str = "ifs:",
-        timeout: float = 0.05,
-        ttl_jitter: float = 0.1,
-        max_connections: int = 64,
-        breaker_failures: int = 5,
-        breaker_cooldown: float = 1.0,
         invalidation_hold: float = DEFAULT_INVALIDATION_HOLD,
     ) -> None:
+        """`settings` whole (the deployment file's `cache.shared`, checked there);
+        `invalidation_hold` is how long a Persist's tombstone outlives it (tests shorten it)."""
         if invalidation_hold <= 0:
             raise ValueError("invalidation_hold must be positive")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if not 0 <= ttl_jitter < 1:
-            raise ValueError("ttl_jitter must be in [0, 1)")
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+        address = settings.address
         self.where = redacted(redis_url(address))  # for logs: never print a password
-        self.prefix = prefix.encode()
-        self.timeout = timeout
-        self.ttl_jitter = ttl_jitter
+        self.prefix = settings.prefix.encode()
+        self.timeout = timeout = settings.timeout
+        self.ttl_jitter = settings.ttl_jitter
         self.invalidation_hold_ms = max(1, round(invalidation_hold * 1000))
-        self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown)
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown)
+        max_connections = settings.max_connections
         # No client-side retries: they would multiply the latency of a failing cache, and
         # the breaker decides when to try again.
         self._client = pooled_client(address, timeout=timeout, max_connections=max_connections)
