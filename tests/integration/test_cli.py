@@ -99,7 +99,8 @@ def test_ingest_reports_rejected_rows_and_get_prints_json(tmp_path: Path) -> Non
         )
         assert bad.returncode == 1
         assert bad.stderr.strip().splitlines() == [
-            "error: INVALID_ARGUMENT: key 'user.user_id' is an integer, got 'x'"
+            "error: INVALID_ARGUMENT: key 'user.user_id' is an integer, got 'x' "
+            "(ASCII digits, an optional minus sign)"
         ]
     finally:
         assert server.stop() == 0
