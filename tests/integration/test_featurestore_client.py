@@ -144,8 +144,9 @@ def test_a_calls_own_deadline_wins_over_the_clients() -> None:
     finally:
         recording_server.stop(grace=None)
     own, clients = recorder.remaining
-    assert 0 < own <= 2.0
-    assert 2.0 < clients <= 30.0
+    # The server's clock reads the deadline a little differently: a margin, not an equality.
+    assert 0 < own <= 2.5
+    assert 5.0 < clients <= 31.0
 
 
 def test_decoded_frames_behave_as_before(server: RunningServer, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from confluent_kafka.cimpl import NewTopic
 from prometheus_client import REGISTRY
 
 from inferstack.core.documents import DefinitionsFile
-from inferstack.core.errors import NotFoundError, UnavailableError
+from inferstack.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from inferstack.core.events import EventBatch
 from inferstack.core.interactiontypes import InteractionType
 from inferstack.core.registry import Registry, plan
@@ -359,9 +359,10 @@ def test_integers_are_checked_against_their_types_one_event_at_a_time() -> None:
     body = [
         {**click(1), "user_id": -1},
         {**click(2), "user_id": 2**64 - 1},
-        {**click(3), "user_id": " 7 ", "ts": str(NOW_MS)},  # integers as decimal text
+        {**click(3), "user_id": "7", "ts": str(NOW_MS)},  # integers as decimal text
+        {**click(4), "user_id": " 7 "},  # not an integer as we read them: left for ingest
     ]
-    first, second, third = decode_message(
+    first, second, third, fourth = decode_message(
         json.dumps(body).encode(), Layout(definitions("click")), Source("t", 0, 1)
     )
     assert isinstance(first, Event) and first.user == -1
@@ -372,6 +373,10 @@ def test_integers_are_checked_against_their_types_one_event_at_a_time() -> None:
     assert isinstance(third, Event) and (third.user, third.ts) == (7, NOW_MS)
     for index, batch in enumerate(event_batches([first, third])):
         encode_batch(catalog(), batch, f"batch {index}")
+    assert isinstance(fourth, Event) and fourth.user == " 7 "
+    (padded,) = event_batches([fourth])
+    with pytest.raises(InvalidArgumentError, match="'user_id' is int64, got ' 7 '"):
+        encode_batch(catalog(), padded, "batch 0")
 
 
 # --- against the real Kafka ----------------------------------------------------------------

@@ -163,3 +163,25 @@ def test_tolerant_deserializer_names_the_message_instead_of_raising() -> None:
         "malformed request: 3 bytes that are not a valid "
         "inferstack.featurestore.v1.RetrieveRequest message"
     )
+
+
+def test_a_body_aiohttp_drains_after_our_400_is_one_line_without_a_traceback() -> None:
+    # After the route answered 400 (a body not in its Content-Encoding), aiohttp drains the
+    # rest of the body, meets the same error and logged it as "Unhandled exception" with
+    # three chained tracebacks.
+    from aiohttp.web_protocol import RequestPayloadError
+
+    from inferstack.core.ratelimit import RateLimiter as Limiter
+    from inferstack.server.logs import BadHttpFilter
+
+    try:
+        raise RequestPayloadError("400, message:\n  Can not decode content-encoding: gzip")
+    except RequestPayloadError:
+        record = logging.getLogger("aiohttp.server").makeRecord(
+            "aiohttp.server", logging.ERROR, __file__, 1, "Unhandled exception", (),
+            sys.exc_info(),
+        )  # fmt: skip
+    assert BadHttpFilter(Limiter(10, 10.0)).filter(record)
+    assert record.exc_info is None and record.levelno == logging.INFO
+    assert "Can not decode content-encoding: gzip" in record.getMessage()
+    assert "\n" not in record.getMessage()

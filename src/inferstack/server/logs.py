@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from inferstack.core.ratelimit import RateLimiter
 from inferstack.core.text import one_line
@@ -160,9 +161,10 @@ def _without_request_bytes(message: str) -> str:
 
 class BadHttpFilter(logging.Filter):
     """aiohttp logs a request it cannot parse (bad request line, header, length) with a
-    traceback, though it answers 400: make that one line without a traceback, counted
-    against the worker's limit on failure lines. Its other errors keep their traceback,
-    under the same limit."""
+    traceback, though it answers 400, and so it does for the rest of a body it drains after
+    our answer when that body is not in its Content-Encoding: make each one line without a
+    traceback, counted against the worker's limit on failure lines. Its other errors keep
+    their traceback, under the same limit."""
 
     def __init__(self, limiter: RateLimiter) -> None:
         super().__init__()
@@ -178,6 +180,11 @@ class BadHttpFilter(logging.Filter):
         if isinstance(error, HttpProcessingError):
             record.msg = "bad HTTP request (answered %d): %s"
             record.args = (error.code, _without_request_bytes(str(error.message)))
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        elif isinstance(error, RequestPayloadError):  # the body, already answered 400
+            record.msg = "bad HTTP request body (answered): %s"
+            record.args = (one_line(str(error)),)  # the decoder's words, no request bytes
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info, record.exc_text = None, None
         if suppressed:
