@@ -617,8 +617,8 @@ async def test_two_clients_to_one_target_do_not_share_a_connection(echo_target: 
     first = AsyncChannelPool(echo_target, pb_grpc.InferflowStub, connections=1)
     second = AsyncChannelPool(echo_target, pb_grpc.InferflowStub, connections=1)
     try:
-        a = await first.stub().Infer(pb.InferRequest(model="m"))
-        b = await second.stub().Infer(pb.InferRequest(model="m"))
+        a = await first.stubs()[0].Infer(pb.InferRequest(model="m"))
+        b = await second.stubs()[0].Infer(pb.InferRequest(model="m"))
     finally:
         await first.close()
         await second.close()

@@ -1,10 +1,18 @@
-"""Several gRPC channels to one target, used in turn: one client, several TCP connections.
+"""Several gRPC channels to each server, used in turn: one client, several TCP connections,
+one or several servers.
 
 gRPC Python shares one connection among all channels of a process that go to the same
 target with the same options (the global subchannel pool). Server workers share their port
 through SO_REUSEPORT and the kernel balances connections, not calls, so a client on one
 connection would only ever reach one worker. Each channel here gets its own subchannel pool,
 hence its own connection, and calls go round-robin over the channels.
+
+Given several servers (`target` a list of addresses), calls go round-robin over them, and a
+call a server answers UNAVAILABLE (unreachable, stopping, draining) is sent to the next one
+within the same deadline. Every call of the clients is safe to send twice: reads change
+nothing, a Persist writes whole rows (the same rows again), an interaction Ingest is
+de-duplicated by event id, a Hydrate loads the same copies and a Sweep moves what is due. A
+call answered anything else (a refusal, a deadline) is not sent again.
 
 Security: `token` (default: the INFERSTACK_TOKEN variable) is sent on every call as
 `authorization: Bearer <token>`; `ca` (a PEM file) makes the channels TLS, verifying the
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +34,11 @@ import grpc
 from inferstack.core.errors import InvalidArgumentError
 
 StubT = TypeVar("StubT")
+T = TypeVar("T")
 Option = tuple[str, Any]
+Targets = str | Sequence[str]
+# Statuses that mean "this server did not take the call": try the next server.
+FAIL_OVER_ON = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 DEFAULT_OPTIONS: tuple[Option, ...] = (
     ("grpc.max_receive_message_length", 64 << 20),
@@ -165,12 +178,64 @@ def _check(connections: int) -> None:
         raise ValueError(f"connections must be at least 1, got {connections}")
 
 
+def target_list(targets: Targets) -> list[str]:
+    """One address or several (a list, or one string of comma-separated addresses)."""
+    names = targets.split(",") if isinstance(targets, str) else list(targets)
+    found = [name.strip() for name in names if name.strip()]
+    if not found:
+        raise ValueError("give at least one server address")
+    return found
+
+
+class _Turns(Generic[StubT]):
+    """Stubs per server; each call starts at the next server and lists every server once."""
+
+    def __init__(self, per_server: list[list[StubT]]) -> None:
+        self._servers = [itertools.cycle(stubs) for stubs in per_server]
+        self._next = itertools.cycle(range(len(per_server)))
+
+    def stubs(self) -> list[StubT]:
+        first = next(self._next)  # itertools.cycle advances atomically under the GIL
+        count = len(self._servers)
+        return [next(self._servers[(first + i) % count]) for i in range(count)]
+
+
+def fail_over(stubs: Sequence[StubT], timeout: float, call: Callable[[StubT, float], T]) -> T:
+    """`call(stub, time_left)` on the first server, then on the next while each answers
+    UNAVAILABLE, all within `timeout` seconds."""
+    end = time.monotonic() + timeout
+    for index, stub in enumerate(stubs):
+        try:
+            return call(stub, end - time.monotonic())
+        except grpc.RpcError as exc:
+            last = index == len(stubs) - 1
+            if last or exc.code() not in FAIL_OVER_ON or time.monotonic() >= end:
+                raise
+    raise AssertionError("no server to call")  # pragma: no cover: stubs is never empty
+
+
+async def fail_over_async(
+    stubs: Sequence[StubT], timeout: float, call: Callable[[StubT, float], Awaitable[T]]
+) -> T:
+    """As `fail_over`, for grpc.aio calls."""
+    end = time.monotonic() + timeout
+    for index, stub in enumerate(stubs):
+        try:
+            return await call(stub, end - time.monotonic())
+        except grpc.aio.AioRpcError as exc:
+            last = index == len(stubs) - 1
+            if last or exc.code() not in FAIL_OVER_ON or time.monotonic() >= end:
+                raise
+    raise AssertionError("no server to call")  # pragma: no cover: stubs is never empty
+
+
 class ChannelPool(Generic[StubT]):
-    """Blocking channels; `stub()` hands out their stubs in turn (thread-safe)."""
+    """Blocking channels, `connections` to each server; `stubs()` lists one stub per server
+    for a call, starting at the next server (thread-safe)."""
 
     def __init__(
         self,
-        target: str,
+        targets: Targets,
         make_stub: Callable[[grpc.Channel], StubT],
         connections: int = 2,
         options: Sequence[Option] = DEFAULT_OPTIONS,
@@ -178,11 +243,15 @@ class ChannelPool(Generic[StubT]):
     ) -> None:
         _check(connections)
         security = security or Security.of()
-        self.channels = [_channel(target, options, security) for _ in range(connections)]
-        self._stubs = itertools.cycle([make_stub(channel) for channel in self.channels])
+        per_server = [
+            [_channel(target, options, security) for _ in range(connections)]
+            for target in target_list(targets)
+        ]
+        self.channels = [channel for channels in per_server for channel in channels]
+        self._turns = _Turns([[make_stub(c) for c in channels] for channels in per_server])
 
-    def stub(self) -> StubT:
-        return next(self._stubs)  # itertools.cycle advances atomically under the GIL
+    def stubs(self) -> list[StubT]:
+        return self._turns.stubs()
 
     def close(self) -> None:
         for channel in self.channels:
@@ -190,11 +259,11 @@ class ChannelPool(Generic[StubT]):
 
 
 class AsyncChannelPool(Generic[StubT]):
-    """grpc.aio channels; `stub()` hands out their stubs in turn."""
+    """grpc.aio channels, `connections` to each server; `stubs()` as ChannelPool's."""
 
     def __init__(
         self,
-        target: str,
+        targets: Targets,
         make_stub: Callable[[grpc.aio.Channel], StubT],
         connections: int = 2,
         options: Sequence[Option] = DEFAULT_OPTIONS,
@@ -202,11 +271,15 @@ class AsyncChannelPool(Generic[StubT]):
     ) -> None:
         _check(connections)
         security = security or Security.of()
-        self.channels = [_async_channel(target, options, security) for _ in range(connections)]
-        self._stubs = itertools.cycle([make_stub(channel) for channel in self.channels])
+        per_server = [
+            [_async_channel(target, options, security) for _ in range(connections)]
+            for target in target_list(targets)
+        ]
+        self.channels = [channel for channels in per_server for channel in channels]
+        self._turns = _Turns([[make_stub(c) for c in channels] for channels in per_server])
 
-    def stub(self) -> StubT:
-        return next(self._stubs)
+    def stubs(self) -> list[StubT]:
+        return self._turns.stubs()
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -216,13 +289,14 @@ class AsyncChannelPool(Generic[StubT]):
 class PooledClient(Generic[StubT]):
     """Base of the sync clients: their own connections, closed by `close()` or `with`.
 
-    `timeout` is every call's deadline unless a call gives its own; `connections` channels
-    of its own, used in turn; `token`, `ca`, `cert`, `key` as the module docstring says.
-    A client only names its stub (`_make_stub`)."""
+    `target` is one server's address or several (then calls go round-robin and fail over,
+    see the module docstring); `timeout` is every call's deadline unless a call gives its
+    own; `connections` channels of its own per server, used in turn; `token`, `ca`, `cert`,
+    `key` as the module docstring says. A client only names its stub (`_make_stub`)."""
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: Targets = DEFAULT_TARGET,
         timeout: float = 10.0,
         connections: int = 2,
         *,
@@ -242,6 +316,10 @@ class PooledClient(Generic[StubT]):
         """A call's deadline in seconds: its own, else the client's."""
         return self.timeout if timeout is None else timeout
 
+    def _call(self, call: Callable[[StubT, float], T], timeout: float | None = None) -> T:
+        """`call(stub, time_left)` on a server, failing over to the next (module docstring)."""
+        return fail_over(self._pool.stubs(), self.deadline(timeout), call)
+
     def close(self) -> None:
         self._pool.close()
 
@@ -257,7 +335,7 @@ class AsyncPooledClient(Generic[StubT]):
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: Targets = DEFAULT_TARGET,
         timeout: float = 10.0,
         connections: int = 2,
         *,
@@ -276,6 +354,12 @@ class AsyncPooledClient(Generic[StubT]):
     def deadline(self, timeout: float | None) -> float:
         """A call's deadline in seconds: its own, else the client's."""
         return self.timeout if timeout is None else timeout
+
+    async def _call(
+        self, call: Callable[[StubT, float], Awaitable[T]], timeout: float | None = None
+    ) -> T:
+        """As PooledClient._call, awaited."""
+        return await fail_over_async(self._pool.stubs(), self.deadline(timeout), call)
 
     async def close(self) -> None:
         await self._pool.close()

@@ -131,14 +131,14 @@ class FeatureStoreClient(PooledClient[pb_grpc.FeatureStoreStub]):
         timeout: float | None = None,
     ) -> FeatureFrame:
         request = build_request(Query(entity, keys, features))
-        response = self._pool.stub().Retrieve(request, timeout=self.deadline(timeout))
+        response = self._call(lambda stub, left: stub.Retrieve(request, timeout=left), timeout)
         return decode_response(response)
 
     def retrieve_batch(
         self, queries: Sequence[Query], timeout: float | None = None
     ) -> list[FeatureFrame]:
         request = build_batch(queries)
-        response = self._pool.stub().RetrieveBatch(request, timeout=self.deadline(timeout))
+        response = self._call(lambda stub, left: stub.RetrieveBatch(request, timeout=left), timeout)
         return [decode_response(r) for r in response.responses]
 
     def persist(
@@ -149,7 +149,9 @@ class FeatureStoreClient(PooledClient[pb_grpc.FeatureStoreStub]):
         timeout: float | None = None,
     ) -> int:
         request = build_persist(feature_group, keys, features)
-        return int(self._pool.stub().Persist(request, timeout=self.deadline(timeout)).written)
+        return int(
+            self._call(lambda stub, left: stub.Persist(request, timeout=left), timeout).written
+        )
 
 
 class AsyncFeatureStoreClient(AsyncPooledClient[pb_grpc.FeatureStoreStub]):
@@ -166,14 +168,16 @@ class AsyncFeatureStoreClient(AsyncPooledClient[pb_grpc.FeatureStoreStub]):
         timeout: float | None = None,
     ) -> FeatureFrame:
         request = build_request(Query(entity, keys, features))
-        response = await self._pool.stub().Retrieve(request, timeout=self.deadline(timeout))
+        response = await self._call(
+            lambda stub, left: stub.Retrieve(request, timeout=left), timeout
+        )
         return decode_response(response)
 
     async def retrieve_batch(
         self, queries: Sequence[Query], timeout: float | None = None
     ) -> list[FeatureFrame]:
         request = build_batch(queries)
-        call = self._pool.stub().RetrieveBatch(request, timeout=self.deadline(timeout))
+        call = self._call(lambda stub, left: stub.RetrieveBatch(request, timeout=left), timeout)
         return [decode_response(r) for r in (await call).responses]
 
     async def persist(
@@ -184,5 +188,5 @@ class AsyncFeatureStoreClient(AsyncPooledClient[pb_grpc.FeatureStoreStub]):
         timeout: float | None = None,
     ) -> int:
         request = build_persist(feature_group, keys, features)
-        call = self._pool.stub().Persist(request, timeout=self.deadline(timeout))
+        call = self._call(lambda stub, left: stub.Persist(request, timeout=left), timeout)
         return int((await call).written)

@@ -102,7 +102,9 @@ class InferflowClient(PooledClient[pb_grpc.InferflowStub]):
     ) -> Scores:
         """`timeout`: this call's deadline in seconds (default: the client's)."""
         request = request_to_proto(model, context, return_features, explain, request_id)
-        return decode_response(self._pool.stub().Infer(request, timeout=self.deadline(timeout)))
+        return decode_response(
+            self._call(lambda stub, left: stub.Infer(request, timeout=left), timeout)
+        )
 
 
 class AsyncInferflowClient(AsyncPooledClient[pb_grpc.InferflowStub]):
@@ -119,5 +121,5 @@ class AsyncInferflowClient(AsyncPooledClient[pb_grpc.InferflowStub]):
         timeout: float | None = None,
     ) -> Scores:
         request = request_to_proto(model, context, return_features, explain, request_id)
-        call = self._pool.stub().Infer(request, timeout=self.deadline(timeout))
+        call = self._call(lambda stub, left: stub.Infer(request, timeout=left), timeout)
         return decode_response(await call)

@@ -139,7 +139,7 @@ class InteractionsClient(PooledClient[pb_grpc.InteractionsStub]):
     def ingest_batches(self, batches: Sequence[EventBatch]) -> int:
         """Store several batches in one call: all of them, or none."""
         request = ingest_request(batches)
-        return int(self._pool.stub().Ingest(request, timeout=self.timeout).stored)
+        return int(self._call(lambda stub, left: stub.Ingest(request, timeout=left)).stored)
 
     def get(
         self,
@@ -150,16 +150,20 @@ class InteractionsClient(PooledClient[pb_grpc.InteractionsStub]):
     ) -> dict[str, EventHistory]:
         """The user's newest `limit` events per type and/or those since `since` (unix ms)."""
         request = get_to_proto(user, types, limit, since)
-        return decode_histories(self._pool.stub().Get(request, timeout=self.timeout))
+        return decode_histories(self._call(lambda stub, left: stub.Get(request, timeout=left)))
 
     def hydrate(self, user: Any, types: Sequence[str] = ()) -> dict[str, int]:
         """Load the user's cold history into the hot tier; events loaded per type."""
-        response = self._pool.stub().Hydrate(hydrate_to_proto(user, types), timeout=self.timeout)
+        response = self._call(
+            lambda stub, left: stub.Hydrate(hydrate_to_proto(user, types), timeout=left)
+        )
         return dict(response.loaded)
 
     def sweep(self, limit: int = 0) -> SweepCounts:
         """Move up to `limit` idle users (0: the server's default) to the cold tier now."""
-        response = self._pool.stub().Sweep(pb.SweepRequest(limit=limit), timeout=self.timeout)
+        response = self._call(
+            lambda stub, left: stub.Sweep(pb.SweepRequest(limit=limit), timeout=left)
+        )
         return SweepCounts(response.users, response.events, response.lost_claims)
 
 
@@ -181,7 +185,7 @@ class AsyncInteractionsClient(AsyncPooledClient[pb_grpc.InteractionsStub]):
 
     async def ingest_batches(self, batches: Sequence[EventBatch]) -> int:
         request = ingest_request(batches)
-        return int((await self._pool.stub().Ingest(request, timeout=self.timeout)).stored)
+        return int((await self._call(lambda stub, left: stub.Ingest(request, timeout=left))).stored)
 
     async def get(
         self,
@@ -191,13 +195,17 @@ class AsyncInteractionsClient(AsyncPooledClient[pb_grpc.InteractionsStub]):
         since: int | None = None,
     ) -> dict[str, EventHistory]:
         request = get_to_proto(user, types, limit, since)
-        return decode_histories(await self._pool.stub().Get(request, timeout=self.timeout))
+        return decode_histories(
+            await self._call(lambda stub, left: stub.Get(request, timeout=left))
+        )
 
     async def hydrate(self, user: Any, types: Sequence[str] = ()) -> dict[str, int]:
         request = hydrate_to_proto(user, types)
-        response = await self._pool.stub().Hydrate(request, timeout=self.timeout)
+        response = await self._call(lambda stub, left: stub.Hydrate(request, timeout=left))
         return dict(response.loaded)
 
     async def sweep(self, limit: int = 0) -> SweepCounts:
-        response = await self._pool.stub().Sweep(pb.SweepRequest(limit=limit), timeout=self.timeout)
+        response = await self._call(
+            lambda stub, left: stub.Sweep(pb.SweepRequest(limit=limit), timeout=left)
+        )
         return SweepCounts(response.users, response.events, response.lost_claims)
