@@ -390,7 +390,7 @@ async def _as_call(
     """Run a Look up or Try it call as any other, through the worker's call pipeline: the
     signed-in caller's grants checked, admitted by the worker's gate (or refused with its
     error), and counted in the request metrics under `method`."""
-    return await pipeline.run(method, work, touches=needs, caller=caller, authenticated=True)
+    return await pipeline.run(method, work, caller=caller, touches=needs)
 
 
 def _environment() -> Environment:

@@ -3,6 +3,8 @@ console's Look up and Try it all go through a worker's `Pipeline`, in this order
 
     authenticate -> authorize -> admission -> handler -> errors -> metrics
 
+(`authenticate` first and on its own, `run` for the rest.)
+
 The transports decode the request first (a gRPC message that does not parse is refused
 before anything else; over HTTP the token is checked from the headers, then the body is read
 and decoded) and write the request log line last, around the pipeline
@@ -66,24 +68,23 @@ class Pipeline:
         method: str,
         handler: Callable[[], Awaitable[T]],
         *,
-        credentials: str | None = None,
+        caller: Caller | None,
         touches: Callable[[], Iterable[Need]] | None = None,
         time_remaining: TimeRemaining = no_deadline,
-        caller: Caller | None = None,
-        authenticated: bool = False,
+        started: float | None = None,
     ) -> T:
-        """Run one call of `method` (its label in metrics, admission estimates and logs).
-
-        `credentials` is the call's `authorization` value; a caller the transport already
-        authenticated (the console's sign-in) is passed with `authenticated=True`. Errors
-        leave as `InferstackError` (anything unexpected as `InternalError`), counted."""
-        started = time.perf_counter()
+        """Run one call of `method` (its label in metrics, admission estimates and logs) for
+        `caller`, whom the transport authenticated first (`authenticate`, or the console's
+        sign-in): authorize, admit, run, count. `started` is when the transport took the
+        call (its latency counts from there). Errors leave as `InferstackError` (anything
+        unexpected as `InternalError`), counted."""
+        started = time.perf_counter() if started is None else started
         try:
-            if not authenticated and self.authorizer.required:
-                caller = await self.authorizer.authenticate(method, credentials)
             self.authorizer.authorize(method, caller, touches)
             gate = self.gate
-            admitted = started if gate.try_enter() else await gate.wait(method, time_remaining)
+            admitted = (
+                time.perf_counter() if gate.try_enter() else await gate.wait(method, time_remaining)
+            )
             try:
                 result = await handler()
             finally:

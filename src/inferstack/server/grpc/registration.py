@@ -142,7 +142,7 @@ def _wrap(pipeline: Pipeline, method: str, label: str, endpoint: Endpoint[Any, A
                     touches=lambda: endpoint.touches(request),
                     time_remaining=context.time_remaining,
                     caller=caller,
-                    authenticated=True,
+                    started=started,
                 )
             except InferstackError as exc:
                 await context.abort(status_of(exc), str(exc))

@@ -32,8 +32,7 @@ def routes(service: InferflowService) -> dict[str, tuple[str, Endpoint[Body, Any
         return result_to_json(request_id, result, explain)
 
     def infer_touches(body: Body) -> Iterator[Need]:
-        model, _, return_features, explain, _ = parse_request(body)
-        return service.infer_needs(model, return_features, explain)
+        return service.infer_needs(*_answer_fields(body))  # the context is not needed here
 
     return {"/v1/infer": ("http_infer", Endpoint(infer, infer_touches))}
 
@@ -41,25 +40,13 @@ def routes(service: InferflowService) -> dict[str, tuple[str, Endpoint[Body, Any
 def parse_request(body: dict[str, Any]) -> tuple[str, dict[str, KeyValues], list[str], bool, str]:
     """(model, context, return_features, explain, request_id), or INVALID_ARGUMENT naming
     the field that has the wrong shape (the service checks values against the config)."""
-    model = body.get("model")
+    model, return_features, explain = _answer_fields(body)
     context = body.get("context", {})
-    return_features = body.get("return_features", [])
-    explain = body.get("explain", False)
     request_id = body.get("request_id", "")
     if isinstance(context, dict):
         limits.check(len(context), limits.MAX_KEY_COLUMNS, "context inputs")
-    if isinstance(return_features, list):
-        limits.check(len(return_features), limits.MAX_RETURN_FEATURES, "return_features")
-    if not isinstance(model, str):
-        raise InvalidArgumentError("'model' must be a string")
     if not isinstance(context, dict):
         raise InvalidArgumentError("'context' must map each input name to a value or a list")
-    if not isinstance(return_features, list) or not all(
-        isinstance(f, str) for f in return_features
-    ):
-        raise InvalidArgumentError("'return_features' must be a list of strings")
-    if not isinstance(explain, bool):
-        raise InvalidArgumentError("'explain' must be true or false")
     if not isinstance(request_id, str):
         raise InvalidArgumentError("'request_id' must be a string")
     values: dict[str, KeyValues] = {}
@@ -70,6 +57,24 @@ def parse_request(body: dict[str, Any]) -> tuple[str, dict[str, KeyValues], list
             raise InvalidArgumentError(f"context '{name}' must be a value or a list of values")
         values[name] = value if isinstance(value, list) else [value]
     return model, values, return_features, explain, request_id
+
+
+def _answer_fields(body: dict[str, Any]) -> tuple[str, list[str], bool]:
+    """(model, return_features, explain): what decides which grants an Infer needs."""
+    model = body.get("model")
+    return_features = body.get("return_features", [])
+    explain = body.get("explain", False)
+    if isinstance(return_features, list):
+        limits.check(len(return_features), limits.MAX_RETURN_FEATURES, "return_features")
+    if not isinstance(model, str):
+        raise InvalidArgumentError("'model' must be a string")
+    if not isinstance(return_features, list) or not all(
+        isinstance(f, str) for f in return_features
+    ):
+        raise InvalidArgumentError("'return_features' must be a list of strings")
+    if not isinstance(explain, bool):
+        raise InvalidArgumentError("'explain' must be true or false")
+    return model, return_features, explain
 
 
 def result_to_json(request_id: str, result: InferResult, explain: bool = False) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def json_route(
                 lambda: endpoint.handle(body),
                 touches=lambda: endpoint.touches(body),
                 caller=caller,
-                authenticated=True,
+                started=started,
             )
         except InferstackError as exc:
             return error_response(exc)
